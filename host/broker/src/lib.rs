@@ -1,0 +1,4 @@
+//! wasmq broker: config, broker core, replication runtime, name server, RocketMQ v2
+//! messaging service, admin service, metrics.
+
+pub mod messaging;

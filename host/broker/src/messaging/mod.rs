@@ -1,0 +1,1 @@
+//! RocketMQ 5 gRPC (`apache.rocketmq.v2.MessagingService`) front end.
