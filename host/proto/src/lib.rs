@@ -1,1 +1,25 @@
-//! placeholder
+//! Generated protobuf messages and tonic services.
+//!
+//! - `apache::rocketmq::v2`: the RocketMQ 5 gRPC protocol, written by us from the published
+//!   definitions (same package, message/field names and numbers: identical wire format).
+//! - `wasmq::{raft, admin, namesrv}`: wasmq's internal services.
+
+pub mod apache {
+    pub mod rocketmq {
+        pub mod v2 {
+            tonic::include_proto!("apache.rocketmq.v2");
+        }
+    }
+}
+
+pub mod wasmq {
+    pub mod raft {
+        tonic::include_proto!("wasmq.raft");
+    }
+    pub mod admin {
+        tonic::include_proto!("wasmq.admin");
+    }
+    pub mod namesrv {
+        tonic::include_proto!("wasmq.namesrv");
+    }
+}
