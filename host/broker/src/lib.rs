@@ -2,3 +2,4 @@
 //! messaging service, admin service, metrics.
 
 pub mod messaging;
+pub mod replication;

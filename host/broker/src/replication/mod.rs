@@ -1,0 +1,167 @@
+//! Replication runtime: how a proposed batch of commitlog payloads becomes *committed*.
+//!
+//! The broker core never writes the commitlog itself. It hands encoded records (opaque
+//! payload bytes, one commitlog entry each) to a [`Replicator`], which
+//! - assigns them contiguous entry indexes and appends them to the local `CommitLog`,
+//! - makes them durable on enough nodes (one node for [`standalone::StandaloneReplicator`],
+//!   a Raft majority for the Raft replicator),
+//! - advances the commit index published on [`Replicator::committed`].
+//!
+//! The core's apply loop watches that commit index and applies entries `applied+1 ..= commit`
+//! from the local commitlog into the derived state (consume queues, topic configs, consumer
+//! offsets). That loop is the same on a leader and on a follower, which is what makes queue
+//! offsets identical on every replica.
+//!
+//! Contract every implementation keeps (asserted by the core's apply loop):
+//! - the value on `committed()` never decreases and never exceeds the local last entry index;
+//! - every entry `<= committed` is readable from the local commitlog and will never change;
+//! - `propose` returns only after *all* of its entries are committed, with their index range;
+//!   on error, none of the batch is acknowledged (it may still commit later: a client retry
+//!   can then duplicate, as in RocketMQ — at-least-once).
+
+use std::ops::RangeInclusive;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// Raft / commitlog entry index. Entry indexes start at 1; 0 means "nothing".
+pub type EntryIndex = u64;
+/// Raft term. Standalone brokers stay in term 0.
+pub type Term = u64;
+
+/// Upper bound on entries in one `propose` call: bounds memory held per call and the size
+/// of one group commit.
+pub const PROPOSE_ENTRIES_MAX: usize = 4096;
+
+/// What this node is in its replication group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Single node, no replication (`enableDLegerCommitLog = false`): always writable.
+    Standalone,
+    Leader,
+    Follower,
+    Candidate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standalone => "STANDALONE",
+            Role::Leader => "LEADER",
+            Role::Follower => "FOLLOWER",
+            Role::Candidate => "CANDIDATE",
+        }
+    }
+
+    /// Whether proposals are accepted on this node.
+    pub fn is_writable(self) -> bool {
+        matches!(self, Role::Standalone | Role::Leader)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Replication progress of one peer as seen by this node (meaningful on a leader).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// DLedger id, e.g. `n1`.
+    pub id: String,
+    /// Raft peer address, `host:port`.
+    pub address: String,
+    /// Highest entry index known to be replicated on that peer.
+    pub match_index: EntryIndex,
+    /// Milliseconds since the last successful exchange with the peer; `None` if never.
+    pub last_contact_ms: Option<u64>,
+}
+
+/// A snapshot of the replication state, for admin status, metrics and routing decisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    /// This node's id (`dLegerSelfId`, or the broker name when standalone).
+    pub self_id: String,
+    pub role: Role,
+    pub term: Term,
+    /// Id of the current leader, if known (`Some(self_id)` when standalone).
+    pub leader_id: Option<String>,
+    /// Highest committed entry index.
+    pub commit_index: EntryIndex,
+    /// Highest entry index in the local commitlog (may exceed `commit_index`).
+    pub last_index: EntryIndex,
+    /// Other members of the group (empty when standalone).
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Errors of the replication layer. Each says whether the caller may retry elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    /// This node cannot accept proposals; retry on the leader.
+    #[error("not the leader (leader: {})", leader_id.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader_id: Option<String> },
+    /// The batch breaks a limit (entry count, bytes); retrying the same batch cannot succeed.
+    #[error("proposal rejected: {0}")]
+    Rejected(String),
+    /// The entries could not be written or flushed to the local commitlog.
+    #[error("commitlog write failed: {0}")]
+    Storage(String),
+    /// The batch was not committed in time; it may still commit later.
+    #[error("proposal not committed within {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    /// The replicator is stopping or stopped.
+    #[error("replicator is shutting down")]
+    ShuttingDown,
+    /// Leadership transfer failed or is not possible.
+    #[error("leadership transfer failed: {0}")]
+    Transfer(String),
+}
+
+/// Entries `first ..= last` committed by one `propose` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedRange {
+    pub first: EntryIndex,
+    pub last: EntryIndex,
+    /// Term the entries were written in.
+    pub term: Term,
+}
+
+impl CommittedRange {
+    pub fn indexes(&self) -> RangeInclusive<EntryIndex> {
+        self.first..=self.last
+    }
+
+    pub fn len(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// The replication runtime the broker core writes through. See the module docs for the
+/// contract.
+#[async_trait]
+pub trait Replicator: Send + Sync + 'static {
+    /// Appends `payloads` (one commitlog entry each, in order, contiguous indexes) and returns
+    /// once all of them are committed. `payloads` is non-empty and at most
+    /// [`PROPOSE_ENTRIES_MAX`] long.
+    async fn propose(&self, payloads: Vec<Bytes>) -> Result<CommittedRange, ReplicationError>;
+
+    /// Current replication state. Cheap: no I/O.
+    fn status(&self) -> ReplicationStatus;
+
+    /// Watch of the commit index (highest committed entry index). Never decreases.
+    fn committed(&self) -> watch::Receiver<EntryIndex>;
+
+    /// Asks the leader to hand leadership to `target_id` (RocketMQ's `preferredLeaderId`,
+    /// `mqadmin` leader transfer). Returns once the transfer is done or has failed.
+    async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError>;
+
+    /// Graceful stop: refuse new proposals, finish or fail those in flight, flush the
+    /// commitlog. Idempotent.
+    async fn shutdown(&self) -> Result<(), ReplicationError>;
+}
