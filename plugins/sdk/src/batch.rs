@@ -1,0 +1,402 @@
+//! The filter batch format (see `wit/policy.wit`, interface `filter`): one flat buffer plus
+//! an offset table. This module parses it into zero-copy [`MessageView`]s and can also
+//! write it ([`BatchWriter`]), so plugin logic can be unit-tested natively.
+//!
+//! Record layout, integers little-endian:
+//!
+//! ```text
+//! u16 topic-len, topic | u16 tag-len, tag | u16 keys-len, keys | u32 props-len, props
+//! u64 queue-offset     | u32 body-len, body
+//! ```
+
+use core::fmt;
+
+/// RocketMQ's property encoding: `name 0x01 value 0x02 name 0x01 value 0x02 ...`.
+pub const PROPERTY_NAME_VALUE_SEPARATOR: u8 = 0x01;
+pub const PROPERTY_SEPARATOR: u8 = 0x02;
+
+/// Fixed bytes of a record besides the variable-length fields.
+const RECORD_FIXED_BYTES: usize = 2 + 2 + 2 + 4 + 8 + 4;
+
+/// A batch that does not follow the documented format. This is a host bug, never the
+/// consumer's or producer's fault, so the SDK turns it into a trap (the host then applies the
+/// plugin's `onError` policy).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("offset table is empty (it must have n+1 entries)")]
+    OffsetsEmpty,
+    #[error("offset table entry {index} ({offset}) is below the previous entry")]
+    OffsetsNotMonotonic { index: usize, offset: u32 },
+    #[error("offset table ends at {end} but the batch has {len} bytes")]
+    OffsetsPastEnd { end: u32, len: usize },
+    #[error("record {index}: field {field} needs {needed} bytes, {available} left")]
+    Truncated { index: usize, field: &'static str, needed: usize, available: usize },
+    #[error("record {index}: {trailing} trailing bytes after the body")]
+    Trailing { index: usize, trailing: usize },
+    #[error("record {index}: field {field} is not UTF-8")]
+    NotUtf8 { index: usize, field: &'static str },
+}
+
+/// A validated batch: the offset table is monotonic and inside the buffer. Records are
+/// parsed on access ([`Batch::get`], [`Batch::iter`]), so parsing cost is paid once per
+/// message, by the loop that uses it.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    buf: &'a [u8],
+    offsets: &'a [u32],
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(buf: &'a [u8], offsets: &'a [u32]) -> Result<Self, BatchError> {
+        let (&first, rest) = offsets.split_first().ok_or(BatchError::OffsetsEmpty)?;
+        let mut previous = first;
+        for (i, &offset) in rest.iter().enumerate() {
+            if offset < previous {
+                return Err(BatchError::OffsetsNotMonotonic { index: i + 1, offset });
+            }
+            previous = offset;
+        }
+        if previous as usize > buf.len() {
+            return Err(BatchError::OffsetsPastEnd { end: previous, len: buf.len() });
+        }
+        Ok(Batch { buf, offsets })
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record `index`; panics if `index >= len()` (a caller bug, like slice indexing).
+    pub fn get(&self, index: usize) -> Result<MessageView<'a>, BatchError> {
+        assert!(index < self.len(), "record {index} out of {}", self.len());
+        let start = self.offsets[index] as usize;
+        let end = self.offsets[index + 1] as usize;
+        MessageView::parse(index, &self.buf[start..end])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Result<MessageView<'a>, BatchError>> + '_ {
+        (0..self.len()).map(move |i| self.get(i))
+    }
+}
+
+/// One message of a batch, borrowing from the batch buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MessageView<'a> {
+    topic: &'a str,
+    tag: Option<&'a str>,
+    keys: &'a str,
+    properties: &'a str,
+    queue_offset: u64,
+    body: &'a [u8],
+}
+
+struct Reader<'a> {
+    index: usize,
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    #[inline(always)]
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], BatchError> {
+        if self.rest.len() < n {
+            return Err(BatchError::Truncated {
+                index: self.index,
+                field,
+                needed: n,
+                available: self.rest.len(),
+            });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    #[inline(always)]
+    fn u16(&mut self, field: &'static str) -> Result<usize, BatchError> {
+        let b = self.take(field, 2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]) as usize)
+    }
+
+    #[inline(always)]
+    fn u32(&mut self, field: &'static str) -> Result<usize, BatchError> {
+        let b = self.take(field, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    #[inline(always)]
+    fn u64(&mut self, field: &'static str) -> Result<u64, BatchError> {
+        let b = self.take(field, 8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("take returned 8 bytes")))
+    }
+
+    #[inline(always)]
+    fn str(&mut self, field: &'static str, n: usize) -> Result<&'a str, BatchError> {
+        let bytes = self.take(field, n)?;
+        core::str::from_utf8(bytes).map_err(|_| BatchError::NotUtf8 { index: self.index, field })
+    }
+}
+
+impl<'a> MessageView<'a> {
+    /// Parses one record; `index` only labels errors.
+    #[inline]
+    pub fn parse(index: usize, record: &'a [u8]) -> Result<Self, BatchError> {
+        if record.len() < RECORD_FIXED_BYTES {
+            return Err(BatchError::Truncated {
+                index,
+                field: "record",
+                needed: RECORD_FIXED_BYTES,
+                available: record.len(),
+            });
+        }
+        let mut r = Reader { index, rest: record };
+        let n = r.u16("topic-len")?;
+        let topic = r.str("topic", n)?;
+        let n = r.u16("tag-len")?;
+        let tag = r.str("tag", n)?;
+        let n = r.u16("keys-len")?;
+        let keys = r.str("keys", n)?;
+        let n = r.u32("props-len")?;
+        let properties = r.str("props", n)?;
+        let queue_offset = r.u64("queue-offset")?;
+        let n = r.u32("body-len")?;
+        let body = r.take("body", n)?;
+        if !r.rest.is_empty() {
+            return Err(BatchError::Trailing { index, trailing: r.rest.len() });
+        }
+        Ok(MessageView {
+            topic,
+            tag: if tag.is_empty() { None } else { Some(tag) },
+            keys,
+            properties,
+            queue_offset,
+            body,
+        })
+    }
+
+    pub fn topic(&self) -> &'a str {
+        self.topic
+    }
+
+    /// The message's tag; RocketMQ allows at most one.
+    pub fn tag(&self) -> Option<&'a str> {
+        self.tag
+    }
+
+    /// The raw KEYS string (keys separated by a space).
+    pub fn keys_raw(&self) -> &'a str {
+        self.keys
+    }
+
+    /// The message keys, in order, without empty entries.
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.keys.split(' ').filter(|k| !k.is_empty())
+    }
+
+    pub fn first_key(&self) -> Option<&'a str> {
+        self.keys().next()
+    }
+
+    /// The user properties, in stored order. Like RocketMQ's decoder, segments without a
+    /// name/value separator are ignored.
+    pub fn properties(&self) -> Properties<'a> {
+        Properties { rest: self.properties }
+    }
+
+    /// The raw RocketMQ property encoding.
+    pub fn properties_raw(&self) -> &'a str {
+        self.properties
+    }
+
+    /// Value of the first property called `name` (a linear scan: properties are few).
+    #[inline]
+    pub fn property(&self, name: &str) -> Option<&'a str> {
+        self.properties().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Consume-queue offset of the message.
+    pub fn queue_offset(&self) -> u64 {
+        self.queue_offset
+    }
+
+    /// The body; empty unless the manifest sets `wantsBody = true`.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+}
+
+impl fmt::Debug for MessageView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageView")
+            .field("topic", &self.topic)
+            .field("tag", &self.tag)
+            .field("keys", &self.keys)
+            .field("properties", &self.properties().collect::<Vec<_>>())
+            .field("queue_offset", &self.queue_offset)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// Iterator over `(name, value)` pairs of a RocketMQ property string.
+#[derive(Clone)]
+pub struct Properties<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Properties<'a> {
+    type Item = (&'a str, &'a str);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.rest.is_empty() {
+                return None;
+            }
+            let bytes = self.rest.as_bytes();
+            let end = bytes.iter().position(|&b| b == PROPERTY_SEPARATOR).unwrap_or(bytes.len());
+            // Separators are ASCII, so every split point is a char boundary.
+            let segment = &self.rest[..end];
+            self.rest = if end < bytes.len() { &self.rest[end + 1..] } else { "" };
+            if let Some(split) = segment.as_bytes().iter().position(|&b| b == PROPERTY_NAME_VALUE_SEPARATOR) {
+                return Some((&segment[..split], &segment[split + 1..]));
+            }
+        }
+    }
+}
+
+/// Writes batches in the documented format: what the host does, offered here so plugin
+/// logic can be tested natively and benchmarked without a host.
+#[derive(Default)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    offsets: Vec<u32>,
+}
+
+/// One message to write with [`BatchWriter::push`].
+#[derive(Default, Clone, Copy)]
+pub struct MessageSpec<'a> {
+    pub topic: &'a str,
+    pub tag: Option<&'a str>,
+    pub keys: &'a [&'a str],
+    pub properties: &'a [(&'a str, &'a str)],
+    pub queue_offset: u64,
+    pub body: &'a [u8],
+}
+
+impl BatchWriter {
+    pub fn new() -> Self {
+        BatchWriter { buf: Vec::new(), offsets: vec![0] }
+    }
+
+    /// Appends one record. Panics when a field exceeds its length prefix (test helper).
+    pub fn push(&mut self, m: &MessageSpec<'_>) -> &mut Self {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let put16 = |buf: &mut Vec<u8>, s: &[u8]| {
+            buf.extend_from_slice(&u16::try_from(s.len()).expect("field fits u16").to_le_bytes());
+            buf.extend_from_slice(s);
+        };
+        put16(&mut self.buf, m.topic.as_bytes());
+        put16(&mut self.buf, m.tag.unwrap_or("").as_bytes());
+        put16(&mut self.buf, m.keys.join(" ").as_bytes());
+        let mut props = Vec::new();
+        for (name, value) in m.properties {
+            props.extend_from_slice(name.as_bytes());
+            props.push(PROPERTY_NAME_VALUE_SEPARATOR);
+            props.extend_from_slice(value.as_bytes());
+            props.push(PROPERTY_SEPARATOR);
+        }
+        self.buf.extend_from_slice(&u32::try_from(props.len()).expect("props fit u32").to_le_bytes());
+        self.buf.extend_from_slice(&props);
+        self.buf.extend_from_slice(&m.queue_offset.to_le_bytes());
+        self.buf.extend_from_slice(&u32::try_from(m.body.len()).expect("body fits u32").to_le_bytes());
+        self.buf.extend_from_slice(m.body);
+        self.offsets.push(u32::try_from(self.buf.len()).expect("batch fits u32"));
+        self
+    }
+
+    pub fn buf(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn offsets(&self) -> &[u32] {
+        if self.offsets.is_empty() { &[0] } else { &self.offsets }
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self.buf(), self.offsets()).expect("writer produces valid batches")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut w = BatchWriter::new();
+        w.push(&MessageSpec {
+            topic: "orders",
+            tag: Some("TagA"),
+            keys: &["k1", "k2"],
+            properties: &[("region", "eu"), ("price", "12.5")],
+            queue_offset: 42,
+            body: b"hello",
+        });
+        w.push(&MessageSpec { topic: "t", ..Default::default() });
+        let batch = w.batch();
+        assert_eq!(batch.len(), 2);
+        let m = batch.get(0).unwrap();
+        assert_eq!(m.topic(), "orders");
+        assert_eq!(m.tag(), Some("TagA"));
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["k1", "k2"]);
+        assert_eq!(m.first_key(), Some("k1"));
+        assert_eq!(m.property("price"), Some("12.5"));
+        assert_eq!(m.property("missing"), None);
+        assert_eq!(m.properties().count(), 2);
+        assert_eq!(m.queue_offset(), 42);
+        assert_eq!(m.body(), b"hello");
+        let m = batch.get(1).unwrap();
+        assert_eq!(m.tag(), None);
+        assert_eq!(m.first_key(), None);
+        assert_eq!(m.properties().count(), 0);
+    }
+
+    #[test]
+    fn properties_ignore_segments_without_separator_and_tolerate_missing_final_separator() {
+        let p = Properties { rest: "a\u{1}1\u{2}junk\u{2}\u{2}b\u{1}2" };
+        assert_eq!(p.collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
+    }
+
+    #[test]
+    fn rejects_bad_offsets() {
+        assert_eq!(Batch::new(b"", &[]).err(), Some(BatchError::OffsetsEmpty));
+        assert!(matches!(Batch::new(b"abc", &[0, 2, 1]), Err(BatchError::OffsetsNotMonotonic { index: 2, .. })));
+        assert!(matches!(Batch::new(b"abc", &[0, 4]), Err(BatchError::OffsetsPastEnd { end: 4, .. })));
+        assert_eq!(Batch::new(b"", &[0]).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn rejects_truncated_trailing_and_non_utf8_records() {
+        let mut w = BatchWriter::new();
+        w.push(&MessageSpec { topic: "abc", tag: Some("x"), body: b"zz", ..Default::default() });
+        let good = w.buf().to_vec();
+        // Every strict prefix is truncated.
+        for cut in 0..good.len() {
+            let r = MessageView::parse(0, &good[..cut]);
+            assert!(matches!(r, Err(BatchError::Truncated { .. })), "cut {cut}: {r:?}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(MessageView::parse(3, &long).err(), Some(BatchError::Trailing { index: 3, trailing: 1 }));
+        let mut bad = good.clone();
+        bad[2] = 0xff; // first topic byte
+        assert_eq!(MessageView::parse(0, &bad).err(), Some(BatchError::NotUtf8 { index: 0, field: "topic" }));
+    }
+}
