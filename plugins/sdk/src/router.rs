@@ -10,6 +10,7 @@ pub mod bindings {
         pub_export_macro: true,
         default_bindings_module: "wasmq_plugin_sdk::router::bindings",
         with: { "wasmq:policy/host@0.1.0": crate::host::bindings::wasmq::policy::host },
+        additional_derives: [PartialEq, Eq],
     });
 }
 
