@@ -1,1 +1,9 @@
-//! Cluster test harness.
+//! Cluster test harness: runs the real `mqnamesrv`/`mqbroker`/`mqadmin` binaries.
+//!
+//! - `proxy`: fault-injecting TCP proxies, one per directional Raft link.
+//! - `client`: a small RocketMQ v2 gRPC client (send, receive/ack, pull).
+//! - `checker`: verifies acknowledged sends against what every replica serves.
+
+pub mod checker;
+pub mod proxy;
+pub mod client;
