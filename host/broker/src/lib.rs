@@ -3,3 +3,5 @@
 
 pub mod messaging;
 pub mod replication;
+pub mod namesrv;
+pub mod admin;
