@@ -1,7 +1,6 @@
 //! wasmq broker: config, broker core, replication runtime, name server, RocketMQ v2
 //! messaging service, admin service, metrics.
 
+pub mod config;
 pub mod messaging;
 pub mod replication;
-pub mod namesrv;
-pub mod admin;

@@ -19,6 +19,8 @@
 //!   on error, none of the batch is acknowledged (it may still commit later: a client retry
 //!   can then duplicate, as in RocketMQ — at-least-once).
 
+pub mod standalone;
+
 use std::ops::RangeInclusive;
 
 use async_trait::async_trait;
