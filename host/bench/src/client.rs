@@ -1,0 +1,306 @@
+//! A small RocketMQ 5 (apache.rocketmq.v2) gRPC client: send, receive/ack, pull, route.
+//! Used by `mqbench` and by the cluster tests (`wasmq-cluster-tests`).
+//!
+//! Application errors travel in each response's `Status`; they come back as
+//! `ClientError::Status` so callers can tell "not leader, retry" from a transport failure.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::transport::{Channel, Endpoint};
+use wasmq_proto::apache::rocketmq::v2::{
+    self as v2, Code, messaging_service_client::MessagingServiceClient,
+};
+
+/// Largest batch one receive/pull asks for (the broker has its own cap too).
+pub const BATCH_MAX: i32 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("rpc: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("status {code:?} ({code_raw}): {message}")]
+    Status { code: Option<Code>, code_raw: i32, message: String },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+}
+
+impl ClientError {
+    fn from_status(s: &v2::Status) -> Self {
+        ClientError::Status { code: Code::try_from(s.code).ok(), code_raw: s.code, message: s.message.clone() }
+    }
+}
+
+pub type ClientResult<T> = Result<T, ClientError>;
+
+fn check(status: Option<&v2::Status>) -> ClientResult<()> {
+    match status {
+        Some(s) if s.code == Code::Ok as i32 => Ok(()),
+        Some(s) => Err(ClientError::from_status(s)),
+        None => Err(ClientError::Malformed("response without status".into())),
+    }
+}
+
+/// What the broker said about one stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub message_id: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
+/// A message as delivered.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub message_id: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub tag: Option<String>,
+    pub keys: Vec<String>,
+    pub body: Vec<u8>,
+    pub receipt_handle: Option<String>,
+}
+
+impl Delivered {
+    fn from_message(m: v2::Message) -> ClientResult<Self> {
+        let sp = m.system_properties.ok_or_else(|| ClientError::Malformed("message without system properties".into()))?;
+        let offset = sp.queue_offset.ok_or_else(|| ClientError::Malformed("message without queue offset".into()))?;
+        Ok(Delivered {
+            message_id: sp.message_id,
+            queue_id: u32::try_from(sp.queue_id).map_err(|_| ClientError::Malformed("negative queue id".into()))?,
+            offset: u64::try_from(offset).map_err(|_| ClientError::Malformed("negative queue offset".into()))?,
+            tag: sp.tag,
+            keys: sp.keys,
+            body: m.body,
+            receipt_handle: sp.receipt_handle,
+        })
+    }
+}
+
+/// Outgoing message.
+#[derive(Clone, Debug, Default)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub body: &'a [u8],
+    pub tag: Option<&'a str>,
+    pub keys: &'a [String],
+    /// Queue to write to; the broker's router decides when `None`.
+    pub queue_id: Option<u32>,
+}
+
+static CLIENT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone)]
+pub struct MqClient {
+    inner: MessagingServiceClient<Channel>,
+    pub endpoint: String,
+    client_id: String,
+    /// Per-client message-id generator: 6 bytes of client identity + pid + time + counter.
+    id_prefix: String,
+    id_seq: std::sync::Arc<AtomicU32>,
+    rpc_timeout: Duration,
+}
+
+impl MqClient {
+    /// Connects lazily: the first call dials, so a dead endpoint fails that call, not this one.
+    pub fn connect_lazy(endpoint: &str, rpc_timeout: Duration) -> ClientResult<Self> {
+        let channel = Endpoint::from_shared(endpoint.to_string())?
+            .connect_timeout(rpc_timeout)
+            .timeout(rpc_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let n = CLIENT_SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        Ok(MqClient {
+            inner: MessagingServiceClient::new(channel),
+            endpoint: endpoint.to_string(),
+            client_id: format!("wasmq-test@{pid}#{n}"),
+            // RocketMQ 5 message id layout: version 01, 6-byte host id, 2-byte pid, 4-byte
+            // seconds since 2021-01-01, 4-byte sequence; all hex, uppercase.
+            id_prefix: format!("01{:08X}{:04X}{:04X}", nanos, n & 0xFFFF, pid & 0xFFFF),
+            id_seq: std::sync::Arc::new(AtomicU32::new(0)),
+            rpc_timeout,
+        })
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(self.rpc_timeout);
+        let md = req.metadata_mut();
+        // Headers every official client sends; brokers may use the client id for sessions.
+        md.insert("x-mq-client-id", self.client_id.parse().expect("ascii client id"));
+        md.insert("x-mq-language", "RUST".parse().expect("ascii"));
+        md.insert("x-mq-protocol", "v2".parse().expect("ascii"));
+        md.insert("x-mq-client-version", env!("CARGO_PKG_VERSION").parse().expect("ascii"));
+        req
+    }
+
+    fn next_message_id(&self) -> String {
+        const EPOCH_2021_SECS: u64 = 1_609_459_200;
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let since = secs.saturating_sub(EPOCH_2021_SECS) as u32;
+        let seq = self.id_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}{since:08X}{seq:08X}", self.id_prefix)
+    }
+
+    pub async fn query_route(&mut self, topic: &str) -> ClientResult<Vec<v2::MessageQueue>> {
+        let req = v2::QueryRouteRequest { topic: Some(resource(topic)), endpoints: None };
+        let r = self.inner.query_route(self.request(req)).await?.into_inner();
+        check(r.status.as_ref())?;
+        Ok(r.message_queues)
+    }
+
+    /// Sends one message; returns where it was stored once the broker acknowledged it.
+    pub async fn send(&mut self, m: &Outgoing<'_>) -> ClientResult<SendReceipt> {
+        let message_id = self.next_message_id();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let system_properties = v2::SystemProperties {
+            tag: m.tag.map(str::to_string),
+            keys: m.keys.to_vec(),
+            message_id: message_id.clone(),
+            body_encoding: v2::Encoding::Identity as i32,
+            message_type: v2::MessageType::Normal as i32,
+            born_timestamp: Some(prost_types::Timestamp {
+                seconds: now.as_secs() as i64,
+                nanos: now.subsec_nanos() as i32,
+            }),
+            born_host: "127.0.0.1".into(),
+            queue_id: m.queue_id.map_or(0, |q| q as i32),
+            ..Default::default()
+        };
+        let msg = v2::Message {
+            topic: Some(resource(m.topic)),
+            user_properties: Default::default(),
+            system_properties: Some(system_properties),
+            body: m.body.to_vec(),
+        };
+        let r = self.inner.send_message(self.request(v2::SendMessageRequest { messages: vec![msg] })).await?.into_inner();
+        check(r.status.as_ref())?;
+        let entry = r.entries.into_iter().next().ok_or_else(|| ClientError::Malformed("no send result entry".into()))?;
+        check(entry.status.as_ref())?;
+        let offset = u64::try_from(entry.offset).map_err(|_| ClientError::Malformed("negative offset".into()))?;
+        Ok(SendReceipt { message_id: entry.message_id, queue_id: m.queue_id.unwrap_or(0), offset })
+    }
+
+    /// One ReceiveMessage call (simple consumer): up to `batch` messages of `topic`,
+    /// invisible for `invisible` until acked.
+    pub async fn receive(
+        &mut self,
+        group: &str,
+        topic: &str,
+        batch: i32,
+        invisible: Duration,
+        long_poll: Duration,
+    ) -> ClientResult<Vec<Delivered>> {
+        assert!((1..=BATCH_MAX).contains(&batch));
+        let req = v2::ReceiveMessageRequest {
+            group: Some(resource(group)),
+            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: -1, ..Default::default() }),
+            filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
+            batch_size: batch,
+            invisible_duration: Some(duration(invisible)),
+            auto_renew: false,
+            long_polling_timeout: Some(duration(long_poll)),
+            attempt_id: None,
+        };
+        let mut request = self.request(req);
+        request.set_timeout(self.rpc_timeout + long_poll);
+        let mut stream = self.inner.receive_message(request).await?.into_inner();
+        let mut out = Vec::new();
+        let mut status: Option<v2::Status> = None;
+        while let Some(item) = stream.message().await? {
+            match item.content {
+                Some(v2::receive_message_response::Content::Status(s)) => status = Some(s),
+                Some(v2::receive_message_response::Content::Message(m)) => out.push(Delivered::from_message(m)?),
+                Some(v2::receive_message_response::Content::DeliveryTimestamp(_)) | None => {}
+            }
+        }
+        match status {
+            // An empty receive is answered MESSAGE_NOT_FOUND by RocketMQ brokers.
+            Some(s) if s.code == Code::MessageNotFound as i32 => Ok(out),
+            other => check(other.as_ref()).map(|()| out),
+        }
+    }
+
+    pub async fn ack(&mut self, group: &str, topic: &str, delivered: &[Delivered]) -> ClientResult<()> {
+        let entries = delivered
+            .iter()
+            .map(|d| v2::AckMessageEntry {
+                message_id: d.message_id.clone(),
+                receipt_handle: d.receipt_handle.clone().unwrap_or_default(),
+                lite_topic: None,
+            })
+            .collect();
+        let req = v2::AckMessageRequest { group: Some(resource(group)), topic: Some(resource(topic)), entries };
+        let r = self.inner.ack_message(self.request(req)).await?.into_inner();
+        check(r.status.as_ref())?;
+        for e in &r.entries {
+            check(e.status.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// One PullMessage call: messages of one queue from `offset`; returns them and the next
+    /// offset to ask for.
+    pub async fn pull(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        batch: i32,
+    ) -> ClientResult<(Vec<Delivered>, u64)> {
+        assert!((1..=BATCH_MAX).contains(&batch));
+        let req = v2::PullMessageRequest {
+            group: Some(resource(group)),
+            message_queue: Some(v2::MessageQueue {
+                topic: Some(resource(topic)),
+                id: queue_id as i32,
+                ..Default::default()
+            }),
+            offset: offset as i64,
+            batch_size: batch,
+            filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
+            long_polling_timeout: Some(duration(Duration::ZERO)),
+        };
+        let mut stream = self.inner.pull_message(self.request(req)).await?.into_inner();
+        let mut out = Vec::new();
+        let mut status: Option<v2::Status> = None;
+        let mut next = offset;
+        while let Some(item) = stream.message().await? {
+            match item.content {
+                Some(v2::pull_message_response::Content::Status(s)) => status = Some(s),
+                Some(v2::pull_message_response::Content::Message(m)) => out.push(Delivered::from_message(m)?),
+                Some(v2::pull_message_response::Content::NextOffset(n)) => next = n.max(0) as u64,
+                None => {}
+            }
+        }
+        match status {
+            Some(s) if s.code == Code::MessageNotFound as i32 => Ok((out, next)),
+            other => check(other.as_ref()).map(|()| (out, next)),
+        }
+    }
+
+    pub async fn get_offset(&mut self, group: &str, topic: &str, queue_id: u32) -> ClientResult<i64> {
+        let req = v2::GetOffsetRequest {
+            group: Some(resource(group)),
+            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: queue_id as i32, ..Default::default() }),
+        };
+        let r = self.inner.get_offset(self.request(req)).await?.into_inner();
+        check(r.status.as_ref())?;
+        Ok(r.offset)
+    }
+}
+
+pub fn resource(name: &str) -> v2::Resource {
+    v2::Resource { resource_namespace: String::new(), name: name.to_string() }
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}

@@ -1,0 +1,332 @@
+//! The load: producers (wasmq v2 gRPC or NATS JetStream) and consumers (wasmq), bounded by a
+//! message count and a duration, whichever ends first.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use hdrhistogram::Histogram;
+
+use crate::client::{ClientError, MqClient, Outgoing};
+use crate::nats::NatsConn;
+use crate::stats::{Counters, LatencySummary, Report, new_histogram, progress_line, record_latency};
+
+pub const SIZE_BYTES_MIN: usize = 8;
+pub const SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const PRODUCERS_MAX: u32 = 1024;
+pub const CONSUMERS_MAX: u32 = 256;
+pub const DURATION_SECS_MAX: u64 = 3600;
+/// After the producers stop, consumers get this long without progress to drain what is left.
+const DRAIN_IDLE_MS: u64 = 3_000;
+/// Pause after a failed send before the next try (a leader change takes a moment).
+const ERROR_BACKOFF_MS: u64 = 20;
+const CONSUMER_BATCH: i32 = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Wasmq,
+    Nats,
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub target: Target,
+    /// wasmq: gRPC endpoints (`http://127.0.0.1:8081`); nats: `host:port`.
+    pub endpoints: Vec<String>,
+    pub topic: String,
+    pub group: String,
+    pub size_bytes: usize,
+    pub count: u64,
+    pub duration: Duration,
+    pub producers: u32,
+    pub consumers: u32,
+    pub timeout: Duration,
+    pub label: String,
+    pub progress: bool,
+}
+
+impl Workload {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.endpoints.is_empty(), "at least one endpoint");
+        ensure!(
+            (SIZE_BYTES_MIN..=SIZE_BYTES_MAX).contains(&self.size_bytes),
+            "message size {} B outside [{SIZE_BYTES_MIN}, {SIZE_BYTES_MAX}]",
+            self.size_bytes
+        );
+        ensure!((1..=PRODUCERS_MAX).contains(&self.producers), "producers must be in [1, {PRODUCERS_MAX}]");
+        ensure!(self.consumers <= CONSUMERS_MAX, "consumers must be at most {CONSUMERS_MAX}");
+        ensure!(
+            self.target == Target::Wasmq || self.consumers == 0,
+            "consumers are only implemented for the wasmq target"
+        );
+        ensure!(self.count > 0, "count must be positive");
+        ensure!(
+            !self.duration.is_zero() && self.duration <= Duration::from_secs(DURATION_SECS_MAX),
+            "duration must be in [1, {DURATION_SECS_MAX}] s"
+        );
+        Ok(())
+    }
+
+    fn subject(&self) -> String {
+        format!("bench.{}", self.topic)
+    }
+}
+
+/// The body carries its send time (µs since the Unix epoch, little endian) for end-to-end
+/// latency; the rest is filler.
+fn make_body(size_bytes: usize) -> Vec<u8> {
+    let mut body = vec![b'x'; size_bytes];
+    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+    body[..8].copy_from_slice(&now_us.to_le_bytes());
+    body
+}
+
+fn body_age(body: &[u8]) -> Option<Duration> {
+    let sent_us = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    let now_us = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_micros() as u64;
+    Some(Duration::from_micros(now_us.saturating_sub(sent_us)))
+}
+
+/// Takes one message from the shared budget; false when it is spent.
+fn claim(budget: &AtomicU64) -> bool {
+    budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok()
+}
+
+pub async fn run(w: Workload) -> Result<Report> {
+    w.validate()?;
+    let counters = Arc::new(Counters::default());
+    let budget = Arc::new(AtomicU64::new(w.count));
+    let start = Instant::now();
+    let deadline = start + w.duration;
+    let producers_done = Arc::new(AtomicBool::new(false));
+
+    let progress = w.progress.then(|| {
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut before = counters.snapshot();
+            let mut last = Instant::now();
+            loop {
+                tick.tick().await;
+                let now = counters.snapshot();
+                eprintln!("{}", progress_line(start.elapsed(), now, before, last.elapsed()));
+                before = now;
+                last = Instant::now();
+            }
+        })
+    });
+
+    let mut consumer_tasks = Vec::new();
+    for id in 0..w.consumers {
+        let (w, counters, done) = (w.clone(), counters.clone(), producers_done.clone());
+        consumer_tasks.push(tokio::spawn(async move { wasmq_consumer(id, &w, &counters, &done, deadline).await }));
+    }
+    let mut producer_tasks = Vec::new();
+    for id in 0..w.producers {
+        let (w, counters, budget) = (w.clone(), counters.clone(), budget.clone());
+        producer_tasks.push(tokio::spawn(async move {
+            match w.target {
+                Target::Wasmq => wasmq_producer(id, &w, &counters, &budget, deadline).await,
+                Target::Nats => nats_producer(id, &w, &counters, &budget, deadline).await,
+            }
+        }));
+    }
+    let mut send_latency = new_histogram();
+    for t in producer_tasks {
+        send_latency.add(t.await.context("producer task panicked")??)?;
+    }
+    let send_elapsed = start.elapsed();
+    producers_done.store(true, Ordering::Relaxed);
+    let mut e2e = new_histogram();
+    for t in consumer_tasks {
+        e2e.add(t.await.context("consumer task panicked")??)?;
+    }
+    let elapsed = start.elapsed();
+    if let Some(p) = progress {
+        p.abort();
+    }
+
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let received = counters.received.load(Ordering::Relaxed);
+    Ok(Report {
+        target: format!("{:?}", w.target).to_lowercase(),
+        label: w.label.clone(),
+        topic: w.topic.clone(),
+        size_bytes: w.size_bytes,
+        producers: w.producers,
+        consumers: w.consumers,
+        elapsed_s: elapsed.as_secs_f64(),
+        sent,
+        send_errors: counters.send_errors.load(Ordering::Relaxed),
+        received,
+        receive_errors: counters.receive_errors.load(Ordering::Relaxed),
+        send_msgs_per_s: sent as f64 / send_elapsed.as_secs_f64(),
+        send_mb_per_s: counters.sent_bytes.load(Ordering::Relaxed) as f64 / 1e6 / send_elapsed.as_secs_f64(),
+        receive_msgs_per_s: received as f64 / elapsed.as_secs_f64(),
+        send_latency_us: LatencySummary::of(&send_latency),
+        e2e_latency_us: (w.consumers > 0).then(|| LatencySummary::of(&e2e)),
+    })
+}
+
+async fn wasmq_producer(
+    id: u32,
+    w: &Workload,
+    counters: &Counters,
+    budget: &AtomicU64,
+    deadline: Instant,
+) -> Result<Histogram<u64>> {
+    let mut clients = w
+        .endpoints
+        .iter()
+        .map(|e| MqClient::connect_lazy(e, w.timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Spread producers over the endpoints; followers forward to the leader.
+    let mut current = id as usize % clients.len();
+    let mut hist = new_histogram();
+    while Instant::now() < deadline && claim(budget) {
+        let body = make_body(w.size_bytes);
+        let t0 = Instant::now();
+        let sent = clients[current]
+            .send(&Outgoing { topic: &w.topic, body: &body, tag: Some("bench"), keys: &[], queue_id: None })
+            .await;
+        match sent {
+            Ok(_) => {
+                record_latency(&mut hist, t0.elapsed());
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                counters.sent_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                budget.fetch_add(1, Ordering::Relaxed);
+                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
+                if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
+                    current = (current + 1) % clients.len();
+                }
+                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+            }
+        }
+    }
+    Ok(hist)
+}
+
+async fn nats_producer(
+    id: u32,
+    w: &Workload,
+    counters: &Counters,
+    budget: &AtomicU64,
+    deadline: Instant,
+) -> Result<Histogram<u64>> {
+    let subject = w.subject();
+    let mut current = id as usize % w.endpoints.len();
+    let mut conn: Option<NatsConn> = None;
+    let mut hist = new_histogram();
+    while Instant::now() < deadline && claim(budget) {
+        if conn.is_none() {
+            match NatsConn::connect(&w.endpoints[current], w.timeout).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    budget.fetch_add(1, Ordering::Relaxed);
+                    counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(producer = id, error = %e, "nats connect failed");
+                    current = (current + 1) % w.endpoints.len();
+                    tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let body = make_body(w.size_bytes);
+        let t0 = Instant::now();
+        match c.js_publish(&subject, &body).await {
+            Ok(_seq) => {
+                record_latency(&mut hist, t0.elapsed());
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                counters.sent_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                budget.fetch_add(1, Ordering::Relaxed);
+                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(producer = id, error = %e, "publish failed");
+                // The connection state is unknown after an error: start over.
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+            }
+        }
+    }
+    Ok(hist)
+}
+
+async fn wasmq_consumer(
+    id: u32,
+    w: &Workload,
+    counters: &Counters,
+    producers_done: &AtomicBool,
+    deadline: Instant,
+) -> Result<Histogram<u64>> {
+    let mut client = MqClient::connect_lazy(&w.endpoints[id as usize % w.endpoints.len()], w.timeout)?;
+    let mut hist = new_histogram();
+    let hard_stop = deadline + Duration::from_millis(DRAIN_IDLE_MS * 3);
+    let mut last_progress = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= hard_stop {
+            break;
+        }
+        if producers_done.load(Ordering::Relaxed) {
+            let all_in = counters.received.load(Ordering::Relaxed) >= counters.sent.load(Ordering::Relaxed);
+            if all_in || now.duration_since(last_progress) >= Duration::from_millis(DRAIN_IDLE_MS) {
+                break;
+            }
+        }
+        match client
+            .receive(&w.group, &w.topic, CONSUMER_BATCH, Duration::from_secs(30), Duration::from_millis(500))
+            .await
+        {
+            Ok(batch) if batch.is_empty() => {}
+            Ok(batch) => {
+                last_progress = Instant::now();
+                for m in &batch {
+                    if let Some(age) = body_age(&m.body) {
+                        record_latency(&mut hist, age);
+                    }
+                    counters.received_bytes.fetch_add(m.body.len() as u64, Ordering::Relaxed);
+                }
+                counters.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if let Err(e) = client.ack(&w.group, &w.topic, &batch).await {
+                    counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(consumer = id, error = %e, "ack failed");
+                }
+            }
+            Err(e) => {
+                counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(consumer = id, error = %e, "receive failed");
+                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+            }
+        }
+    }
+    Ok(hist)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_carries_its_send_time() {
+        let b = make_body(64);
+        assert_eq!(b.len(), 64);
+        let age = body_age(&b).unwrap();
+        assert!(age < Duration::from_secs(5), "{age:?}");
+    }
+
+    #[test]
+    fn budget_is_never_overdrawn() {
+        let b = AtomicU64::new(2);
+        assert!(claim(&b));
+        assert!(claim(&b));
+        assert!(!claim(&b));
+        assert_eq!(b.load(Ordering::Relaxed), 0);
+    }
+}

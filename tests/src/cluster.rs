@@ -1,0 +1,614 @@
+//! Starts a name server and N brokers as real processes, with generated configs and data
+//! under a temp dir, and injects process faults (kill -9, SIGSTOP/SIGCONT, restart).
+//!
+//! Binaries come from `target/release/` of this workspace, or from `$WASMQ_BIN_DIR`.
+//! Each process logs to `<dir>/logs/<name>.log`; `dump_logs` prints their tails (tests call it
+//! on failure, via `Cluster::finish`). `WASMQ_KEEP_DIR=1` keeps the temp dir for inspection.
+//!
+//! With `ClusterSpec::proxied`, every Raft link goes through a `ProxyMesh` (see `proxy`).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use wasmq_proto::wasmq::admin::{self, admin_client::AdminClient};
+use wasmq_proto::wasmq::namesrv::{self, name_server_client::NameServerClient};
+
+use crate::proxy::ProxyMesh;
+
+/// Nodes in one Raft group: DLedger groups are 1, 3 or 5 in practice.
+pub const NODES_MAX: usize = 5;
+/// Lines of each log printed on failure.
+pub const LOG_TAIL_LINES: usize = 60;
+/// How long one admin status call may take before the node counts as unreachable.
+const STATUS_TIMEOUT_MS: u64 = 1_000;
+/// How long a started process gets to open its port.
+const PORT_OPEN_TIMEOUT_MS: u64 = 20_000;
+const POLL_INTERVAL_MS: u64 = 50;
+
+/// Where the release binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    pub const NAMESRV: &'static str = "mqnamesrv";
+    pub const BROKER: &'static str = "mqbroker";
+    pub const ADMIN: &'static str = "mqadmin";
+
+    /// `$WASMQ_BIN_DIR`, else `<workspace>/target/release`. Fails with a clear message when a
+    /// binary is missing: these tests run the real processes, they never build them.
+    pub fn locate() -> Result<Self> {
+        let dir = match std::env::var_os("WASMQ_BIN_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+        };
+        let bins = Binaries { dir };
+        for name in [Self::NAMESRV, Self::BROKER, Self::ADMIN] {
+            let path = bins.path(name);
+            ensure!(
+                path.is_file(),
+                "missing binary {} — build the release binaries first: \
+                 `cargo build --release -p wasmq-broker` (or set WASMQ_BIN_DIR)",
+                path.display()
+            );
+        }
+        Ok(bins)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Picks a free loopback port. The port is released before the process binds it; a collision
+/// with another process in between is possible but rare, and shows up as a clear start error.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    /// Route Raft traffic through fault-injecting proxies.
+    pub proxied: bool,
+    pub cluster_name: String,
+    pub group_name: String,
+    /// Extra `key = value` TOML lines appended to every broker config (tuning under test).
+    pub broker_extra_toml: Vec<String>,
+}
+
+impl ClusterSpec {
+    pub fn replicated(nodes: usize) -> Self {
+        ClusterSpec {
+            nodes,
+            proxied: false,
+            cluster_name: "WasmqTestCluster".into(),
+            group_name: "broker-a".into(),
+            broker_extra_toml: Vec::new(),
+        }
+    }
+
+    pub fn proxied(mut self) -> Self {
+        self.proxied = true;
+        self
+    }
+}
+
+/// A process we started: its pid is ours to signal.
+struct Proc {
+    child: Child,
+    stopped: bool,
+}
+
+impl Proc {
+    fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet (so not reused).
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        ensure!(rc == 0, "kill({}, {sig}): {}", self.pid(), std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// SIGKILL and reap. A stopped process dies from SIGKILL too.
+    fn kill9(mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.signal(libc::SIGKILL)?;
+        }
+        self.child.wait().context("reap killed process")?;
+        Ok(())
+    }
+}
+
+pub struct BrokerNode {
+    pub index: usize,
+    /// `dLegerSelfId`, e.g. "n0".
+    pub id: String,
+    pub client_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub store_dir: PathBuf,
+    pub log_path: PathBuf,
+    proc: Option<Proc>,
+    pub restarts: u32,
+}
+
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub bins: Binaries,
+    dir: Option<tempfile::TempDir>,
+    pub root: PathBuf,
+    pub namesrv_addr: SocketAddr,
+    namesrv_log: PathBuf,
+    namesrv_config: PathBuf,
+    namesrv: Option<Proc>,
+    pub nodes: Vec<BrokerNode>,
+    pub mesh: Option<ProxyMesh>,
+}
+
+/// One node's view of itself, from the admin `BrokerStatus` call.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub index: usize,
+    pub node_id: String,
+    pub role: admin::Role,
+    pub term: u64,
+    pub leader_id: String,
+    pub last_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+}
+
+impl Cluster {
+    /// Writes configs, starts the name server and every broker, and waits until each has
+    /// opened its client port. Does not wait for a leader (see `wait_for_leader`).
+    pub async fn start(spec: ClusterSpec) -> Result<Self> {
+        ensure!((1..=NODES_MAX).contains(&spec.nodes), "{} nodes", spec.nodes);
+        let bins = Binaries::locate()?;
+        let dir = tempfile::Builder::new().prefix("wasmq-cluster-").tempdir()?;
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join("logs"))?;
+        fs::create_dir_all(root.join("conf"))?;
+
+        let namesrv_addr = loopback(free_port()?);
+        let namesrv_config = root.join("conf/namesrv.toml");
+        fs::write(&namesrv_config, format!("listenPort = {}\n", namesrv_addr.port()))?;
+
+        let mut nodes = Vec::with_capacity(spec.nodes);
+        for index in 0..spec.nodes {
+            let id = format!("n{index}");
+            nodes.push(BrokerNode {
+                index,
+                client_addr: loopback(free_port()?),
+                raft_addr: loopback(free_port()?),
+                config_path: root.join(format!("conf/broker-{id}.toml")),
+                store_dir: root.join(format!("store/{id}")),
+                log_path: root.join(format!("logs/broker-{id}.log")),
+                id,
+                proc: None,
+                restarts: 0,
+            });
+        }
+        let mesh = if spec.proxied && spec.nodes > 1 {
+            let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.raft_addr).collect();
+            Some(ProxyMesh::start(&addrs).await?)
+        } else {
+            None
+        };
+
+        let mut cluster = Cluster {
+            spec,
+            bins,
+            namesrv_log: root.join("logs/namesrv.log"),
+            namesrv_config,
+            root,
+            dir: Some(dir),
+            namesrv_addr,
+            namesrv: None,
+            nodes,
+            mesh,
+        };
+        for i in 0..cluster.nodes.len() {
+            let text = cluster.broker_config(i);
+            fs::write(&cluster.nodes[i].config_path, text)?;
+            fs::create_dir_all(&cluster.nodes[i].store_dir)?;
+        }
+        cluster.start_namesrv().await?;
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// The `dLegerPeers` node `i` dials: its own real address, proxies for the others.
+    pub fn peers_for(&self, i: usize) -> String {
+        let mut parts = Vec::with_capacity(self.nodes.len());
+        for (j, n) in self.nodes.iter().enumerate() {
+            let addr = match &self.mesh {
+                Some(mesh) => mesh.dial_addr(i, j),
+                None => n.raft_addr,
+            };
+            parts.push(format!("{}-{}", n.id, addr));
+        }
+        parts.join(";")
+    }
+
+    fn broker_config(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        let mut t = String::new();
+        let replicated = self.nodes.len() > 1;
+        writeln!(t, "brokerClusterName = \"{}\"", self.spec.cluster_name).unwrap();
+        writeln!(t, "brokerName = \"{}\"", self.spec.group_name).unwrap();
+        writeln!(t, "listenPort = {}", n.client_addr.port()).unwrap();
+        writeln!(t, "namesrvAddr = \"{}\"", self.namesrv_addr).unwrap();
+        writeln!(t, "storePathRootDir = \"{}\"", n.store_dir.display()).unwrap();
+        writeln!(t, "enableDLegerCommitLog = {replicated}").unwrap();
+        if replicated {
+            writeln!(t, "dLegerGroup = \"{}\"", self.spec.group_name).unwrap();
+            writeln!(t, "dLegerPeers = \"{}\"", self.peers_for(i)).unwrap();
+            writeln!(t, "dLegerSelfId = \"{}\"", n.id).unwrap();
+        }
+        for line in &self.spec.broker_extra_toml {
+            writeln!(t, "{line}").unwrap();
+        }
+        t
+    }
+
+    fn spawn_logged(&self, bin: &str, args: &[&str], log_path: &Path) -> Result<Proc> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let mut cmd = Command::new(self.bins.path(bin));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("RUST_BACKTRACE", "1");
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        // The child dies with the thread that spawned it (a test runtime thread): a crashed or
+        // interrupted test run leaves no brokers behind.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("spawn {bin} {args:?}"))?;
+        Ok(Proc { child, stopped: false })
+    }
+
+    async fn start_namesrv(&mut self) -> Result<()> {
+        ensure!(self.namesrv.is_none(), "name server already running");
+        let config = self.namesrv_config.display().to_string();
+        let mut proc = self.spawn_logged(Binaries::NAMESRV, &["-c", &config], &self.namesrv_log)?;
+        if let Err(e) = wait_port_open(&mut proc, self.namesrv_addr).await {
+            let _ = proc.kill9();
+            return Err(e).context(format!("name server did not start\n{}", tail(&self.namesrv_log, LOG_TAIL_LINES)));
+        }
+        self.namesrv = Some(proc);
+        Ok(())
+    }
+
+    /// Starts node `i` (again, after a kill) on its existing store and config.
+    pub async fn start_node(&mut self, i: usize) -> Result<()> {
+        ensure!(self.nodes[i].proc.is_none(), "node {i} already running");
+        let config = self.nodes[i].config_path.display().to_string();
+        let mut proc = self.spawn_logged(Binaries::BROKER, &["-c", &config], &self.nodes[i].log_path)?;
+        if let Err(e) = wait_port_open(&mut proc, self.nodes[i].client_addr).await {
+            let _ = proc.kill9();
+            return Err(e).context(format!(
+                "broker {} did not start\n{}",
+                self.nodes[i].id,
+                tail(&self.nodes[i].log_path, LOG_TAIL_LINES)
+            ));
+        }
+        self.nodes[i].proc = Some(proc);
+        Ok(())
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].proc.is_some()
+    }
+
+    pub fn is_stopped(&self, i: usize) -> bool {
+        self.nodes[i].proc.as_ref().is_some_and(|p| p.stopped)
+    }
+
+    /// kill -9 node `i` (no-op if it is not running).
+    pub fn kill9(&mut self, i: usize) -> Result<()> {
+        if let Some(proc) = self.nodes[i].proc.take() {
+            proc.kill9().with_context(|| format!("kill -9 {}", self.nodes[i].id))?;
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill9(i)?;
+        self.nodes[i].restarts += 1;
+        self.start_node(i).await
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open (a GC pause or a hung VM).
+    pub fn sigstop(&mut self, i: usize) -> Result<()> {
+        let proc = self.nodes[i].proc.as_mut().context("sigstop: node not running")?;
+        proc.signal(libc::SIGSTOP)?;
+        proc.stopped = true;
+        Ok(())
+    }
+
+    pub fn sigcont(&mut self, i: usize) -> Result<()> {
+        let proc = self.nodes[i].proc.as_mut().context("sigcont: node not running")?;
+        proc.signal(libc::SIGCONT)?;
+        proc.stopped = false;
+        Ok(())
+    }
+
+    /// Checks that no process we started has exited on its own (a crash is a failure, not
+    /// a fault we injected).
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(p) = self.namesrv.as_mut() {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("name server exited by itself: {status}\n{}", tail(&self.namesrv_log, LOG_TAIL_LINES));
+            }
+        }
+        for n in &mut self.nodes {
+            if let Some(p) = n.proc.as_mut() {
+                if let Some(status) = p.child.try_wait()? {
+                    bail!("broker {} exited by itself: {status}\n{}", n.id, tail(&n.log_path, LOG_TAIL_LINES));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn client_endpoint(&self, i: usize) -> String {
+        format!("http://{}", self.nodes[i].client_addr)
+    }
+
+    pub async fn admin(&self, i: usize) -> Result<AdminClient<tonic::transport::Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(self.client_endpoint(i))?
+            .connect_timeout(Duration::from_millis(STATUS_TIMEOUT_MS))
+            .timeout(Duration::from_millis(STATUS_TIMEOUT_MS * 5))
+            .connect()
+            .await
+            .with_context(|| format!("connect admin {}", self.nodes[i].id))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Node `i`'s own status; errors when it is down, stopped or slow.
+    pub async fn status(&self, i: usize) -> Result<NodeStatus> {
+        let call = async {
+            let mut client = self.admin(i).await?;
+            let r = client.broker_status(admin::BrokerStatusRequest {}).await?.into_inner();
+            Ok::<_, anyhow::Error>(r)
+        };
+        let r = tokio::time::timeout(Duration::from_millis(STATUS_TIMEOUT_MS), call)
+            .await
+            .with_context(|| format!("status of {} timed out", self.nodes[i].id))??;
+        Ok(NodeStatus {
+            index: i,
+            node_id: r.node_id.clone(),
+            role: r.role(),
+            term: r.term,
+            leader_id: r.leader_id,
+            last_index: r.last_index,
+            committed_index: r.committed_index,
+            applied_index: r.applied_index,
+        })
+    }
+
+    /// Status of every running, not stopped node that answers in time.
+    pub async fn statuses(&self) -> Vec<NodeStatus> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let calls = (0..self.nodes.len())
+            .filter(|&i| self.is_running(i) && !self.is_stopped(i))
+            .map(|i| self.status(i));
+        for r in futures::future::join_all(calls).await {
+            if let Ok(s) = r {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly one answering node says it is leader (standalone counts) and a
+    /// majority of answering nodes agree on it and its term. Returns (index, term).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(usize, u64)> {
+        self.wait_for_leader_among(timeout, &(0..self.nodes.len()).collect::<Vec<_>>()).await
+    }
+
+    /// Like `wait_for_leader`, but only nodes in `candidates` may be the leader (e.g. the
+    /// majority side of a partition) and only their views count.
+    pub async fn wait_for_leader_among(&self, timeout: Duration, candidates: &[usize]) -> Result<(usize, u64)> {
+        let deadline = Instant::now() + timeout;
+        let majority = self.nodes.len() / 2 + 1;
+        let mut last = Vec::new();
+        loop {
+            let statuses: Vec<NodeStatus> =
+                self.statuses().await.into_iter().filter(|s| candidates.contains(&s.index)).collect();
+            let leaders: Vec<&NodeStatus> = statuses
+                .iter()
+                .filter(|s| matches!(s.role, admin::Role::Leader | admin::Role::Standalone))
+                .collect();
+            if let [leader] = leaders.as_slice() {
+                let agree = statuses
+                    .iter()
+                    .filter(|s| s.term == leader.term && s.leader_id == leader.node_id)
+                    .count();
+                let needed = if self.nodes.len() == 1 { 1 } else { majority };
+                if agree >= needed || (leader.role == admin::Role::Standalone) {
+                    return Ok((leader.index, leader.term));
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("no leader among {candidates:?} after {timeout:?}; last statuses: {last:#?}");
+            }
+            last = statuses;
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 4)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_running(i)).collect();
+            let statuses = self.statuses().await;
+            let behind: Vec<String> = running
+                .iter()
+                .filter(|&&i| !statuses.iter().any(|s| s.index == i && s.applied_index >= index))
+                .map(|&i| {
+                    let s = statuses.iter().find(|s| s.index == i);
+                    format!("{}: {:?}", self.nodes[i].id, s.map(|s| (s.applied_index, s.committed_index)))
+                })
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("nodes not caught up to applied index {index} after {timeout:?}: {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 4)).await;
+        }
+    }
+
+    pub async fn namesrv_client(&self) -> Result<NameServerClient<tonic::transport::Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.namesrv_addr))?
+            .connect_timeout(Duration::from_millis(STATUS_TIMEOUT_MS))
+            .timeout(Duration::from_millis(STATUS_TIMEOUT_MS * 5))
+            .connect()
+            .await
+            .context("connect name server")?;
+        Ok(NameServerClient::new(channel))
+    }
+
+    /// The name server's cluster table (gRPC `GetClusterInfo`).
+    pub async fn cluster_info(&self) -> Result<namesrv::GetClusterInfoResponse> {
+        let mut c = self.namesrv_client().await?;
+        Ok(c.get_cluster_info(namesrv::GetClusterInfoRequest {}).await?.into_inner())
+    }
+
+    /// `mqadmin clusterList -n <namesrv> --json`, parsed. Runs the real CLI.
+    pub async fn mqadmin_cluster_list(&self) -> Result<serde_json::Value> {
+        let out = self.mqadmin(&["clusterList", "-n", &self.namesrv_addr.to_string(), "--json"]).await?;
+        serde_json::from_str(&out).with_context(|| format!("mqadmin clusterList --json printed non-JSON: {out}"))
+    }
+
+    /// Runs `mqadmin ARGS`, returns stdout; a non-zero exit is an error with stderr.
+    pub async fn mqadmin(&self, args: &[&str]) -> Result<String> {
+        let out = tokio::process::Command::new(self.bins.path(Binaries::ADMIN))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out)
+            .await
+            .with_context(|| format!("mqadmin {args:?} timed out"))??;
+        ensure!(
+            out.status.success(),
+            "mqadmin {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Prints the tail of every log to stderr.
+    pub fn dump_logs(&self, lines: usize) {
+        eprintln!("===== cluster dir: {}", self.root.display());
+        eprintln!("===== namesrv log tail\n{}", tail(&self.namesrv_log, lines));
+        for n in &self.nodes {
+            eprintln!("===== broker {} log tail ({} restarts)\n{}", n.id, n.restarts, tail(&n.log_path, lines));
+        }
+    }
+
+    /// Ends a test: on error, prints the logs and panics with the error chain; kills every
+    /// process either way.
+    pub fn finish(mut self, result: Result<()>) {
+        if let Err(e) = &result {
+            self.dump_logs(LOG_TAIL_LINES);
+            if std::env::var_os("WASMQ_KEEP_DIR").is_none() {
+                // Keep the evidence of a failure.
+                if let Some(dir) = self.dir.take() {
+                    let kept = dir.keep();
+                    eprintln!("===== kept {}", kept.display());
+                }
+            }
+            self.shutdown();
+            panic!("{e:?}");
+        }
+        self.shutdown();
+    }
+
+    pub fn shutdown(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.kill9(i);
+        }
+        if let Some(p) = self.namesrv.take() {
+            let _ = p.kill9();
+        }
+        if std::env::var_os("WASMQ_KEEP_DIR").is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("kept cluster dir {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs(LOG_TAIL_LINES);
+        }
+        self.shutdown();
+    }
+}
+
+async fn wait_port_open(proc: &mut Proc, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(PORT_OPEN_TIMEOUT_MS);
+    loop {
+        if let Some(status) = proc.child.try_wait()? {
+            bail!("process exited during startup: {status}");
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("port {addr} not open after {PORT_OPEN_TIMEOUT_MS} ms");
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+/// Last `lines` lines of a file (whole file read: logs of a test run are small).
+pub fn tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
