@@ -79,20 +79,42 @@ impl<'a> Batch<'a> {
         MessageView::parse(index, &self.buf[start..end])
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = Result<MessageView<'a>, BatchError>> + '_ {
-        (0..self.len()).map(move |i| self.get(i))
+    /// All records in order (cheaper than `get` in a loop: no per-index bounds checks).
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = Result<MessageView<'a>, BatchError>> + 'a {
+        let buf = self.buf;
+        self.offsets
+            .windows(2)
+            .enumerate()
+            .map(move |(i, w)| MessageView::parse(i, &buf[w[0] as usize..w[1] as usize]))
     }
 }
 
 /// One message of a batch, borrowing from the batch buffer.
+///
+/// Parsing reads only the length prefixes; text fields are checked for UTF-8 when an
+/// accessor returns them as `&str` (a filter that looks at one property pays for that
+/// one). The host writes UTF-8, so invalid text is a host bug: those accessors panic,
+/// which traps the call and lets the host apply the plugin's `onError` policy. The `*_bytes`
+/// accessors never check.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MessageView<'a> {
-    topic: &'a str,
-    tag: Option<&'a str>,
-    keys: &'a str,
-    properties: &'a str,
+    index: usize,
+    topic: &'a [u8],
+    tag: &'a [u8],
+    keys: &'a [u8],
+    properties: &'a [u8],
     queue_offset: u64,
     body: &'a [u8],
+}
+
+/// Checks text from the host; see [`MessageView`] for why invalid text panics.
+#[inline]
+fn text<'a>(index: usize, field: &'static str, bytes: &'a [u8]) -> &'a str {
+    match core::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(_) => panic!("{}", BatchError::NotUtf8 { index, field }),
+    }
 }
 
 struct Reader<'a> {
@@ -133,16 +155,10 @@ impl<'a> Reader<'a> {
         let b = self.take(field, 8)?;
         Ok(u64::from_le_bytes(b.try_into().expect("take returned 8 bytes")))
     }
-
-    #[inline(always)]
-    fn str(&mut self, field: &'static str, n: usize) -> Result<&'a str, BatchError> {
-        let bytes = self.take(field, n)?;
-        core::str::from_utf8(bytes).map_err(|_| BatchError::NotUtf8 { index: self.index, field })
-    }
 }
 
 impl<'a> MessageView<'a> {
-    /// Parses one record; `index` only labels errors.
+    /// Parses one record's framing; `index` labels errors.
     #[inline]
     pub fn parse(index: usize, record: &'a [u8]) -> Result<Self, BatchError> {
         if record.len() < RECORD_FIXED_BYTES {
@@ -155,46 +171,64 @@ impl<'a> MessageView<'a> {
         }
         let mut r = Reader { index, rest: record };
         let n = r.u16("topic-len")?;
-        let topic = r.str("topic", n)?;
+        let topic = r.take("topic", n)?;
         let n = r.u16("tag-len")?;
-        let tag = r.str("tag", n)?;
+        let tag = r.take("tag", n)?;
         let n = r.u16("keys-len")?;
-        let keys = r.str("keys", n)?;
+        let keys = r.take("keys", n)?;
         let n = r.u32("props-len")?;
-        let properties = r.str("props", n)?;
+        let properties = r.take("props", n)?;
         let queue_offset = r.u64("queue-offset")?;
         let n = r.u32("body-len")?;
         let body = r.take("body", n)?;
         if !r.rest.is_empty() {
             return Err(BatchError::Trailing { index, trailing: r.rest.len() });
         }
-        Ok(MessageView {
-            topic,
-            tag: if tag.is_empty() { None } else { Some(tag) },
-            keys,
-            properties,
-            queue_offset,
-            body,
-        })
+        Ok(MessageView { index, topic, tag, keys, properties, queue_offset, body })
+    }
+
+    /// Checks every text field for UTF-8 at once (the accessors check lazily).
+    pub fn validate_utf8(&self) -> Result<(), BatchError> {
+        for (field, bytes) in [("topic", self.topic), ("tag", self.tag), ("keys", self.keys), ("props", self.properties)] {
+            if core::str::from_utf8(bytes).is_err() {
+                return Err(BatchError::NotUtf8 { index: self.index, field });
+            }
+        }
+        Ok(())
+    }
+
+    /// Position of the record in its batch.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     pub fn topic(&self) -> &'a str {
+        text(self.index, "topic", self.topic)
+    }
+
+    pub fn topic_bytes(&self) -> &'a [u8] {
         self.topic
     }
 
     /// The message's tag; RocketMQ allows at most one.
     pub fn tag(&self) -> Option<&'a str> {
-        self.tag
+        if self.tag.is_empty() { None } else { Some(text(self.index, "tag", self.tag)) }
+    }
+
+    /// The tag's bytes, without the UTF-8 check (cheapest for comparisons).
+    #[inline]
+    pub fn tag_bytes(&self) -> Option<&'a [u8]> {
+        if self.tag.is_empty() { None } else { Some(self.tag) }
     }
 
     /// The raw KEYS string (keys separated by a space).
     pub fn keys_raw(&self) -> &'a str {
-        self.keys
+        text(self.index, "keys", self.keys)
     }
 
     /// The message keys, in order, without empty entries.
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
-        self.keys.split(' ').filter(|k| !k.is_empty())
+        self.keys_raw().split(' ').filter(|k| !k.is_empty())
     }
 
     pub fn first_key(&self) -> Option<&'a str> {
@@ -204,18 +238,32 @@ impl<'a> MessageView<'a> {
     /// The user properties, in stored order. Like RocketMQ's decoder, segments without a
     /// name/value separator are ignored.
     pub fn properties(&self) -> Properties<'a> {
-        Properties { rest: self.properties }
+        Properties { index: self.index, rest: self.properties }
     }
 
     /// The raw RocketMQ property encoding.
-    pub fn properties_raw(&self) -> &'a str {
+    pub fn properties_bytes(&self) -> &'a [u8] {
         self.properties
     }
 
-    /// Value of the first property called `name` (a linear scan: properties are few).
+    /// Value of the first property called `name` (a linear scan over bytes: properties are
+    /// few; only the returned value is checked for UTF-8).
     #[inline]
     pub fn property(&self, name: &str) -> Option<&'a str> {
-        self.properties().find(|(n, _)| *n == name).map(|(_, v)| v)
+        let mut rest = self.properties;
+        let name = name.as_bytes();
+        while !rest.is_empty() {
+            let end = rest.iter().position(|&b| b == PROPERTY_SEPARATOR).unwrap_or(rest.len());
+            let segment = &rest[..end];
+            rest = if end < rest.len() { &rest[end + 1..] } else { &[] };
+            if segment.len() > name.len()
+                && segment[name.len()] == PROPERTY_NAME_VALUE_SEPARATOR
+                && &segment[..name.len()] == name
+            {
+                return Some(text(self.index, "props", &segment[name.len() + 1..]));
+            }
+        }
+        None
     }
 
     /// Consume-queue offset of the message.
@@ -232,10 +280,10 @@ impl<'a> MessageView<'a> {
 impl fmt::Debug for MessageView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageView")
-            .field("topic", &self.topic)
-            .field("tag", &self.tag)
-            .field("keys", &self.keys)
-            .field("properties", &self.properties().collect::<Vec<_>>())
+            .field("topic", &String::from_utf8_lossy(self.topic))
+            .field("tag", &String::from_utf8_lossy(self.tag))
+            .field("keys", &String::from_utf8_lossy(self.keys))
+            .field("properties", &String::from_utf8_lossy(self.properties))
             .field("queue_offset", &self.queue_offset)
             .field("body_len", &self.body.len())
             .finish()
@@ -245,7 +293,8 @@ impl fmt::Debug for MessageView<'_> {
 /// Iterator over `(name, value)` pairs of a RocketMQ property string.
 #[derive(Clone)]
 pub struct Properties<'a> {
-    rest: &'a str,
+    index: usize,
+    rest: &'a [u8],
 }
 
 impl<'a> Iterator for Properties<'a> {
@@ -253,19 +302,18 @@ impl<'a> Iterator for Properties<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.rest.is_empty() {
-                return None;
-            }
-            let bytes = self.rest.as_bytes();
-            let end = bytes.iter().position(|&b| b == PROPERTY_SEPARATOR).unwrap_or(bytes.len());
-            // Separators are ASCII, so every split point is a char boundary.
+        while !self.rest.is_empty() {
+            let end = self.rest.iter().position(|&b| b == PROPERTY_SEPARATOR).unwrap_or(self.rest.len());
             let segment = &self.rest[..end];
-            self.rest = if end < bytes.len() { &self.rest[end + 1..] } else { "" };
-            if let Some(split) = segment.as_bytes().iter().position(|&b| b == PROPERTY_NAME_VALUE_SEPARATOR) {
-                return Some((&segment[..split], &segment[split + 1..]));
+            self.rest = if end < self.rest.len() { &self.rest[end + 1..] } else { &[] };
+            if let Some(split) = segment.iter().position(|&b| b == PROPERTY_NAME_VALUE_SEPARATOR) {
+                return Some((
+                    text(self.index, "props", &segment[..split]),
+                    text(self.index, "props", &segment[split + 1..]),
+                ));
             }
         }
+        None
     }
 }
 
@@ -370,7 +418,7 @@ mod tests {
 
     #[test]
     fn properties_ignore_segments_without_separator_and_tolerate_missing_final_separator() {
-        let p = Properties { rest: "a\u{1}1\u{2}junk\u{2}\u{2}b\u{1}2" };
+        let p = Properties { index: 0, rest: "a\u{1}1\u{2}junk\u{2}\u{2}b\u{1}2".as_bytes() };
         assert_eq!(p.collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
     }
 
@@ -397,6 +445,21 @@ mod tests {
         assert_eq!(MessageView::parse(3, &long).err(), Some(BatchError::Trailing { index: 3, trailing: 1 }));
         let mut bad = good.clone();
         bad[2] = 0xff; // first topic byte
-        assert_eq!(MessageView::parse(0, &bad).err(), Some(BatchError::NotUtf8 { index: 0, field: "topic" }));
+        let view = MessageView::parse(0, &bad).expect("framing is fine");
+        assert_eq!(view.validate_utf8(), Err(BatchError::NotUtf8 { index: 0, field: "topic" }));
+        assert_eq!(view.tag(), Some("x"), "other fields stay readable");
+        let panic = std::panic::catch_unwind(|| view.topic()).expect_err("invalid topic panics");
+        assert!(panic.downcast_ref::<String>().unwrap().contains("field topic is not UTF-8"));
+    }
+
+    #[test]
+    fn property_lookup_matches_whole_names_only() {
+        let mut w = BatchWriter::new();
+        w.push(&MessageSpec { topic: "t", properties: &[("ab", "1"), ("a", "2"), ("a", "3")], ..Default::default() });
+        let m = w.batch().get(0).unwrap();
+        assert_eq!(m.property("a"), Some("2"), "first match, not a prefix of another name");
+        assert_eq!(m.property("ab"), Some("1"));
+        assert_eq!(m.property("b"), None);
+        assert_eq!(m.property(""), None);
     }
 }

@@ -98,15 +98,14 @@ pub fn run_batch<F: Filter>(
     let mut verdicts = Vec::with_capacity(batch.len());
     match prepared {
         Ok(filter) => {
-            for i in 0..batch.len() {
-                let msg = batch.get(i)?;
-                verdicts.push(filter.deliver(ctx, &msg) as u8);
+            for msg in batch.iter() {
+                verdicts.push(filter.deliver(ctx, &msg?) as u8);
             }
         }
         Err(_) => {
             // Still parse every record: a malformed batch is a host bug worth a trap.
-            for i in 0..batch.len() {
-                batch.get(i)?;
+            for msg in batch.iter() {
+                msg?;
             }
             verdicts.resize(batch.len(), 0);
         }

@@ -45,7 +45,7 @@ impl Filter for SubscriptionFilter {
     #[inline]
     fn deliver(&self, _ctx: &FilterContext<'_>, msg: &MessageView<'_>) -> bool {
         match self {
-            SubscriptionFilter::Tag(t) => t.matches(msg.tag()),
+            SubscriptionFilter::Tag(t) => t.matches(msg.tag_bytes()),
             SubscriptionFilter::Sql92(e) => e.matches(&View(msg)),
         }
     }

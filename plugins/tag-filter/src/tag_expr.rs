@@ -40,12 +40,14 @@ impl TagExpr {
         Ok(TagExpr::AnyOf(tags))
     }
 
+    /// Whether a message with this tag (raw bytes: no UTF-8 check needed to compare)
+    /// matches.
     #[inline]
-    pub fn matches(&self, tag: Option<&str>) -> bool {
+    pub fn matches(&self, tag: Option<&[u8]>) -> bool {
         match self {
             TagExpr::All => true,
             TagExpr::AnyOf(tags) => match tag {
-                Some(tag) => tags.iter().any(|t| **t == *tag),
+                Some(tag) => tags.iter().any(|t| t.as_bytes() == tag),
                 None => false,
             },
         }
@@ -61,7 +63,7 @@ mod tests {
         for e in ["*", " * ", "", "   "] {
             let t = TagExpr::parse(e).unwrap();
             assert_eq!(t, TagExpr::All);
-            assert!(t.matches(Some("x")));
+            assert!(t.matches(Some(b"x")));
             assert!(t.matches(None));
         }
     }
@@ -70,12 +72,12 @@ mod tests {
     fn lists_are_whitespace_tolerant() {
         let t = TagExpr::parse("TagA||TagB ||  TagC").unwrap();
         assert_eq!(t, TagExpr::AnyOf(vec!["TagA".into(), "TagB".into(), "TagC".into()]));
-        assert!(t.matches(Some("TagA")));
-        assert!(t.matches(Some("TagC")));
-        assert!(!t.matches(Some("TagD")));
-        assert!(!t.matches(Some("taga")), "tags are case-sensitive");
+        assert!(t.matches(Some(b"TagA")));
+        assert!(t.matches(Some(b"TagC")));
+        assert!(!t.matches(Some(b"TagD")));
+        assert!(!t.matches(Some(b"taga")), "tags are case-sensitive");
         assert!(!t.matches(None));
-        assert!(TagExpr::parse(" TagA ").unwrap().matches(Some("TagA")));
+        assert!(TagExpr::parse(" TagA ").unwrap().matches(Some(b"TagA")));
         assert_eq!(TagExpr::parse("A || A").unwrap(), TagExpr::AnyOf(vec!["A".into()]));
     }
 
