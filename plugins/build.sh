@@ -42,17 +42,19 @@ die() {
     exit 1
 }
 
-# Rust plugins: crate directory (relative to plugins/) and the interface its component must
-# export. wrong-world-router is a router on purpose: its manifest claims a filter.
-RUST_PLUGINS=(
-    "tag-filter filter"
-    "key-hash-router router"
-    "replication-upgrade-validator upgrade-validator"
-    "test/loop-filter filter"
-    "test/alloc-filter filter"
-    "test/trap-filter filter"
-    "test/wrong-world-router router"
-)
+# Rust plugins: every crate under plugins/ except the SDK, found by its Cargo.toml. Each has
+# its manifest NAME.toml beside Cargo.toml (NAME = the crate name = the directory name), and
+# the SDK feature it enables names the interface its component must export. (That is why
+# test/wrong-world-router checks as a router although its manifest claims a filter.)
+RUST_PLUGINS=()
+while IFS= read -r cargo_toml; do
+    dir="${cargo_toml%/Cargo.toml}"
+    dir="${dir#"$PLUGINS_DIR"/}"
+    [[ "$dir" == sdk ]] && continue
+    interface="$(grep -o 'features = \["\(filter\|router\|upgrade-validator\)"\]' "$cargo_toml" | sed 's/.*\["\(.*\)"\]/\1/' || true)"
+    [[ -n "$interface" ]] || die "$cargo_toml: wasmq-plugin-sdk dependency must enable exactly one of the features filter, router, upgrade-validator"
+    RUST_PLUGINS+=("$dir $interface")
+done < <(find "$PLUGINS_DIR" -mindepth 2 -name Cargo.toml -not -path '*/target/*' -not -path '*/node_modules/*' | sort)
 
 mkdir -p "$DIST_DIR"
 
