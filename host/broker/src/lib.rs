@@ -1,6 +1,8 @@
 //! wasmq broker: config, broker core, replication runtime, name server, RocketMQ v2
 //! messaging service, admin service, metrics.
 
+pub mod admin;
 pub mod config;
 pub mod messaging;
+pub mod namesrv;
 pub mod replication;
