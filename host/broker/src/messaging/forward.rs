@@ -1,0 +1,141 @@
+//! Forwarding client RPCs from a follower to the leader.
+//!
+//! Official clients connect to one address of the route (Python sorts them) and keep
+//! a route for ~30 s, so after a leader change they talk to a follower. The follower
+//! replays the call on the leader's client endpoint with the client's metadata and
+//! relays the answer; one hop only (a forwarded call is marked and never forwarded
+//! again).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use wasmq_proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+
+/// Marks a call a broker forwarded (value: the forwarding hop count, always "1").
+pub const FORWARDED_HEADER: &str = "x-wasmq-forwarded";
+/// Most leader endpoints we keep channels for (leaders change rarely).
+const CHANNELS_MAX: usize = 16;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default deadline of a forwarded call whose client sent none.
+const FORWARD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Forwarder {
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Largest gRPC message relayed (decode side of the leader's answer).
+    pub message_bytes_max: usize,
+}
+
+impl Forwarder {
+    pub fn new(message_bytes_max: usize) -> Self {
+        Forwarder { channels: Mutex::new(HashMap::new()), message_bytes_max }
+    }
+
+    pub fn client(&self, endpoint: &str) -> Result<MessagingServiceClient<Channel>, tonic::Status> {
+        let mut channels = self.channels.lock();
+        let channel = match channels.get(endpoint) {
+            Some(c) => c.clone(),
+            None => {
+                let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+                let channel = Endpoint::from_shared(uri)
+                    .map_err(|e| tonic::Status::internal(format!("bad leader endpoint {endpoint:?}: {e}")))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                if channels.len() >= CHANNELS_MAX {
+                    channels.clear();
+                }
+                channels.insert(endpoint.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(MessagingServiceClient::new(channel)
+            .max_decoding_message_size(self.message_bytes_max)
+            .max_encoding_message_size(self.message_bytes_max))
+    }
+}
+
+pub fn is_forwarded(meta: &MetadataMap) -> bool {
+    meta.contains_key(FORWARDED_HEADER)
+}
+
+/// The same request for the leader: client metadata (`x-mq-*`, `authorization`) kept,
+/// the forwarded mark added, the client's deadline carried over.
+pub fn forward_request<T>(request: tonic::Request<T>) -> tonic::Request<T> {
+    let timeout = grpc_timeout(request.metadata()).unwrap_or(FORWARD_TIMEOUT_DEFAULT);
+    let meta = request.metadata().clone();
+    let mut out = tonic::Request::new(request.into_inner());
+    for kv in meta.iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+            let name = k.as_str();
+            if name.starts_with("x-mq-") || name == "authorization" {
+                out.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
+    out.set_timeout(timeout);
+    out
+}
+
+/// The client's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+pub fn grpc_timeout(meta: &MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parses_every_unit_and_rejects_junk() {
+        let t = |v: &'static str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", MetadataValue::from_static(v));
+            grpc_timeout(&m)
+        };
+        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(t("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(t("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(t("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(t("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(t("S"), None);
+        assert_eq!(t("10x"), None);
+        assert_eq!(t("-1S"), None);
+        assert_eq!(t("1234567890S"), None);
+        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn forwarded_request_keeps_client_metadata_only() {
+        let mut r = tonic::Request::new(());
+        r.metadata_mut().insert("x-mq-client-id", MetadataValue::from_static("cid"));
+        r.metadata_mut().insert("authorization", MetadataValue::from_static("MQv2-HMAC-SHA1 x"));
+        r.metadata_mut().insert("user-agent", MetadataValue::from_static("grpc-python"));
+        r.metadata_mut().insert("grpc-timeout", MetadataValue::from_static("5S"));
+        let f = forward_request(r);
+        assert_eq!(f.metadata().get("x-mq-client-id").unwrap(), "cid");
+        assert!(f.metadata().get("authorization").is_some());
+        assert!(f.metadata().get("user-agent").is_none());
+        assert!(is_forwarded(f.metadata()));
+        assert_eq!(grpc_timeout(f.metadata()), Some(Duration::from_secs(5)));
+    }
+}
