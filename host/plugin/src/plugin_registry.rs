@@ -19,7 +19,7 @@ use wasmtime::{Config, Engine};
 use crate::bindings::validator::exports::wasmq::policy::upgrade_validator::{
     ChangeKind, Finding, PluginVersion, Severity,
 };
-use crate::compile_cache::CompileCache;
+use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::error::PluginError;
 use crate::filter_batch::{ExpressionKind, FilterBatch, FilterMessage, chunk_bounds};
 use crate::host_state::{HostState, linker};
@@ -110,6 +110,8 @@ pub struct PluginInfo {
     pub order: i64,
     pub on_error: OnError,
     pub loaded_at: SystemTime,
+    /// Whether this version's compiled code came from the on-disk cache.
+    pub compiled_from_cache: bool,
     pub calls: u64,
     pub errors: u64,
     pub total_call_ns: u64,
@@ -274,6 +276,7 @@ impl PluginRegistry {
                     order: p.manifest.order,
                     on_error: p.manifest.on_error,
                     loaded_at: p.loaded_at,
+                    compiled_from_cache: p.cache_outcome == CacheOutcome::Hit,
                     calls: c.calls,
                     errors: c.errors,
                     total_call_ns: c.total_call_ns,
