@@ -1,0 +1,2 @@
+//! Storage benchmark (filled in below).
+fn main() {}
