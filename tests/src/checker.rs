@@ -10,11 +10,12 @@
 //! 1. acks are consistent: no two acknowledged sends claim the same (queue, offset);
 //! 2. per producer and queue, offsets grow with the send sequence (send order);
 //! 3. on every replica, each queue is read in strictly increasing, contiguous offsets;
-//! 4. on every replica, every acknowledged send is at its (queue, offset) with its body;
-//! 5. on every replica, no body appears twice in a queue, and no body was never attempted;
+//! 4. on every replica, every acknowledged send is found, at the offset (and queue, when the
+//!    ack named one) it was acknowledged with;
+//! 5. on every replica, no body is stored twice, and no body was never attempted;
 //! 6. all replicas serve identical queues.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 /// Violations listed in full; past this only the count grows (a broken run can be huge).
@@ -25,7 +26,9 @@ pub struct AckedSend {
     pub producer: u32,
     /// Position in the producer's own send order (acked or not).
     pub seq: u64,
-    pub queue_id: u32,
+    /// The queue the ack named. RocketMQ v2 send results carry only the queue offset, so
+    /// this is usually `None`: the checker then finds the queue by the (unique) body.
+    pub queue_id: Option<u32>,
     pub offset: u64,
     pub body: Vec<u8>,
 }
@@ -49,9 +52,12 @@ pub enum Violation {
     ConflictingAcks { queue_id: u32, offset: u64 },
     SendOrder { producer: u32, queue_id: u32, seq_earlier: u64, seq_later: u64 },
     ReadOrder { replica: String, queue_id: u32, offset_before: u64, offset_after: u64 },
-    Missing { replica: String, queue_id: u32, offset: u64 },
-    WrongBody { replica: String, queue_id: u32, offset: u64 },
-    Duplicate { replica: String, queue_id: u32, first_offset: u64, again_offset: u64 },
+    /// An acknowledged send is not on this replica.
+    Missing { replica: String, producer: u32, seq: u64, offset: u64 },
+    /// An acknowledged send is at another (queue, offset) than the ack said.
+    WrongPlace { replica: String, acked: (Option<u32>, u64), found: (u32, u64) },
+    /// One body stored twice: (queue, offset) of both copies.
+    Duplicate { replica: String, first: (u32, u64), again: (u32, u64) },
     NeverSent { replica: String, queue_id: u32, offset: u64 },
     ReplicasDiffer { replica_a: String, replica_b: String, queue_id: u32, detail: String },
 }
@@ -120,20 +126,84 @@ pub fn check(attempted: &HashSet<Vec<u8>>, acked: &[AckedSend], replicas: &[Repl
     };
     assert!(acked.iter().all(|a| attempted.contains(&a.body)), "an acked body was not recorded as attempted");
 
-    // 1. Consistent acks.
+    // 1. Consistent acks: where the ack named its queue, no two acks share a (queue, offset).
     let mut acked_at: HashMap<(u32, u64), &AckedSend> = HashMap::with_capacity(acked.len());
     for a in acked {
-        if let Some(prev) = acked_at.insert((a.queue_id, a.offset), a) {
-            if prev.body != a.body || prev.producer != a.producer {
-                report.push(Violation::ConflictingAcks { queue_id: a.queue_id, offset: a.offset });
+        if let Some(queue_id) = a.queue_id {
+            if let Some(prev) = acked_at.insert((queue_id, a.offset), a) {
+                if prev.body != a.body {
+                    report.push(Violation::ConflictingAcks { queue_id, offset: a.offset });
+                }
             }
         }
     }
 
-    // 2. Send order per producer and queue.
+    // 3–5. Per replica.
+    let mut per_replica_queues: Vec<BTreeMap<u32, Vec<(u64, &[u8])>>> = Vec::with_capacity(replicas.len());
+    // Queue each acked send was found in (on the first replica that has it), for the order check.
+    let mut found_queue: HashMap<&[u8], u32> = HashMap::with_capacity(acked.len());
+    for replica in replicas {
+        let mut queues: BTreeMap<u32, Vec<(u64, &[u8])>> = BTreeMap::new();
+        for m in &replica.messages {
+            queues.entry(m.queue_id).or_default().push((m.offset, m.body.as_slice()));
+        }
+        let mut located: HashMap<&[u8], Vec<(u32, u64)>> = HashMap::with_capacity(replica.messages.len());
+        for (&queue_id, msgs) in &queues {
+            for (i, &(offset, body)) in msgs.iter().enumerate() {
+                if i > 0 && msgs[i - 1].0 + 1 != offset {
+                    report.push(Violation::ReadOrder {
+                        replica: replica.replica.clone(),
+                        queue_id,
+                        offset_before: msgs[i - 1].0,
+                        offset_after: offset,
+                    });
+                }
+                if !attempted.contains(body) {
+                    report.push(Violation::NeverSent { replica: replica.replica.clone(), queue_id, offset });
+                }
+                let places = located.entry(body).or_default();
+                if let Some(&(first_queue, first_offset)) = places.first() {
+                    report.push(Violation::Duplicate {
+                        replica: replica.replica.clone(),
+                        first: (first_queue, first_offset),
+                        again: (queue_id, offset),
+                    });
+                }
+                places.push((queue_id, offset));
+            }
+        }
+        for a in acked {
+            match located.get(a.body.as_slice()).and_then(|p| p.first()) {
+                None => report.push(Violation::Missing {
+                    replica: replica.replica.clone(),
+                    producer: a.producer,
+                    seq: a.seq,
+                    offset: a.offset,
+                }),
+                Some(&(queue_id, offset)) => {
+                    if offset != a.offset || a.queue_id.is_some_and(|q| q != queue_id) {
+                        report.push(Violation::WrongPlace {
+                            replica: replica.replica.clone(),
+                            acked: (a.queue_id, a.offset),
+                            found: (queue_id, offset),
+                        });
+                    }
+                    found_queue.entry(a.body.as_slice()).or_insert(queue_id);
+                }
+            }
+        }
+        let acked_count = acked.iter().filter(|a| located.contains_key(a.body.as_slice())).count();
+        report.unacked_stored_max = report.unacked_stored_max.max(replica.messages.len().saturating_sub(acked_count));
+        report.messages_per_replica.push((replica.replica.clone(), replica.messages.len()));
+        per_replica_queues.push(queues);
+    }
+
+    // 2. Send order per producer and queue (queue as acked, else as found).
     let mut by_producer_queue: BTreeMap<(u32, u32), Vec<&AckedSend>> = BTreeMap::new();
     for a in acked {
-        by_producer_queue.entry((a.producer, a.queue_id)).or_default().push(a);
+        if let Some(queue_id) = a.queue_id.or_else(|| found_queue.get(a.body.as_slice()).copied()) {
+            by_producer_queue.entry((a.producer, queue_id)).or_default().push(a);
+        }
     }
     for ((producer, queue_id), mut sends) in by_producer_queue {
         sends.sort_by_key(|a| a.seq);
@@ -149,72 +219,12 @@ pub fn check(attempted: &HashSet<Vec<u8>>, acked: &[AckedSend], replicas: &[Repl
         }
     }
 
-    // 3–5. Per replica.
-    let mut per_replica_queues: Vec<BTreeMap<u32, Vec<(u64, &[u8])>>> = Vec::with_capacity(replicas.len());
-    for replica in replicas {
-        let mut queues: BTreeMap<u32, Vec<(u64, &[u8])>> = BTreeMap::new();
-        for m in &replica.messages {
-            queues.entry(m.queue_id).or_default().push((m.offset, m.body.as_slice()));
-        }
-        let mut at: HashMap<(u32, u64), &[u8]> = HashMap::new();
-        let mut unacked_stored = 0usize;
-        for (&queue_id, msgs) in &queues {
-            let mut seen: HashMap<&[u8], u64> = HashMap::with_capacity(msgs.len());
-            for (i, &(offset, body)) in msgs.iter().enumerate() {
-                if i > 0 && msgs[i - 1].0 + 1 != offset {
-                    report.push(Violation::ReadOrder {
-                        replica: replica.replica.clone(),
-                        queue_id,
-                        offset_before: msgs[i - 1].0,
-                        offset_after: offset,
-                    });
-                }
-                if let Some(&first_offset) = seen.get(body) {
-                    report.push(Violation::Duplicate {
-                        replica: replica.replica.clone(),
-                        queue_id,
-                        first_offset,
-                        again_offset: offset,
-                    });
-                } else {
-                    seen.insert(body, offset);
-                }
-                if !attempted.contains(body) {
-                    report.push(Violation::NeverSent { replica: replica.replica.clone(), queue_id, offset });
-                }
-                at.insert((queue_id, offset), body);
-            }
-            let acked_in_queue = acked.iter().filter(|a| a.queue_id == queue_id).count();
-            unacked_stored += msgs.len().saturating_sub(acked_in_queue);
-        }
-        for a in acked {
-            match at.get(&(a.queue_id, a.offset)) {
-                None => report.push(Violation::Missing {
-                    replica: replica.replica.clone(),
-                    queue_id: a.queue_id,
-                    offset: a.offset,
-                }),
-                Some(body) if *body != a.body.as_slice() => report.push(Violation::WrongBody {
-                    replica: replica.replica.clone(),
-                    queue_id: a.queue_id,
-                    offset: a.offset,
-                }),
-                Some(_) => {}
-            }
-        }
-        report.unacked_stored_max = report.unacked_stored_max.max(unacked_stored);
-        report.messages_per_replica.push((replica.replica.clone(), replica.messages.len()));
-        per_replica_queues.push(queues);
-    }
-
     // 6. Identical replicas.
     if let Some((first, rest)) = per_replica_queues.split_first() {
         for (i, other) in rest.iter().enumerate() {
             let a_name = &replicas[0].replica;
             let b_name = &replicas[i + 1].replica;
-            let queue_ids: HashSet<u32> = first.keys().chain(other.keys()).copied().collect();
-            let mut queue_ids: Vec<u32> = queue_ids.into_iter().collect();
-            queue_ids.sort_unstable();
+            let queue_ids: BTreeSet<u32> = first.keys().chain(other.keys()).copied().collect();
             for queue_id in queue_ids {
                 let empty = Vec::new();
                 let a = first.get(&queue_id).unwrap_or(&empty);
@@ -263,13 +273,13 @@ mod tests {
     use super::*;
 
     fn ack(producer: u32, seq: u64, queue_id: u32, offset: u64) -> AckedSend {
-        AckedSend { producer, seq, queue_id, offset, body: make_body(producer, seq, 0, 0) }
+        AckedSend { producer, seq, queue_id: Some(queue_id), offset, body: make_body(producer, seq, 0, 0) }
     }
 
     fn read_of(acks: &[AckedSend]) -> Vec<ReadMessage> {
         let mut v: Vec<ReadMessage> = acks
             .iter()
-            .map(|a| ReadMessage { queue_id: a.queue_id, offset: a.offset, body: a.body.clone() })
+            .map(|a| ReadMessage { queue_id: a.queue_id.unwrap(), offset: a.offset, body: a.body.clone() })
             .collect();
         v.sort_by_key(|m| (m.queue_id, m.offset));
         v
@@ -317,7 +327,7 @@ mod tests {
         let mut rs = replicas(base.clone());
         rs[1].messages.retain(|m| !(m.queue_id == 0 && m.offset == 2));
         let r = check(&attempted, &acks, &rs);
-        assert!(r.violations.contains(&Violation::Missing { replica: "n1".into(), queue_id: 0, offset: 2 }));
+        assert!(r.violations.contains(&Violation::Missing { replica: "n1".into(), producer: 0, seq: 1, offset: 2 }));
         assert!(r.violations.iter().any(|v| matches!(v, Violation::ReplicasDiffer { .. })));
 
         // Duplicate (same body twice in a queue) and a never-sent body.
@@ -325,14 +335,25 @@ mod tests {
         msgs.push(ReadMessage { queue_id: 1, offset: 2, body: acks[3].body.clone() });
         msgs.push(ReadMessage { queue_id: 1, offset: 3, body: b"ghost".to_vec() });
         let r = check(&attempted, &acks, &replicas(msgs));
-        assert!(r.violations.iter().any(|v| matches!(v, Violation::Duplicate { queue_id: 1, .. })));
+        assert!(r.violations.iter().any(|v| matches!(v, Violation::Duplicate { first: (1, 0), again: (1, 2), .. })));
         assert!(r.violations.iter().any(|v| matches!(v, Violation::NeverSent { queue_id: 1, offset: 3, .. })));
 
-        // Wrong body at an acked offset.
+        // Two acked messages swapped: each is at another offset than acknowledged.
         let mut msgs = base.clone();
         msgs[0].body = acks[1].body.clone();
+        msgs[1].body = acks[0].body.clone();
         let r = check(&attempted, &acks, &replicas(msgs));
-        assert!(r.violations.iter().any(|v| matches!(v, Violation::WrongBody { queue_id: 0, offset: 0, .. })));
+        assert!(r.violations.iter().any(|v| matches!(v, Violation::WrongPlace { acked: (Some(0), 0), found: (0, 1), .. })));
+
+        // Without queue ids in the acks, a message in the wrong queue is still caught by offset.
+        let mut unnamed = acks.clone();
+        unnamed.iter_mut().for_each(|a| a.queue_id = None);
+        assert!(check(&attempted, &unnamed, &replicas(base.clone())).is_ok());
+        let mut msgs = base.clone();
+        msgs.retain(|m| !(m.queue_id == 1 && m.offset == 1));
+        msgs.push(ReadMessage { queue_id: 0, offset: 3, body: acks[4].body.clone() });
+        let r = check(&attempted, &unnamed, &replicas(msgs));
+        assert!(r.violations.iter().any(|v| matches!(v, Violation::WrongPlace { acked: (None, 1), found: (0, 3), .. })));
 
         // Gap in offsets.
         let mut msgs = base.clone();

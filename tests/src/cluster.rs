@@ -22,6 +22,8 @@ use crate::proxy::ProxyMesh;
 
 /// Nodes in one Raft group: DLedger groups are 1, 3 or 5 in practice.
 pub const NODES_MAX: usize = 5;
+/// Commitlog segment size in test clusters (the broker's minimum is 1 MiB).
+pub const COMMIT_LOG_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// Lines of each log printed on failure.
 pub const LOG_TAIL_LINES: usize = 60;
 /// How long one admin status call may take before the node counts as unreachable.
@@ -41,12 +43,13 @@ impl Binaries {
     pub const BROKER: &'static str = "mqbroker";
     pub const ADMIN: &'static str = "mqadmin";
 
-    /// `$WASMQ_BIN_DIR`, else `<workspace>/target/release`. Fails with a clear message when a
+    /// `$WASMQ_BIN_DIR`, else `$CARGO_TARGET_DIR/release`, else `<workspace>/target/release`. Fails with a clear message when a
     /// binary is missing: these tests run the real processes, they never build them.
     pub fn locate() -> Result<Self> {
-        let dir = match std::env::var_os("WASMQ_BIN_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+        let dir = match (std::env::var_os("WASMQ_BIN_DIR"), std::env::var_os("CARGO_TARGET_DIR")) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(t)) => PathBuf::from(t).join("release"),
+            (None, None) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
         };
         let bins = Binaries { dir };
         for name in [Self::NAMESRV, Self::BROKER, Self::ADMIN] {
@@ -252,14 +255,20 @@ impl Cluster {
         let replicated = self.nodes.len() > 1;
         writeln!(t, "brokerClusterName = \"{}\"", self.spec.cluster_name).unwrap();
         writeln!(t, "brokerName = \"{}\"", self.spec.group_name).unwrap();
+        writeln!(t, "brokerIP1 = \"127.0.0.1\"").unwrap();
         writeln!(t, "listenPort = {}", n.client_addr.port()).unwrap();
         writeln!(t, "namesrvAddr = \"{}\"", self.namesrv_addr).unwrap();
         writeln!(t, "storePathRootDir = \"{}\"", n.store_dir.display()).unwrap();
+        // Small segments: tests cross segment boundaries and keep the disk footprint small.
+        writeln!(t, "mappedFileSizeCommitLog = {COMMIT_LOG_SEGMENT_BYTES}").unwrap();
         writeln!(t, "enableDLegerCommitLog = {replicated}").unwrap();
         if replicated {
             writeln!(t, "dLegerGroup = \"{}\"", self.spec.group_name).unwrap();
             writeln!(t, "dLegerPeers = \"{}\"", self.peers_for(i)).unwrap();
             writeln!(t, "dLegerSelfId = \"{}\"", n.id).unwrap();
+            // Client endpoints are never proxied: faults are injected on Raft links only.
+            let endpoints: Vec<String> = self.nodes.iter().map(|m| format!("{}-{}", m.id, m.client_addr)).collect();
+            writeln!(t, "dLegerClientEndpoints = \"{}\"", endpoints.join(";")).unwrap();
         }
         for line in &self.spec.broker_extra_toml {
             writeln!(t, "{line}").unwrap();

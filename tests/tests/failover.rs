@@ -1,0 +1,79 @@
+//! Failover: 3 brokers + name server; 10,000 messages from 8 concurrent producers; the
+//! leader is killed with SIGKILL mid-stream; producers retry until a new leader answers;
+//! the old leader restarts and catches up; every acknowledged message is on every replica
+//! exactly once, at its acknowledged offset, in send order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use wasmq_cluster_tests::cluster::{Cluster, ClusterSpec};
+use wasmq_cluster_tests::load::{LoadState, ProducerSpec, spawn_producers, wait_acked};
+use wasmq_cluster_tests::readback::create_topic;
+use wasmq_cluster_tests::scenario::{self, LEADER_TIMEOUT, endpoints, others};
+
+const TOPIC: &str = "FailoverTopic";
+const PRODUCERS: u32 = 8;
+const MESSAGES_TOTAL: u64 = 10_000;
+const QUEUES: u32 = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_kill9_leader_mid_stream() {
+    let mut cluster = scenario::start(ClusterSpec::replicated(3)).await;
+    let result = run(&mut cluster).await;
+    cluster.finish(result);
+}
+
+async fn run(cluster: &mut Cluster) -> Result<()> {
+    let (leader, term) = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+    eprintln!("leader n{leader} term {term}");
+    create_topic(cluster, leader, TOPIC, QUEUES).await?;
+
+    let state = Arc::new(LoadState::default());
+    let spec = ProducerSpec {
+        topic: TOPIC.into(),
+        endpoints: endpoints(cluster),
+        messages: MESSAGES_TOTAL / PRODUCERS as u64,
+        size_bytes: 200,
+        deadline: Instant::now() + Duration::from_secs(240),
+        rpc_timeout: Duration::from_secs(3),
+        pace: Duration::ZERO,
+    };
+    let producers = spawn_producers(PRODUCERS, &spec, &state);
+
+    let before_kill = wait_acked(&state, MESSAGES_TOTAL / 3, Duration::from_secs(90)).await;
+    ensure!(before_kill >= MESSAGES_TOTAL / 3, "only {before_kill} acks before the kill");
+    cluster.kill9(leader)?;
+    let killed_at = Instant::now();
+    eprintln!("killed leader n{leader} after {before_kill} acks");
+
+    let (new_leader, new_term) = cluster.wait_for_leader_among(LEADER_TIMEOUT, &others(3, leader)).await?;
+    ensure!(new_term > term, "new leader n{new_leader} has term {new_term}, not above {term}");
+    let after = wait_acked(&state, before_kill + MESSAGES_TOTAL / 3, Duration::from_secs(90)).await;
+    eprintln!(
+        "new leader n{new_leader} term {new_term} elected; {after} acks {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    ensure!(after > before_kill, "no send acknowledged after the kill");
+
+    cluster.restart(leader).await?;
+    for p in producers {
+        p.await?;
+    }
+    cluster.check_alive()?;
+    {
+        let log = state.log.lock().await;
+        eprintln!(
+            "producers done: acked {} failed attempts {} abandoned {}",
+            log.acked.len(),
+            log.failed_attempts,
+            log.abandoned
+        );
+        ensure!(log.abandoned == 0, "{} messages never acknowledged before the deadline", log.abandoned);
+        ensure!(log.acked.len() as u64 == MESSAGES_TOTAL, "acked {} of {MESSAGES_TOTAL}", log.acked.len());
+    }
+    // Every replica, including the restarted old leader, must hold the same queues.
+    let report = scenario::check_replicas(cluster, &state, TOPIC, true).await?;
+    ensure!(report.replicas == 3, "the restarted node was not read");
+    Ok(())
+}
