@@ -72,6 +72,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Record `index`; panics if `index >= len()` (a caller bug, like slice indexing).
+    #[inline(always)]
     pub fn get(&self, index: usize) -> Result<MessageView<'a>, BatchError> {
         assert!(index < self.len(), "record {index} out of {}", self.len());
         let start = self.offsets[index] as usize;
@@ -158,8 +159,9 @@ impl<'a> Reader<'a> {
 }
 
 impl<'a> MessageView<'a> {
-    /// Parses one record's framing; `index` labels errors.
-    #[inline]
+    /// Parses one record's framing; `index` labels errors. Always inlined: out of line, the
+    /// view travels through memory on wasm and costs more than the parse itself.
+    #[inline(always)]
     pub fn parse(index: usize, record: &'a [u8]) -> Result<Self, BatchError> {
         if record.len() < RECORD_FIXED_BYTES {
             return Err(BatchError::Truncated {

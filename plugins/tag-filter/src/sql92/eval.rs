@@ -170,7 +170,8 @@ impl Expr {
                 Truth::from_bool(matches!(resolve(operand, msg), Value::Null)).negate_if(*negated)
             }
             Expr::Between { operand, low, high, negated } => {
-                let v = resolve(operand, msg);
+                // BETWEEN is numeric: convert the value once, not once per bound.
+                let v = number(resolve(operand, msg)).map_or(Value::Null, Value::Num);
                 compare(CmpOp::Ge, v, resolve(low, msg))
                     .and(compare(CmpOp::Le, v, resolve(high, msg)))
                     .negate_if(*negated)
