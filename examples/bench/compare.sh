@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Side-by-side: wasmq 3-node DLedger group vs NATS JetStream 3-node cluster (R3 file stream),
+# same workload through mqbench: 1 KiB messages, synchronous acks (one send in flight per
+# producer), 1 and 64 producers, 10 s each. Everything on 127.0.0.1; every process this
+# script starts is stopped by pid on exit.
+#
+#   examples/bench/compare.sh            # defaults
+#   DURATION=30 SIZE=4096 PRODUCERS="1 16 64" examples/bench/compare.sh
+#
+# Needs: the release binaries (built here if missing), nats-server (apt-get if missing), jq.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${WASMQ_BIN_DIR:-$ROOT/target/release}"
+DURATION="${DURATION:-10}"
+SIZE="${SIZE:-1024}"
+PRODUCERS="${PRODUCERS:-1 64}"
+# Ports: away from the defaults so a developer's own cluster keeps running.
+NS_PORT=29876
+WQ_CLIENT=(28081 28082 28083)
+WQ_RAFT=(48911 48912 48913)
+NATS_CLIENT=(24222 24223 24224)
+NATS_ROUTE=(26222 26223 26224)
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+
+if [[ ! -x "$BIN/mqbroker" || ! -x "$BIN/mqnamesrv" || ! -x "$BIN/mqadmin" || ! -x "$BIN/mqbench" ]]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -p wasmq-broker -p wasmq-bench)
+fi
+if ! command -v nats-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/nats-server ]]; then
+    log "installing nats-server (Debian package)"
+    if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
+    else sudo apt-get update -qq && sudo apt-get install -y -qq nats-server >/dev/null; fi
+fi
+NATS_SERVER="$(command -v nats-server || echo /usr/sbin/nats-server)"
+command -v jq >/dev/null || { log "jq is required"; exit 1; }
+
+WORK="$(mktemp -d /tmp/wasmq-compare.XXXXXX)"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -z "${KEEP:-}" ]]; then rm -rf "$WORK"; else log "kept $WORK"; fi
+}
+trap cleanup EXIT
+log "work dir $WORK"
+
+wait_port() { # host port seconds
+    local deadline=$((SECONDS + $3))
+    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+        ((SECONDS < deadline)) || { log "port $1:$2 did not open"; return 1; }
+        sleep 0.2
+    done
+}
+
+# ---- wasmq: name server + 3 brokers -------------------------------------------------------
+start_wasmq() {
+    mkdir -p "$WORK/wasmq"
+    printf 'listenPort = %d\n' "$NS_PORT" >"$WORK/wasmq/namesrv.toml"
+    "$BIN/mqnamesrv" -c "$WORK/wasmq/namesrv.toml" >"$WORK/wasmq/namesrv.log" 2>&1 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$NS_PORT" 20
+    local peers="" endpoints=""
+    for i in 0 1 2; do
+        peers+="n$i-127.0.0.1:${WQ_RAFT[$i]};"
+        endpoints+="n$i-127.0.0.1:${WQ_CLIENT[$i]};"
+    done
+    peers="${peers%;}"; endpoints="${endpoints%;}"
+    for i in 0 1 2; do
+        cat >"$WORK/wasmq/broker-n$i.toml" <<EOF
+brokerClusterName = "BenchCluster"
+brokerName = "bench-a"
+brokerIP1 = "127.0.0.1"
+listenPort = ${WQ_CLIENT[$i]}
+namesrvAddr = "127.0.0.1:$NS_PORT"
+storePathRootDir = "$WORK/wasmq/store-n$i"
+flushDiskType = "ASYNC_FLUSH"
+enableDLegerCommitLog = true
+dLegerGroup = "bench-a"
+dLegerPeers = "$peers"
+dLegerSelfId = "n$i"
+dLegerClientEndpoints = "$endpoints"
+logLevel = "warn"
+EOF
+        "$BIN/mqbroker" -c "$WORK/wasmq/broker-n$i.toml" >"$WORK/wasmq/broker-n$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for i in 0 1 2; do wait_port 127.0.0.1 "${WQ_CLIENT[$i]}" 30; done
+    # The topic goes through the replicated log: retry until a leader exists.
+    local deadline=$((SECONDS + 60))
+    until "$BIN/mqadmin" updateTopic -b "127.0.0.1:${WQ_CLIENT[0]}" -t BenchTopic -r 8 -w 8 >/dev/null 2>"$WORK/wasmq/topic.err"; do
+        ((SECONDS < deadline)) || { log "topic creation failed: $(cat "$WORK/wasmq/topic.err")"; return 1; }
+        sleep 0.5
+    done
+}
+
+# ---- NATS: 3 servers, JetStream, clustered -------------------------------------------------
+start_nats() {
+    mkdir -p "$WORK/nats"
+    for i in 0 1 2; do
+        local routes=""
+        for j in 0 1 2; do
+            [[ $j == "$i" ]] || routes+="nats-route://127.0.0.1:${NATS_ROUTE[$j]}, "
+        done
+        cat >"$WORK/nats/n$i.conf" <<EOF
+server_name: n$i
+listen: 127.0.0.1:${NATS_CLIENT[$i]}
+jetstream { store_dir: "$WORK/nats/store-n$i" }
+cluster {
+  name: bench
+  listen: 127.0.0.1:${NATS_ROUTE[$i]}
+  routes: [ ${routes%, } ]
+}
+EOF
+        "$NATS_SERVER" -c "$WORK/nats/n$i.conf" >"$WORK/nats/n$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for i in 0 1 2; do wait_port 127.0.0.1 "${NATS_CLIENT[$i]}" 20; done
+}
+
+# ---- runs ------------------------------------------------------------------------------
+WQ_EPS="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
+NATS_EPS="127.0.0.1:${NATS_CLIENT[0]},127.0.0.1:${NATS_CLIENT[1]},127.0.0.1:${NATS_CLIENT[2]}"
+
+run_wasmq() { # producers
+    "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" \
+        --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
+}
+run_nats() { # producers; (re)creates the R3 file stream first, retrying while the
+    # JetStream meta group elects its leader.
+    local deadline=$((SECONDS + 60))
+    until "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
+        --size "$SIZE" -p 1 -n 1 --duration 5 --json --quiet >/dev/null 2>"$WORK/nats/setup.err"; do
+        ((SECONDS < deadline)) || { log "JetStream setup failed: $(cat "$WORK/nats/setup.err")"; return 1; }
+        sleep 1
+    done
+    "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
+        --size "$SIZE" -p "$1" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
+}
+
+start_wasmq
+start_nats
+log "both clusters up; ${DURATION}s per run, ${SIZE} B messages, producers: $PRODUCERS"
+
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+for p in $PRODUCERS; do
+    log "wasmq, $p producer(s)"
+    run_wasmq "$p" >>"$RESULTS"
+    log "nats, $p producer(s)"
+    run_nats "$p" >>"$RESULTS"
+done
+
+echo
+printf 'Same run, same machine: %s B messages, sync acks, %s s per cell. Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$DURATION"
+printf '%-10s | %12s %12s %7s | %10s %10s %7s | %10s %10s %7s | %s\n' \
+    producers "wasmq msg/s" "nats msg/s" ratio "wasmq p50" "nats p50" ratio "wasmq p99" "nats p99" ratio "errors w/n"
+for p in $PRODUCERS; do
+    w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p\")" "$RESULTS")
+    n=$(jq -c "select(.target==\"nats\" and .label==\"p$p\")" "$RESULTS")
+    jq -rn --argjson w "$w" --argjson n "$n" --arg p "$p" '
+      def r(a; b): if b > 0 then (a / b * 100 | round / 100) else "n/a" end;
+      [$p,
+       ($w.send_msgs_per_s | round), ($n.send_msgs_per_s | round), r($w.send_msgs_per_s; $n.send_msgs_per_s),
+       $w.send_latency_us.p50, $n.send_latency_us.p50, r($w.send_latency_us.p50; $n.send_latency_us.p50),
+       $w.send_latency_us.p99, $n.send_latency_us.p99, r($w.send_latency_us.p99; $n.send_latency_us.p99),
+       "\($w.send_errors)/\($n.send_errors)"] | @tsv' |
+    awk -F'\t' '{ printf "%-10s | %12s %12s %7s | %8sus %8sus %7s | %8sus %8sus %7s | %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11 }'
+done
+echo
+echo "raw JSON lines: $RESULTS (kept with KEEP=1)"
+if [[ -n "${KEEP:-}" ]]; then cat "$RESULTS"; fi
