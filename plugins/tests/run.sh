@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the plugins' own tests: native unit tests (Rust, Python, JS logic) and the smoke tests
-# that load every component in plugins/dist into wasmtime. Build first: plugins/build.sh.
+# Runs the plugins' own tests: native unit tests (Rust, Python, JS logic), then builds
+# plugins/dist (build.sh: quick when up to date) and runs the smoke tests that load every
+# component into wasmtime.
 #   plugins/tests/run.sh            everything
-#   plugins/tests/run.sh --smoke    only the component smoke tests
+#   plugins/tests/run.sh --smoke    only build + component smoke tests
 set -euo pipefail
 PLUGINS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT_DIR="$(cd "$PLUGINS_DIR/.." && pwd)"
@@ -17,6 +18,9 @@ if [[ "${1:-}" != "--smoke" ]]; then
     say "JavaScript unit tests (Node)"
     node --test "$PLUGINS_DIR/js/tag-filter-js/test.mjs"
 fi
+
+say "building components"
+"$PLUGINS_DIR/build.sh"
 
 [[ -x "$VENV_DIR/bin/python" ]] || python3 -m venv "$VENV_DIR"
 if ! "$VENV_DIR/bin/python" -c 'import wasmtime' 2>/dev/null; then
