@@ -465,3 +465,55 @@ mod tests {
         assert_eq!(m.property(""), None);
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Corrupted batches (valid ones with random bytes overwritten, random offset tables)
+    /// never panic the parser: every record is either a view or a `BatchError`.
+    #[test]
+    fn corrupted_batches_never_panic() {
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut views, mut errors) = (0, 0);
+        for _ in 0..20_000 {
+            let mut w = BatchWriter::new();
+            for _ in 0..1 + next() % 3 {
+                let tag = if next() % 2 == 0 { Some("TagA") } else { None };
+                w.push(&MessageSpec { topic: "t", tag, keys: &["k"], properties: &[("a", "1")], ..Default::default() });
+            }
+            let mut buf = w.buf().to_vec();
+            let mut offsets = w.offsets().to_vec();
+            for _ in 0..next() % 4 {
+                let at = (next() % buf.len() as u64) as usize;
+                buf[at] = (next() % 256) as u8;
+            }
+            if next() % 4 == 0 {
+                let at = (next() % offsets.len() as u64) as usize;
+                offsets[at] = (next() % (buf.len() as u64 + 4)) as u32;
+            }
+            let Ok(batch) = Batch::new(&buf, &offsets) else {
+                errors += 1;
+                continue;
+            };
+            for m in batch.iter() {
+                match m {
+                    Ok(m) => {
+                        views += 1;
+                        if m.validate_utf8().is_ok() {
+                            let _ = (m.topic(), m.tag(), m.keys().count(), m.properties().count(), m.property("a"));
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+        assert!(views > 1000 && errors > 1000, "both arms exercised ({views} views, {errors} errors)");
+    }
+}

@@ -49,3 +49,60 @@ pub fn parse(expression: &str) -> Result<Expr, ParseError> {
     let tokens = lexer::tokenize(expression)?;
     parser::Parser::new(&tokens).parse()
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Deterministic xorshift: no dependency, same sequence every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+    }
+
+    struct Props;
+    impl Lookup for Props {
+        fn property(&self, name: &str) -> Option<&str> {
+            match name {
+                "a" => Some("5"),
+                "b" => Some("x"),
+                "c" => Some("true"),
+                _ => None,
+            }
+        }
+        fn tag(&self) -> Option<&str> {
+            Some("TagA")
+        }
+    }
+
+    /// Random token soups never panic the parser, and whatever parses evaluates without
+    /// panicking: a consumer's expression is untrusted input.
+    #[test]
+    fn random_expressions_never_panic() {
+        let tokens = [
+            "a", "b", "c", "d", "TAGS", "'x'", "'TagA'", "''", "5", "-5", "2.5", "1e3", "TRUE", "FALSE", "NULL", "=", "<>",
+            "<", "<=", ">", ">=", "AND", "OR", "NOT", "IS", "BETWEEN", "IN", "(", ")", ",", "CONTAINS", "STARTSWITH",
+            "ENDSWITH", "-", "!", "'unterminated", "#", "é",
+        ];
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let len = 1 + rng.next() % 12;
+            let expr: Vec<&str> = (0..len).map(|_| rng.pick(&tokens)).collect();
+            let expr = expr.join(" ");
+            if let Ok(e) = parse(&expr) {
+                parsed += 1;
+                let _ = e.eval(&Props);
+            }
+        }
+        assert!(parsed > 100, "the generator also produces valid expressions ({parsed})");
+    }
+}
