@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::host::{self, Level};
 
@@ -31,12 +31,17 @@ pub struct HostState {
 
 impl HostState {
     pub fn new(plugin: Arc<str>, config: Arc<BTreeMap<String, String>>, memory_bytes_max: u64) -> Self {
-        // Empty on purpose: no preopened dirs, env, args, network or stdio.
-        // Python/JS guests import WASI, so it must be linked, but grants nothing.
+        // Empty on purpose: no preopened dirs, env, args, network or stdio,
+        // and clocks stopped at zero (the WIT contract promises no clock: a
+        // policy decision must not depend on when it runs). Python/JS guests
+        // import WASI, so it must be linked, but it grants nothing. Random
+        // stays: CPython seeds its hashing from it.
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
             .build();
         HostState {
             plugin,
@@ -100,6 +105,27 @@ impl host::Host for HostState {
 
     fn config_keys(&mut self) -> Vec<String> {
         self.config.keys().cloned().collect()
+    }
+}
+
+/// A clock that always reads zero.
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        0
     }
 }
 

@@ -73,6 +73,19 @@ struct CallStats {
 #[error("{0}")]
 struct BadResult(String);
 
+/// A host function panicked during a call.
+#[derive(Debug, thiserror::Error)]
+#[error("host function panicked during the call: {0}")]
+struct HostPanic(String);
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
+}
+
 pub struct LoadedPlugin {
     pub name: Arc<str>,
     pub manifest: Manifest,
@@ -167,22 +180,15 @@ impl LoadedPlugin {
             stats: CallStats::default(),
         };
 
-        let mut instance = plugin.instantiate()?;
-        if let WorldBindings::Router(router) = &instance.bindings {
-            instance.store.data_mut().begin_call();
-            instance
-                .store
-                .set_fuel(plugin.manifest.fuel_per_call)
-                .expect("fuel is enabled on the engine");
-            let wants_body = router
-                .wasmq_policy_router()
-                .call_wants_body(&mut instance.store)
-                .map_err(|e| plugin.classify(e))?;
-            plugin.router_wants_body = wants_body;
-        }
-        let pool = plugin.pool.get_mut();
-        pool.live = 1;
-        pool.idle.push(instance);
+        // Warm one instance (a start-up trap or an initial memory over the
+        // cap shows here, not on the message path) and, for a router, ask
+        // `wants-body` once.
+        let wants_body = plugin.run(|store, bindings| match bindings {
+            WorldBindings::Router(router) => router.wasmq_policy_router().call_wants_body(store),
+            WorldBindings::Filter(_) | WorldBindings::Validator(_) => Ok(false),
+        })?;
+        plugin.router_wants_body = wants_body;
+        debug_assert_eq!(plugin.live_instances(), 1.min(plugin.pool_limits.idle_max));
         Ok(plugin)
     }
 
@@ -211,11 +217,12 @@ impl LoadedPlugin {
         store
             .set_fuel(self.manifest.fuel_per_call)
             .expect("fuel is enabled on the engine");
-        let bindings = match &self.pre {
+        let bindings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &self.pre {
             WorldPre::Router(pre) => pre.instantiate(&mut store).map(WorldBindings::Router),
             WorldPre::Filter(pre) => pre.instantiate(&mut store).map(WorldBindings::Filter),
             WorldPre::Validator(pre) => pre.instantiate(&mut store).map(WorldBindings::Validator),
-        };
+        }))
+        .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(panic_text(&panic)))));
         match bindings {
             Ok(bindings) => Ok(Instance { store, bindings }),
             Err(e) => Err(match self.classify(e) {
@@ -279,13 +286,34 @@ impl LoadedPlugin {
         f: impl FnOnce(&mut Store<HostState>, &WorldBindings) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let started = Instant::now();
-        let result = self.lease().and_then(|mut instance| {
+        let result = self.run(f);
+        let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.total_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        if result.is_err() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// `call` without the statistics.
+    fn run<R>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &WorldBindings) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        self.lease().and_then(|mut instance| {
             instance.store.data_mut().begin_call();
             instance
                 .store
                 .set_fuel(self.manifest.fuel_per_call)
                 .expect("fuel is enabled on the engine");
-            let result = f(&mut instance.store, &instance.bindings);
+            // A panic inside a host function (wasmtime resumes it on our side
+            // once the wasm frames are unwound) must not take the broker
+            // thread down: it fails this call like a trap.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                f(&mut instance.store, &instance.bindings)
+            }))
+            .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(panic_text(&panic)))));
             instance.store.data_mut().end_call();
             match result {
                 Ok(value) => {
@@ -299,14 +327,7 @@ impl LoadedPlugin {
                     Err(self.classify(e))
                 }
             }
-        });
-        let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        self.stats.total_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
-        if result.is_err() {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        })
     }
 
     fn classify(&self, e: wasmtime::Error) -> PluginError {
