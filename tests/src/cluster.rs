@@ -23,7 +23,9 @@ use crate::proxy::ProxyMesh;
 /// Nodes in one Raft group: DLedger groups are 1, 3 or 5 in practice.
 pub const NODES_MAX: usize = 5;
 /// Commitlog segment size in test clusters (the broker's minimum is 1 MiB).
-pub const COMMIT_LOG_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+pub const COMMIT_LOG_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Largest message in test clusters (the broker requires at most half a segment).
+pub const MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
 /// Lines of each log printed on failure.
 pub const LOG_TAIL_LINES: usize = 60;
 /// How long one admin status call may take before the node counts as unreachable.
@@ -160,6 +162,7 @@ pub struct Cluster {
     namesrv: Option<Proc>,
     pub nodes: Vec<BrokerNode>,
     pub mesh: Option<ProxyMesh>,
+    logs_dumped: bool,
 }
 
 /// One node's view of itself, from the admin `BrokerStatus` call.
@@ -223,6 +226,7 @@ impl Cluster {
             namesrv: None,
             nodes,
             mesh,
+            logs_dumped: false,
         };
         for i in 0..cluster.nodes.len() {
             let text = cluster.broker_config(i);
@@ -261,6 +265,7 @@ impl Cluster {
         writeln!(t, "storePathRootDir = \"{}\"", n.store_dir.display()).unwrap();
         // Small segments: tests cross segment boundaries and keep the disk footprint small.
         writeln!(t, "mappedFileSizeCommitLog = {COMMIT_LOG_SEGMENT_BYTES}").unwrap();
+        writeln!(t, "maxMessageSize = {MESSAGE_BYTES_MAX}").unwrap();
         writeln!(t, "enableDLegerCommitLog = {replicated}").unwrap();
         if replicated {
             writeln!(t, "dLegerGroup = \"{}\"", self.spec.group_name).unwrap();
@@ -287,7 +292,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            // Plain text logs: they are read in files and printed in test output.
+            .env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -544,7 +551,8 @@ impl Cluster {
     }
 
     /// Prints the tail of every log to stderr.
-    pub fn dump_logs(&self, lines: usize) {
+    pub fn dump_logs(&mut self, lines: usize) {
+        self.logs_dumped = true;
         eprintln!("===== cluster dir: {}", self.root.display());
         eprintln!("===== namesrv log tail\n{}", tail(&self.namesrv_log, lines));
         for n in &self.nodes {
@@ -587,7 +595,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.logs_dumped {
             self.dump_logs(LOG_TAIL_LINES);
         }
         self.shutdown();

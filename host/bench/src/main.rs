@@ -96,6 +96,11 @@ async fn main() -> Result<()> {
     } else {
         print!("{}", report.human());
     }
-    ensure!(report.sent > 0, "no message was acknowledged ({} send errors)", report.send_errors);
+    ensure!(
+        report.sent > 0,
+        "no message was acknowledged ({} send errors, last: {})",
+        report.send_errors,
+        report.last_send_error.as_deref().unwrap_or("none")
+    );
     Ok(())
 }

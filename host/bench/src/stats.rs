@@ -27,9 +27,22 @@ pub struct Counters {
     pub received: AtomicU64,
     pub received_bytes: AtomicU64,
     pub receive_errors: AtomicU64,
+    /// The latest error text of each kind, for the report (a run of only errors says why).
+    pub last_send_error: std::sync::Mutex<Option<String>>,
+    pub last_receive_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Counters {
+    pub fn send_error(&self, e: &dyn std::fmt::Display) {
+        self.send_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_send_error.lock().expect("not poisoned") = Some(e.to_string());
+    }
+
+    pub fn receive_error(&self, e: &dyn std::fmt::Display) {
+        self.receive_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_receive_error.lock().expect("not poisoned") = Some(e.to_string());
+    }
+
     pub fn snapshot(&self) -> [u64; 4] {
         [
             self.sent.load(Ordering::Relaxed),
@@ -76,6 +89,8 @@ pub struct Report {
     pub send_errors: u64,
     pub received: u64,
     pub receive_errors: u64,
+    pub last_send_error: Option<String>,
+    pub last_receive_error: Option<String>,
     pub send_msgs_per_s: f64,
     /// Payload bytes only, 10^6 bytes per MB.
     pub send_mb_per_s: f64,
@@ -109,7 +124,13 @@ impl Report {
             max = l.max,
             mean = l.mean,
         );
+        if let Some(e) = &self.last_send_error {
+            s.push_str(&format!("last send error: {e}\n"));
+        }
         if self.consumers > 0 {
+            if let Some(e) = &self.last_receive_error {
+                s.push_str(&format!("last receive error: {e}\n"));
+            }
             s.push_str(&format!(
                 "received {} ({} errors): {:.0} msgs/s\n",
                 self.received, self.receive_errors, self.receive_msgs_per_s

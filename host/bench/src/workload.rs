@@ -162,6 +162,8 @@ pub async fn run(w: Workload) -> Result<Report> {
         send_errors: counters.send_errors.load(Ordering::Relaxed),
         received,
         receive_errors: counters.receive_errors.load(Ordering::Relaxed),
+        last_send_error: counters.last_send_error.lock().expect("not poisoned").clone(),
+        last_receive_error: counters.last_receive_error.lock().expect("not poisoned").clone(),
         send_msgs_per_s: sent as f64 / send_elapsed.as_secs_f64(),
         send_mb_per_s: counters.sent_bytes.load(Ordering::Relaxed) as f64 / 1e6 / send_elapsed.as_secs_f64(),
         receive_msgs_per_s: received as f64 / elapsed.as_secs_f64(),
@@ -199,7 +201,7 @@ async fn wasmq_producer(
             }
             Err(e) => {
                 budget.fetch_add(1, Ordering::Relaxed);
-                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                counters.send_error(&e);
                 tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
                 if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
                     current = (current + 1) % clients.len();
@@ -228,7 +230,7 @@ async fn nats_producer(
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     budget.fetch_add(1, Ordering::Relaxed);
-                    counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.send_error(&format!("connect: {e:#}"));
                     tracing::debug!(producer = id, error = %e, "nats connect failed");
                     current = (current + 1) % w.endpoints.len();
                     tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
@@ -247,7 +249,7 @@ async fn nats_producer(
             }
             Err(e) => {
                 budget.fetch_add(1, Ordering::Relaxed);
-                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                counters.send_error(&format!("{e:#}"));
                 tracing::debug!(producer = id, error = %e, "publish failed");
                 // The connection state is unknown after an error: start over.
                 conn = None;
@@ -295,12 +297,12 @@ async fn wasmq_consumer(
                 }
                 counters.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 if let Err(e) = client.ack(&w.group, &w.topic, &batch).await {
-                    counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.receive_error(&format!("ack: {e}"));
                     tracing::debug!(consumer = id, error = %e, "ack failed");
                 }
             }
             Err(e) => {
-                counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+                counters.receive_error(&e);
                 tracing::debug!(consumer = id, error = %e, "receive failed");
                 tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
             }
