@@ -20,6 +20,8 @@ pub mod tag_expression;
 pub mod telemetry;
 
 #[cfg(test)]
+mod python_wire_tests;
+#[cfg(test)]
 mod service_tests;
 
 /// Wall-clock ms since the Unix epoch (receipt handle deadlines survive a leader

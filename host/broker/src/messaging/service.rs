@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -40,6 +40,8 @@ pub struct MessagingConfig {
     pub grpc_message_bytes_max: usize,
     /// Telemetry streams open at once.
     pub telemetry_streams_max: usize,
+    /// Queues one receive call visits (topics have at most a few hundred).
+    pub receive_queues_max: u32,
     pub pop: PopLimits,
     pub telemetry: TelemetryLimits,
 }
@@ -57,6 +59,7 @@ impl Default for MessagingConfig {
             invisible_ms_max: 12 * 3600 * 1000,
             grpc_message_bytes_max: 64 * 1024 * 1024,
             telemetry_streams_max: 65_536,
+            receive_queues_max: 256,
             pop: PopLimits::default(),
             telemetry: TelemetryLimits::default(),
         }
@@ -71,6 +74,7 @@ pub struct Messaging {
     forwarder: Forwarder,
     was_leader: AtomicBool,
     telemetry_streams: Arc<AtomicUsize>,
+    receive_rotation: AtomicU32,
 }
 
 type RpcResult<T> = Result<Response<T>, tonic::Status>;
@@ -200,12 +204,14 @@ impl Messaging {
     pub fn new(backend: Arc<dyn MessagingBackend>, config: MessagingConfig) -> Self {
         assert!(config.receive_batch_max >= 1 && config.invisible_ms_min <= config.invisible_ms_max);
         assert!(config.long_polling_ms_default <= config.long_polling_ms_max);
+        assert!(config.receive_queues_max >= 1);
         Messaging {
             pop: PopService::new(backend.clone(), config.pop.clone()),
             clients: Arc::new(ClientRegistry::new(config.telemetry.clone())),
             forwarder: Forwarder::new(config.grpc_message_bytes_max),
             was_leader: AtomicBool::new(backend.is_leader()),
             telemetry_streams: Arc::new(AtomicUsize::new(0)),
+            receive_rotation: AtomicU32::new(0),
             backend,
             config,
         }
@@ -423,45 +429,68 @@ impl Messaging {
         let started = tokio::time::Instant::now();
         let poll_deadline = started + Duration::from_millis(poll_ms);
         let max_attempts = self.clients.max_attempts(&group);
-        let key = QueueKey { group: group.clone(), topic: topic.name.clone(), queue_id };
+        // Like RocketMQ's pop (queue id -1), a receive serves every readable queue of
+        // the topic on this broker, starting at a rotating queue for fairness; the
+        // requested queue only chose the broker. Otherwise a consumer would long-poll
+        // queues whose messages its filter skips while other queues have work.
+        let _ = queue_id;
+        let queue_count = topic.read_queue_count.min(self.config.receive_queues_max);
+        let start = self.receive_rotation.fetch_add(1, Ordering::Relaxed) % queue_count;
+        let queues: Vec<u32> = (0..queue_count).map(|k| (start + k) % queue_count).collect();
         let delivery_started_ms = now_ms();
         let delivered = loop {
-            let rr = ReceiveRequest {
-                group: &group,
-                topic: &topic,
-                queue_id,
-                subscription: &subscription,
-                batch_max: batch,
-                invisible_ms,
-                max_attempts,
-                now_ms: now_ms(),
-            };
-            let got = match self.pop.receive(&rr).await {
-                Ok(got) => got,
-                Err(e) => return one(pop_status(&e)),
-            };
+            let mut got = Vec::new();
+            for &q in &queues {
+                if got.len() >= batch as usize {
+                    break;
+                }
+                let rr = ReceiveRequest {
+                    group: &group,
+                    topic: &topic,
+                    queue_id: q,
+                    subscription: &subscription,
+                    batch_max: batch - got.len() as u32,
+                    invisible_ms,
+                    max_attempts,
+                    now_ms: now_ms(),
+                };
+                match self.pop.receive(&rr).await {
+                    Ok(more) => got.extend(more),
+                    Err(e) => return one(pop_status(&e)),
+                }
+            }
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= poll_deadline {
                 break got;
             }
             let mut wait = poll_deadline - now;
-            if let Some(next_ms) = self.pop.next_deadline_ms(&key).await {
-                wait = wait.min(Duration::from_millis(next_ms.saturating_sub(now_ms()).max(1)));
+            let mut blocked = false;
+            let mut cursors = Vec::with_capacity(queues.len());
+            for &q in &queues {
+                let key = QueueKey { group: group.clone(), topic: topic.name.clone(), queue_id: q };
+                if let Some(next_ms) = self.pop.next_deadline_ms(&key).await {
+                    wait = wait.min(Duration::from_millis(next_ms.saturating_sub(now_ms()).max(1)));
+                }
+                let cursor = match self.pop.cursor(&key).await {
+                    Ok(c) => c,
+                    Err(e) => return one(pop_status(&e)),
+                };
+                match self.backend.max_offset(&topic.name, q).await {
+                    Ok(max) => blocked |= max > cursor,
+                    Err(e) => return one(from_backend(&e)),
+                }
+                cursors.push((q, cursor));
             }
-            let cursor = match self.pop.cursor(&key).await {
-                Ok(c) => c,
-                Err(e) => return one(pop_status(&e)),
-            };
-            let max = match self.backend.max_offset(&topic.name, queue_id).await {
-                Ok(m) => m,
-                Err(e) => return one(from_backend(&e)),
-            };
-            if max > cursor {
+            if blocked {
                 // Messages exist but limits hold them back (in-flight cap, FIFO order):
                 // check again shortly rather than spin.
                 tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
-            } else if let Err(e) = self.backend.wait_for_new(&topic.name, queue_id, cursor, wait).await {
-                return one(from_backend(&e));
+            } else {
+                let waits = cursors.iter().map(|&(q, cursor)| Box::pin(self.backend.wait_for_new(&topic.name, q, cursor, wait)));
+                let (first, _, _) = futures::future::select_all(waits).await;
+                if let Err(e) = first {
+                    return one(from_backend(&e));
+                }
             }
         };
         if delivered.is_empty() {
