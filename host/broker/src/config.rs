@@ -52,7 +52,8 @@ pub struct BrokerConfig {
     /// Name servers, `host:port;host:port`. Empty: do not register anywhere.
     pub namesrv_addr: String,
     pub store_path_root_dir: String,
-    /// Default: `<storePathRootDir>/commitlog`.
+    /// Default: `<storePathRootDir>/log`. When set, `<storePathRootDir>/log` becomes a symlink
+    /// to it.
     pub store_path_commit_log: String,
     pub mapped_file_size_commit_log: u64,
     pub flush_disk_type: FlushDiskType,
@@ -454,10 +455,10 @@ impl BrokerConfig {
         expand_home(&self.store_path_root_dir)
     }
 
-    /// Commitlog directory: `storePathCommitLog`, or `<storePathRootDir>/commitlog`.
+    /// Commitlog directory: `storePathCommitLog`, or `<storePathRootDir>/log`.
     pub fn commit_log_dir(&self) -> PathBuf {
         if self.store_path_commit_log.is_empty() {
-            self.store_root().join("commitlog")
+            self.store_root().join("log")
         } else {
             expand_home(&self.store_path_commit_log)
         }

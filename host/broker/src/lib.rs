@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod core;
 pub mod messaging;
 pub mod namesrv;
 pub mod replication;
+pub mod server;

@@ -1,0 +1,79 @@
+//! `mqbroker`: a wasmq broker process (RocketMQ-compatible gRPC on `listenPort`).
+//!
+//! `mqbroker -c conf/broker.toml` runs until SIGTERM/SIGINT, then stops gracefully.
+//! `mqbroker -c conf/broker.conf --check` validates the config (without creating any
+//! directory) and exits: 0 = valid.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wasmq_broker::config::{self, StoreCheck};
+use wasmq_broker::server;
+
+#[derive(Parser, Debug)]
+#[command(name = "mqbroker", version, about = "wasmq broker")]
+struct Args {
+    /// Config file: TOML (`*.toml`) or RocketMQ properties (`*.conf`, `*.properties`).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the config and exit (creates nothing).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Tracing may not be up yet (bad config): the error goes to stderr as text.
+            eprintln!("mqbroker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let loaded = config::load(&args.config)
+        .with_context(|| format!("load config {}", args.config.display()))?;
+    // Nothing is created here; `server::start` validates again with `StoreCheck::Create`.
+    loaded
+        .config
+        .validate(&args.config, StoreCheck::WithoutCreating)
+        .context("invalid config")?;
+    init_tracing(&loaded.config.log_level)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    if args.check {
+        println!("{}: OK", args.config.display());
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mqbroker")
+        .build()
+        .context("start tokio runtime")?;
+    runtime.block_on(async move {
+        let broker = server::start(loaded.config, args.config, server::default_extensions())
+            .await
+            .context("start broker")?;
+        server::run_until_signal(broker).await
+    })
+}
+
+fn init_tracing(log_level: &str) -> anyhow::Result<()> {
+    // RUST_LOG wins over logLevel, as operators expect.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(&directives)
+            .with_context(|| format!("RUST_LOG={directives}"))?,
+        _ => EnvFilter::try_new(log_level).with_context(|| format!("logLevel={log_level}"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("init logging: {e}"))
+}

@@ -1,0 +1,337 @@
+//! The broker core: topics, consumer offsets, the send and read paths, and the apply loop
+//! that turns committed commitlog entries into derived state.
+//!
+//! Write path: encode a [`Record`] → [`Replicator::propose`] → wait until the apply loop has
+//! applied the entry → answer (for messages: the queue offset the apply assigned). Read path:
+//! only from the derived state, which holds applied (hence committed) entries only.
+//!
+//! The apply loop is the only caller of the store's apply: it runs on leaders and followers
+//! alike, in index order, so queue offsets are the same on every replica.
+
+mod apply;
+mod backend;
+pub mod queue_choice;
+mod send;
+pub mod status;
+mod store_handle;
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, watch};
+use wasmq_plugin::PluginRegistry;
+use wasmq_storage::commitlog::CommitLog;
+use wasmq_storage::record::Record;
+
+use crate::config::BrokerConfig;
+use crate::messaging::backend::{BackendError, BackendResult};
+use crate::replication::{EntryIndex, ReplicationError, Replicator};
+pub use store_handle::OpenedStore;
+use store_handle::StoreHandle;
+pub use topics::TopicSpec;
+
+/// Entry outcomes kept for senders that have not picked theirs up yet. Senders pick up
+/// within microseconds of the apply; the cap only matters for outcomes nobody waits for
+/// (followers, senders that gave up).
+const OUTCOMES_MAX: usize = 65_536;
+/// Bound on waiting for a proposal to commit and apply before answering a timeout (the
+/// entry may still commit later: at-least-once).
+pub const COMMIT_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Opens the commitlog and the derived state under the config's store paths (blocking).
+pub fn open_store(config: &BrokerConfig) -> anyhow::Result<OpenedStore> {
+    store_handle::open(config)
+}
+
+/// Core settings, from the broker config.
+#[derive(Clone, Debug)]
+pub struct CoreOptions {
+    pub broker_name: String,
+    pub cluster_name: String,
+    pub node_id: String,
+    /// `host:port` clients use for this node (`StoredMessage::store_host`).
+    pub self_endpoint: String,
+    pub max_message_size_bytes: u32,
+    pub auto_create_topic: bool,
+    pub default_topic_queue_nums: u32,
+    pub send_concurrency_max: u32,
+    pub commit_timeout_ms: u64,
+    /// Member id → client endpoint (for leader hints and routes), in `dLegerPeers` order.
+    pub members: Vec<(String, String)>,
+    pub store_root: std::path::PathBuf,
+}
+
+impl CoreOptions {
+    pub fn from_config(config: &BrokerConfig) -> CoreOptions {
+        let self_endpoint = format!("{}:{}", config.broker_ip1, config.listen_port);
+        let members = if config.enable_d_leger_commit_log {
+            config
+                .dledger_peers()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| config.client_endpoint_of(&p.id).map(|e| (p.id, e)))
+                .collect()
+        } else {
+            vec![(config.node_id(), self_endpoint.clone())]
+        };
+        CoreOptions {
+            broker_name: config.broker_name.clone(),
+            cluster_name: config.broker_cluster_name.clone(),
+            node_id: config.node_id(),
+            self_endpoint,
+            max_message_size_bytes: config.max_message_size,
+            auto_create_topic: config.auto_create_topic_enable,
+            default_topic_queue_nums: config.default_topic_queue_nums,
+            send_concurrency_max: config.send_message_thread_pool_nums,
+            commit_timeout_ms: COMMIT_TIMEOUT_MS_DEFAULT,
+            members,
+            store_root: config.store_root(),
+        }
+    }
+}
+
+/// Where an applied message landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}
+
+pub struct BrokerCore {
+    options: CoreOptions,
+    store: StoreHandle,
+    log: Arc<CommitLog>,
+    replicator: Arc<dyn Replicator>,
+    plugins: Option<Arc<PluginRegistry>>,
+    /// Highest applied entry index.
+    applied: watch::Receiver<EntryIndex>,
+    /// Entry index → placement of the message it holds, for senders to pick up.
+    outcomes: parking_lot::Mutex<BTreeMap<EntryIndex, Placement>>,
+    chooser: queue_choice::QueueChooser,
+    send_permits: Semaphore,
+    stop_tx: watch::Sender<bool>,
+    apply_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl BrokerCore {
+    /// Starts the apply loop and returns once the entries committed before the start are
+    /// applied (so reads right after start see everything the log had).
+    pub async fn start(
+        options: CoreOptions,
+        opened: OpenedStore,
+        replicator: Arc<dyn Replicator>,
+        plugins: Option<Arc<PluginRegistry>>,
+    ) -> anyhow::Result<Arc<BrokerCore>> {
+        assert!(options.max_message_size_bytes > 0 && options.send_concurrency_max > 0);
+        let store = opened.store;
+        let (applied_tx, applied) = watch::channel(store.applied_index());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let core = Arc::new(BrokerCore {
+            send_permits: Semaphore::new(options.send_concurrency_max as usize),
+            options,
+            store,
+            log: opened.log,
+            replicator,
+            plugins,
+            applied,
+            outcomes: parking_lot::Mutex::new(BTreeMap::new()),
+            chooser: Default::default(),
+            stop_tx,
+            apply_task: parking_lot::Mutex::new(None),
+        });
+        let task = tokio::spawn(apply::run(core.clone(), applied_tx, stop_rx));
+        *core.apply_task.lock() = Some(task);
+        let commit_at_start = *core.replicator.committed().borrow();
+        core.wait_applied(commit_at_start, Duration::from_secs(3600))
+            .await
+            .map_err(|e| anyhow::anyhow!("applying the existing log: {e}"))?;
+        Ok(core)
+    }
+
+    /// Stops the apply loop. Call after the replicator stopped (nothing new commits).
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.stop_tx.send_replace(true);
+        let task = self.apply_task.lock().take();
+        if let Some(task) = task {
+            task.await?;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush()).await??;
+        Ok(())
+    }
+
+    pub fn options(&self) -> &CoreOptions {
+        &self.options
+    }
+
+    pub fn replicator(&self) -> &Arc<dyn Replicator> {
+        &self.replicator
+    }
+
+    pub fn plugins(&self) -> Option<&Arc<PluginRegistry>> {
+        self.plugins.as_ref()
+    }
+
+    pub fn commit_log(&self) -> &Arc<CommitLog> {
+        &self.log
+    }
+
+    pub fn applied_index(&self) -> EntryIndex {
+        *self.applied.borrow()
+    }
+
+    /// Client endpoint of the current leader, if known.
+    pub fn leader_endpoint(&self) -> Option<String> {
+        let leader = self.replicator.status().leader_id?;
+        self.endpoint_of(&leader)
+    }
+
+    fn endpoint_of(&self, id: &str) -> Option<String> {
+        self.options
+            .members
+            .iter()
+            .find(|(member, _)| member == id)
+            .map(|(_, endpoint)| endpoint.clone())
+    }
+
+    fn not_leader(&self) -> BackendError {
+        BackendError::NotLeader {
+            leader: self.leader_endpoint(),
+        }
+    }
+
+    /// Waits until entry `index` is applied.
+    pub(crate) async fn wait_applied(
+        &self,
+        index: EntryIndex,
+        timeout: Duration,
+    ) -> BackendResult<()> {
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(BackendError::Internal("broker core stopped".into())),
+            Err(_) => Err(BackendError::Timeout(format!(
+                "entry {index} not applied within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Proposes records and waits until they are applied. Returns the entry range.
+    pub(crate) async fn replicate(
+        &self,
+        records: &[Record],
+    ) -> BackendResult<crate::replication::CommittedRange> {
+        if !self.replicator.status().role.is_writable() {
+            return Err(self.not_leader());
+        }
+        let mut payloads = Vec::with_capacity(records.len());
+        for r in records {
+            let bytes = r
+                .encode()
+                .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+            payloads.push(Bytes::from(bytes));
+        }
+        let timeout = Duration::from_millis(self.options.commit_timeout_ms);
+        let range = match tokio::time::timeout(timeout, self.replicator.propose(payloads)).await {
+            Ok(Ok(range)) => range,
+            Ok(Err(e)) => return Err(self.replication_error(e)),
+            Err(_) => {
+                return Err(BackendError::Timeout(format!(
+                    "not committed within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+        };
+        assert_eq!(range.len(), records.len() as u64);
+        self.wait_applied(range.last, timeout).await?;
+        Ok(range)
+    }
+
+    fn replication_error(&self, e: ReplicationError) -> BackendError {
+        match e {
+            ReplicationError::NotLeader { leader_id } => BackendError::NotLeader {
+                leader: leader_id.and_then(|id| self.endpoint_of(&id)),
+            },
+            ReplicationError::Rejected(m) => BackendError::BadRequest(m),
+            ReplicationError::Timeout { timeout_ms } => {
+                BackendError::Timeout(format!("not committed within {timeout_ms} ms"))
+            }
+            e @ (ReplicationError::Storage(_)
+            | ReplicationError::ShuttingDown
+            | ReplicationError::Transfer(_)) => BackendError::Internal(e.to_string()),
+        }
+    }
+
+    /// Records placements of applied messages (apply loop).
+    pub(crate) fn record_outcomes(&self, placements: impl IntoIterator<Item = (EntryIndex, Placement)>) {
+        let mut outcomes = self.outcomes.lock();
+        outcomes.extend(placements);
+        while outcomes.len() > OUTCOMES_MAX {
+            outcomes.pop_first();
+        }
+    }
+
+    pub(crate) fn take_outcome(&self, index: EntryIndex) -> Option<Placement> {
+        self.outcomes.lock().remove(&index)
+    }
+
+    /// Creates or updates a topic through the replicated log (leader only). Returns the
+    /// entry index of the change.
+    pub async fn update_topic(&self, spec: TopicSpec) -> BackendResult<EntryIndex> {
+        wasmq_storage::record::validate_topic(&spec.name)
+            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        if spec.write_queue_nums == 0 || spec.read_queue_nums == 0 {
+            return Err(BackendError::BadRequest(format!(
+                "topic {}: read and write queue counts must be at least 1",
+                spec.name
+            )));
+        }
+        let range = self.replicate(&[Record::TopicConfig(spec.to_record())]).await?;
+        tracing::info!(topic = %spec.name, read = spec.read_queue_nums, write = spec.write_queue_nums, index = range.last, "topic updated");
+        Ok(range.last)
+    }
+
+    /// The topic's config, creating reserved (`%RETRY%`, `%DLQ%`) topics and, with
+    /// `autoCreateTopicEnable`, any topic on first use.
+    pub(crate) async fn topic_for_write(
+        &self,
+        name: &str,
+    ) -> BackendResult<wasmq_storage::record::TopicConfigRecord> {
+        if let Some(t) = self.store.topic(name) {
+            return Ok(t);
+        }
+        let queues = if topics::is_reserved(name) {
+            topics::RESERVED_TOPIC_QUEUES
+        } else if self.options.auto_create_topic {
+            self.options.default_topic_queue_nums
+        } else {
+            return Err(BackendError::TopicNotFound(name.to_string()));
+        };
+        self.update_topic(TopicSpec::new(name, queues)).await?;
+        self.store
+            .topic(name)
+            .ok_or_else(|| BackendError::Internal(format!("topic {name} missing after create")))
+    }
+
+    pub fn topic(&self, name: &str) -> Option<wasmq_storage::record::TopicConfigRecord> {
+        self.store.topic(name)
+    }
+
+    pub fn topics(&self) -> Vec<wasmq_storage::record::TopicConfigRecord> {
+        self.store.topics()
+    }
+
+    /// `(min, max)` offsets of a queue: max is one past the last applied message.
+    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> Option<(u64, u64)> {
+        self.store.queue_offsets(topic, queue_id)
+    }
+
+    /// Every consumer offset: (group, topic, queue id, next offset).
+    pub fn consumer_offsets(&self) -> Vec<(String, String, u32, u64)> {
+        self.store.consumer_offsets()
+    }
+}

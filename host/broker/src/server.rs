@@ -1,0 +1,264 @@
+//! Process assembly for `mqbroker`: open the store, start replication, load plugins, start
+//! the broker core, serve gRPC on `brokerIP1:listenPort`, stop gracefully.
+//!
+//! Teammates' services hook in through [`Extensions`] (see [`default_extensions`], which is
+//! what `mqbroker` runs):
+//! - `mounts`: add a tonic service to the client listener (admin service, ...). Each gets a
+//!   [`BrokerContext`] (core, replicator, config, plugins, shutdown signal).
+//! - `tasks`: long-running tasks (name-server registration/heartbeat, ...) started after the
+//!   listener is up; they must return once `ctx.shutdown` flips to `true`.
+//! - `replicator`: builds the Raft replicator when `enableDLegerCommitLog = true` (it owns
+//!   its own peer listener on this node's `dLegerPeers` address).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tonic::service::RoutesBuilder;
+use wasmq_plugin::{PluginRegistry, RegistryConfig};
+use wasmq_storage::commitlog::CommitLog;
+
+use crate::config::{BrokerConfig, StoreCheck};
+use crate::core::{BrokerCore, CoreOptions};
+use crate::messaging::service::{Messaging, MessagingConfig};
+use crate::replication::Replicator;
+use crate::replication::standalone::StandaloneReplicator;
+
+/// Bound on waiting for in-flight requests after a stop signal.
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 10_000;
+
+/// Everything a mounted service or background task may use.
+#[derive(Clone)]
+pub struct BrokerContext {
+    pub config: Arc<BrokerConfig>,
+    /// The file the config came from (for reload/validation by the admin service).
+    pub config_path: PathBuf,
+    pub core: Arc<BrokerCore>,
+    pub replicator: Arc<dyn Replicator>,
+    pub plugins: Option<Arc<PluginRegistry>>,
+    /// Flips to `true` once when the broker starts stopping.
+    pub shutdown: watch::Receiver<bool>,
+    /// Ask the broker to stop (e.g. `mqshutdown` through the admin service).
+    pub stop: Arc<watch::Sender<bool>>,
+}
+
+/// Inputs of a replicator factory (DLedger mode).
+pub struct ReplicatorInputs {
+    pub config: Arc<BrokerConfig>,
+    pub log: Arc<CommitLog>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub type MountFn =
+    Box<dyn FnOnce(&BrokerContext, &mut RoutesBuilder) -> anyhow::Result<()> + Send>;
+pub type TaskFn = Box<dyn FnOnce(BrokerContext) -> BoxFuture<'static, ()> + Send>;
+pub type ReplicatorFactory = Box<
+    dyn FnOnce(ReplicatorInputs) -> BoxFuture<'static, anyhow::Result<Arc<dyn Replicator>>>
+        + Send,
+>;
+
+/// Pieces other modules contribute to the broker process.
+#[derive(Default)]
+pub struct Extensions {
+    pub mounts: Vec<MountFn>,
+    pub tasks: Vec<TaskFn>,
+    /// Required when `enableDLegerCommitLog = true`.
+    pub replicator: Option<ReplicatorFactory>,
+}
+
+/// What `mqbroker` runs. Add the admin service mount, the name-server heartbeat task and
+/// the Raft replicator factory here (one line each).
+pub fn default_extensions() -> Extensions {
+    Extensions::default()
+}
+
+/// A started broker.
+pub struct RunningBroker {
+    pub ctx: BrokerContext,
+    local_addr: SocketAddr,
+    stop_tx: Arc<watch::Sender<bool>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Opens everything and starts serving. `config` must have passed
+/// [`BrokerConfig::validate`]; the store directories are created here.
+pub async fn start(
+    config: BrokerConfig,
+    config_path: PathBuf,
+    extensions: Extensions,
+) -> anyhow::Result<RunningBroker> {
+    config
+        .validate(&config_path, StoreCheck::Create)
+        .context("invalid config")?;
+    let config = Arc::new(config);
+    let (stop_tx, shutdown) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+
+    let opened = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || crate::core::open_store(&config))
+            .await
+            .context("store open task")??
+    };
+    let log = opened.log.clone();
+
+    let replicator: Arc<dyn Replicator> = if config.enable_d_leger_commit_log {
+        let Some(factory) = extensions.replicator else {
+            bail!(
+                "enableDLegerCommitLog = true, but this build has no Raft replicator; \
+                 set enableDLegerCommitLog = false for a standalone broker"
+            );
+        };
+        factory(ReplicatorInputs {
+            config: config.clone(),
+            log: log.clone(),
+            shutdown: shutdown.clone(),
+        })
+        .await
+        .context("start Raft replicator")?
+    } else {
+        Arc::new(
+            StandaloneReplicator::start(log.clone(), config.node_id(), config.flush_disk_type)
+                .context("start standalone replicator")?,
+        )
+    };
+
+    let plugins = match config.plugin_dir() {
+        None => None,
+        Some(dir) => {
+            let cache = config.store_root().join("plugin-cache");
+            let registry_config = RegistryConfig::new(&dir, &cache);
+            let (registry, report) = tokio::task::spawn_blocking(move || {
+                PluginRegistry::open_with_report(registry_config)
+            })
+            .await
+            .context("plugin load task")?
+            .with_context(|| format!("open plugin directory {}", dir.display()))?;
+            for (name, error) in &report.rejected {
+                tracing::warn!(plugin = %name, %error, "plugin rejected");
+            }
+            tracing::info!(loaded = ?report.added, dir = %dir.display(), "plugins loaded");
+            Some(Arc::new(registry))
+        }
+    };
+
+    let core = BrokerCore::start(
+        CoreOptions::from_config(&config),
+        opened,
+        replicator.clone(),
+        plugins.clone(),
+    )
+    .await
+    .context("start broker core")?;
+
+    let ctx = BrokerContext {
+        config: config.clone(),
+        config_path,
+        core: core.clone(),
+        replicator: replicator.clone(),
+        plugins,
+        shutdown: shutdown.clone(),
+        stop: stop_tx.clone(),
+    };
+
+    let mut routes = RoutesBuilder::default();
+    let messaging = Messaging::new(core.clone(), MessagingConfig::default());
+    routes.add_service(messaging.into_server());
+    for mount in extensions.mounts {
+        mount(&ctx, &mut routes)?;
+    }
+
+    let addr = config
+        .listen_addr()
+        .map_err(|e| anyhow::anyhow!("brokerIP1: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind client listener on {addr}"))?;
+    let local_addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut stop_rx = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            }),
+    );
+    let tasks = extensions
+        .tasks
+        .into_iter()
+        .map(|task| tokio::spawn(task(ctx.clone())))
+        .collect();
+    tracing::info!(
+        %local_addr,
+        broker = %config.broker_name,
+        node = %config.node_id(),
+        role = %replicator.status().role,
+        "broker serving"
+    );
+    Ok(RunningBroker {
+        ctx,
+        local_addr,
+        stop_tx,
+        server,
+        tasks,
+    })
+}
+
+impl RunningBroker {
+    /// Address the client listener is bound to (useful with `listenPort` 0 in tests).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Resolves when someone asked the broker to stop (admin shutdown).
+    pub async fn stopped_by_request(&self) {
+        let mut rx = self.ctx.shutdown.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Graceful stop: stop accepting, let in-flight requests finish (bounded), stop
+    /// background tasks, stop replication (flushes the commitlog), stop the core.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("broker stopping");
+        self.stop_tx.send_replace(true);
+        let grace = Duration::from_millis(SHUTDOWN_GRACE_MS_MAX);
+        match tokio::time::timeout(grace, self.server).await {
+            Ok(joined) => joined
+                .context("server task")?
+                .context("gRPC server")?,
+            Err(_) => tracing::warn!(grace_ms = SHUTDOWN_GRACE_MS_MAX, "server did not stop in time"),
+        }
+        for task in self.tasks {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!("a background task did not stop in time");
+            }
+        }
+        self.ctx
+            .replicator
+            .shutdown()
+            .await
+            .context("stop replication")?;
+        self.ctx.core.stop().await.context("stop broker core")?;
+        tracing::info!("broker stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Runs until SIGINT/SIGTERM (or an admin stop request), then stops gracefully.
+pub async fn run_until_signal(broker: RunningBroker) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = broker.stopped_by_request() => tracing::info!("stop requested"),
+    }
+    broker.stop().await
+}
