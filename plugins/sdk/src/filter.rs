@@ -45,8 +45,8 @@ pub struct FilterContext<'a> {
 }
 
 /// A filter plugin. `prepare` runs once per distinct (group, kind, expression) — the SDK
-/// keeps the last prepared value, so a consumer polling with one subscription parses its
-/// expression once — and `deliver` once per message.
+/// keeps the [`PREPARED_ENTRIES_MAX`] most recently used ones, so a group polling with one
+/// subscription has its expression parsed once — and `deliver` once per message.
 pub trait Filter: Sized + 'static {
     /// Compiles the subscription. `Err` (e.g. a syntax error) means no message of the batch
     /// is delivered, as RocketMQ does for an invalid expression; the text is logged once.
@@ -56,45 +56,88 @@ pub trait Filter: Sized + 'static {
     fn deliver(&self, ctx: &FilterContext<'_>, msg: &MessageView<'_>) -> bool;
 }
 
-/// The last prepared subscription, reused while the next batch has the same one.
-pub struct PreparedCache<F> {
+/// Subscriptions prepared per instance and kept for reuse: a broker polls many groups
+/// through one instance, each with its own expression.
+pub const PREPARED_ENTRIES_MAX: usize = 16;
+
+struct PreparedEntry<F> {
     group: String,
     kind: ExpressionKind,
     expression: String,
     prepared: Result<F, String>,
 }
 
+/// The most recently used prepared subscriptions, most recent first, at most
+/// [`PREPARED_ENTRIES_MAX`].
+pub struct PreparedCache<F> {
+    entries: Vec<PreparedEntry<F>>,
+}
+
 impl<F: Filter> PreparedCache<F> {
-    fn matches(&self, ctx: &FilterContext<'_>) -> bool {
-        self.kind == ctx.kind && self.expression == ctx.expression && self.group == ctx.group
+    pub const fn new() -> Self {
+        PreparedCache { entries: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The prepared filter for `ctx`, preparing it (and logging a failure once) if unknown.
+    fn get(&mut self, ctx: &FilterContext<'_>) -> &Result<F, String> {
+        let found = self
+            .entries
+            .iter()
+            .position(|e| e.kind == ctx.kind && e.expression == ctx.expression && e.group == ctx.group);
+        match found {
+            Some(i) => self.entries[..=i].rotate_right(1),
+            None => {
+                let prepared = F::prepare(ctx);
+                if let Err(e) = &prepared {
+                    log(
+                        Level::Warn,
+                        &format!(
+                            "group {}: invalid {:?} expression {:?}: {e}; delivering nothing",
+                            ctx.group, ctx.kind, ctx.expression
+                        ),
+                    );
+                }
+                self.entries.truncate(PREPARED_ENTRIES_MAX - 1);
+                self.entries.insert(
+                    0,
+                    PreparedEntry {
+                        group: ctx.group.to_owned(),
+                        kind: ctx.kind,
+                        expression: ctx.expression.to_owned(),
+                        prepared,
+                    },
+                );
+            }
+        }
+        assert!(self.entries.len() <= PREPARED_ENTRIES_MAX);
+        &self.entries[0].prepared
+    }
+}
+
+impl<F: Filter> Default for PreparedCache<F> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 /// Filters one batch: one verdict byte per record (1 = deliver, 0 = skip). Pure: this is what
 /// the exported function runs, and what native tests and benchmarks call directly.
 pub fn run_batch<F: Filter>(
-    cache: &mut Option<PreparedCache<F>>,
+    cache: &mut PreparedCache<F>,
     ctx: &FilterContext<'_>,
     buf: &[u8],
     offsets: &[u32],
 ) -> Result<Vec<u8>, BatchError> {
     let batch = Batch::new(buf, offsets)?;
-    if !cache.as_ref().is_some_and(|c| c.matches(ctx)) {
-        let prepared = F::prepare(ctx);
-        if let Err(e) = &prepared {
-            log(
-                Level::Warn,
-                &format!("group {}: invalid {:?} expression {:?}: {e}; delivering nothing", ctx.group, ctx.kind, ctx.expression),
-            );
-        }
-        *cache = Some(PreparedCache {
-            group: ctx.group.to_owned(),
-            kind: ctx.kind,
-            expression: ctx.expression.to_owned(),
-            prepared,
-        });
-    }
-    let prepared = &cache.as_ref().expect("cache filled above").prepared;
+    let prepared = cache.get(ctx);
     let mut verdicts = Vec::with_capacity(batch.len());
     match prepared {
         // Index loops with an inlined `get`: through an iterator's out-of-line `next`, each
@@ -120,7 +163,7 @@ pub fn run_batch<F: Filter>(
 /// Glue behind [`export_filter!`](crate::export_filter); not part of the API.
 #[doc(hidden)]
 pub fn __export_call<F: Filter>(
-    cache: &std::cell::RefCell<Option<PreparedCache<F>>>,
+    cache: &std::cell::RefCell<PreparedCache<F>>,
     group: String,
     kind: wit::ExpressionKind,
     expression: String,
@@ -146,9 +189,8 @@ macro_rules! export_filter {
         const _: () = {
             struct __WasmqFilterComponent;
             ::std::thread_local! {
-                static __WASMQ_FILTER_CACHE: ::std::cell::RefCell<
-                    ::std::option::Option<$crate::filter::PreparedCache<$filter>>,
-                > = const { ::std::cell::RefCell::new(::std::option::Option::None) };
+                static __WASMQ_FILTER_CACHE: ::std::cell::RefCell<$crate::filter::PreparedCache<$filter>> =
+                    const { ::std::cell::RefCell::new($crate::filter::PreparedCache::new()) };
             }
             impl $crate::filter::bindings::exports::wasmq::policy::filter::Guest for __WasmqFilterComponent {
                 fn filter(
@@ -198,7 +240,7 @@ mod tests {
         for topic in ["a", "b", "a"] {
             w.push(&MessageSpec { topic, ..Default::default() });
         }
-        let mut cache = None;
+        let mut cache = PreparedCache::new();
         let before = PREPARES.with(Cell::get);
         let v = run_batch::<TopicIs>(&mut cache, &ctx("a"), w.buf(), w.offsets()).unwrap();
         assert_eq!(v, [1, 0, 1]);
@@ -210,11 +252,26 @@ mod tests {
         assert_eq!(PREPARES.with(Cell::get) - before, 2);
         let v = run_batch::<TopicIs>(&mut cache, &ctx("!"), w.buf(), w.offsets()).unwrap();
         assert_eq!(v, [0, 0, 0], "invalid expression delivers nothing");
+        // Alternating subscriptions stay prepared.
+        let before = PREPARES.with(Cell::get);
+        for expression in ["a", "b", "!", "a", "b"] {
+            run_batch::<TopicIs>(&mut cache, &ctx(expression), w.buf(), w.offsets()).unwrap();
+        }
+        assert_eq!(PREPARES.with(Cell::get) - before, 0);
+        // Bounded: the least recently used entry goes first.
+        for i in 0..PREPARED_ENTRIES_MAX + 5 {
+            run_batch::<TopicIs>(&mut cache, &ctx(&format!("x{i}")), w.buf(), w.offsets()).unwrap();
+        }
+        assert_eq!(cache.len(), PREPARED_ENTRIES_MAX);
+        let before = PREPARES.with(Cell::get);
+        run_batch::<TopicIs>(&mut cache, &ctx(&format!("x{}", PREPARED_ENTRIES_MAX + 4)), w.buf(), w.offsets()).unwrap();
+        run_batch::<TopicIs>(&mut cache, &ctx("a"), w.buf(), w.offsets()).unwrap();
+        assert_eq!(PREPARES.with(Cell::get) - before, 1, "recent one kept, evicted one prepared again");
     }
 
     #[test]
     fn malformed_batch_is_an_error_even_for_invalid_expressions() {
-        let mut cache = None;
+        let mut cache = PreparedCache::new();
         let err = run_batch::<TopicIs>(&mut cache, &ctx("!"), b"\x05\x00ab", &[0, 4]);
         assert!(matches!(err, Err(BatchError::Truncated { .. })), "{err:?}");
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tag_filter::SubscriptionFilter;
 use wasmq_plugin_sdk::batch::{Batch, BatchWriter, MessageSpec};
-use wasmq_plugin_sdk::filter::{ExpressionKind, FilterContext, run_batch};
+use wasmq_plugin_sdk::filter::{ExpressionKind, FilterContext, PreparedCache, run_batch};
 
 const BATCH_MESSAGES: usize = 256;
 const ROUNDS_MAX: u32 = 200_000;
@@ -71,7 +71,7 @@ fn main() {
         (ExpressionKind::Sql92, "region IN ('eu', 'ap') AND price BETWEEN 10 AND 40 OR TAGS = 'TagD'"),
     ] {
         let ctx = FilterContext { group: "bench-group", kind, expression };
-        let mut cache = None;
+        let mut cache = PreparedCache::new();
         let verdicts = run_batch::<SubscriptionFilter>(&mut cache, &ctx, buf, offsets).unwrap();
         assert_eq!(verdicts.len(), BATCH_MESSAGES);
         let delivered = verdicts.iter().filter(|&&v| v == 1).count();

@@ -4,8 +4,8 @@
 //! - kind `sql92`: property expressions such as `region IN ('eu','us') AND price > 10`
 //!   ([`sql92`]); an error or NULL result means "do not deliver".
 //!
-//! The expression is parsed once per subscription (the SDK caches the prepared filter while
-//! batches keep the same group and expression), then evaluated per message.
+//! The expression is parsed once per subscription (the SDK keeps the most recently used
+//! prepared filters), then evaluated per message.
 
 pub mod sql92;
 pub mod tag_expr;
@@ -57,7 +57,7 @@ wasmq_plugin_sdk::export_filter!(SubscriptionFilter);
 mod tests {
     use super::*;
     use wasmq_plugin_sdk::batch::{BatchWriter, MessageSpec};
-    use wasmq_plugin_sdk::filter::run_batch;
+    use wasmq_plugin_sdk::filter::{PreparedCache, run_batch};
 
     fn batch() -> BatchWriter {
         let mut w = BatchWriter::new();
@@ -71,7 +71,7 @@ mod tests {
     fn verdicts(kind: ExpressionKind, expression: &str) -> Vec<u8> {
         let w = batch();
         let ctx = FilterContext { group: "g", kind, expression };
-        run_batch::<SubscriptionFilter>(&mut None, &ctx, w.buf(), w.offsets()).unwrap()
+        run_batch::<SubscriptionFilter>(&mut PreparedCache::new(), &ctx, w.buf(), w.offsets()).unwrap()
     }
 
     #[test]
