@@ -1,5 +1,7 @@
 //! Tunables of one Raft node. Every queue and batch has a limit here.
 
+use bytes::Bytes;
+
 use crate::NodeId;
 
 /// Configuration of a [`crate::RaftNode`]. Defaults aim at ~1 s failover on a LAN.
@@ -48,6 +50,10 @@ pub struct RaftConfig {
     pub preferred_leader_retry_ms: u64,
     /// Bound on the backwards scan a follower does to find where a conflicting term starts.
     pub conflict_scan_entries_max: u64,
+    /// Payload of the no-op entry a new leader appends (so that entries of earlier terms can
+    /// commit). The application must recognise and skip it; the broker uses its record
+    /// codec's no-op record. Empty by default.
+    pub noop_entry: Bytes,
     /// Seed for the election timeout randomisation (the runtime passes real entropy; the
     /// simulation passes a derived seed so runs replay).
     pub rng_seed: u64,
@@ -74,6 +80,7 @@ impl Default for RaftConfig {
             preferred_leader_id: None,
             preferred_leader_retry_ms: 5000,
             conflict_scan_entries_max: 4096,
+            noop_entry: Bytes::new(),
             rng_seed: 0,
         }
     }

@@ -3,19 +3,13 @@
 
 use bytes::Bytes;
 
-/// One log entry. An empty `data` is the leader's no-op entry (written at the start of each
-/// term so that earlier entries can commit); applications skip it.
+/// One log entry. Its `data` is opaque to Raft; the leader's no-op entry carries
+/// [`crate::RaftConfig::noop_entry`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub index: u64,
     pub term: u64,
     pub data: Bytes,
-}
-
-impl Entry {
-    pub fn is_noop(&self) -> bool {
-        self.data.is_empty()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -449,7 +449,7 @@ impl<L: RaftLog> RaftNode<L> {
         }
         for d in data {
             if d.is_empty() {
-                return Err(ProposeError::Invalid("empty entries are reserved for the leader no-op".into()).into());
+                return Err(ProposeError::Invalid("empty entries are not allowed".into()).into());
             }
             if d.len() > self.config.entry_bytes_max {
                 return Err(ProposeError::Invalid(format!(
@@ -648,7 +648,7 @@ impl<L: RaftLog> RaftNode<L> {
         self.progress = self.peers.iter().map(|&p| (p, Progress::new(next, self.now_ms))).collect();
         // The no-op lets entries of earlier terms commit (only current-term entries are
         // committed by counting).
-        let range = self.log.append_leader(self.term, &[Bytes::new()]).map_err(RaftError::Log)?;
+        let range = self.log.append_leader(self.term, std::slice::from_ref(&self.config.noop_entry)).map_err(RaftError::Log)?;
         assert_eq!(range, next..next + 1);
         self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
         for i in 0..self.peers.len() {
