@@ -598,3 +598,94 @@ fn wait_for(mut condition: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A filter call cut into many chunks loads the plugin set once: while the
+/// filter flips between "skip all" and "deliver all", every call's verdicts
+/// are uniform (one version per call, never a mix).
+#[test]
+fn a_call_spanning_many_chunks_sees_one_version() {
+    let f = Fixture::new();
+    let versions = [filter_component(FilterMode::Constant(0)), filter_component(FilterMode::Constant(1))];
+    install(&f.plugins(), "flip", &versions[0], FILTER);
+    let mut config = f.config();
+    config.filter_batch_max = 2;
+    let registry = Arc::new(PluginRegistry::open(config).unwrap());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let registry = registry.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let tags = vec![Some("A"); 64];
+                let msgs = messages(&tags);
+                let (mut all_true, mut all_false) = (0u32, 0u32);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let v = registry.filter("g", "t", ExpressionKind::Tag, "*", &msgs).unwrap();
+                    assert_eq!(v.len(), 64);
+                    if v.iter().all(|&x| x) {
+                        all_true += 1;
+                    } else if v.iter().all(|&x| !x) {
+                        all_false += 1;
+                    } else {
+                        panic!("one call saw two versions: {v:?}");
+                    }
+                }
+                (all_true, all_false)
+            })
+        })
+        .collect();
+    for round in 1..=20 {
+        write_atomically(&f.plugins().join("flip.wasm"), &versions[round % 2]);
+        assert_eq!(registry.reload_now().replaced, vec!["flip"]);
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut t, mut fa) = (0, 0);
+    for c in callers {
+        let (a, b) = c.join().expect("a caller saw a mixed answer or an error");
+        t += a;
+        fa += b;
+    }
+    assert!(t > 0 && fa > 0, "both versions should have served: {t} / {fa}");
+    assert_eq!(registry.generation(), 21);
+}
+
+#[test]
+fn a_call_waits_a_bounded_time_for_a_free_instance() {
+    let f = Fixture::new();
+    install(
+        &f.plugins(),
+        "slow",
+        &filter_component(FilterMode::LoopForever),
+        "kind = \"filter\"\nonError = \"reject\"\n[limits]\nfuelPerCall = 3_000_000_000\n",
+    );
+    let mut config = f.config();
+    config.pool.instances_max = 1;
+    config.pool.idle_max = 1;
+    config.pool.wait_ms_max = 50;
+    let registry = Arc::new(PluginRegistry::open(config).unwrap());
+    let busy = {
+        let registry = registry.clone();
+        std::thread::spawn(move || {
+            registry
+                .filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None]))
+                .unwrap_err()
+        })
+    };
+    // Wait until the slow call holds the only instance.
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let err = registry
+        .filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None]))
+        .unwrap_err();
+    assert!(
+        matches!(err, PluginError::Busy { instances_max: 1, wait_ms: 50, .. }),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let first = busy.join().unwrap();
+    assert!(matches!(first, PluginError::FuelExhausted { .. }), "{first:?}");
+    assert_eq!(registry.list()[0].live_instances, 0);
+}
