@@ -531,6 +531,42 @@ impl Cluster {
         serde_json::from_str(&out).with_context(|| format!("mqadmin clusterList --json printed non-JSON: {out}"))
     }
 
+    /// Leaders in the name server's table as printed by the real `mqadmin clusterList --json`:
+    /// (node id, term) of every row whose role is LEADER or STANDALONE.
+    pub async fn cli_leaders(&self) -> Result<Vec<(String, u64)>> {
+        let v = self.mqadmin_cluster_list().await?;
+        let rows = v.as_array().with_context(|| format!("clusterList --json is not an array: {v}"))?;
+        let mut leaders = Vec::new();
+        for row in rows {
+            let role = row.get("role").and_then(|r| r.as_str()).unwrap_or("");
+            if role == "LEADER" || role == "STANDALONE" {
+                let node = row.get("nodeId").and_then(|n| n.as_str()).context("row without nodeId")?;
+                let term = row.get("term").and_then(|t| t.as_u64()).context("row without term")?;
+                leaders.push((node.to_string(), term));
+            }
+        }
+        Ok(leaders)
+    }
+
+    /// Waits until `mqadmin clusterList` shows `node_id` as the leader with a term of at least
+    /// `term_min`, and no other leader in the same or a higher term.
+    pub async fn wait_cli_leader(&self, node_id: &str, term_min: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders = self.cli_leaders().await?;
+            let ours = leaders.iter().find(|(n, t)| n == node_id && *t >= term_min);
+            if let Some((_, term)) = ours {
+                let rivals: Vec<_> = leaders.iter().filter(|(n, t)| n != node_id && t >= term).collect();
+                ensure!(rivals.is_empty(), "clusterList shows rival leaders {rivals:?} next to {node_id} term {term}");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("clusterList never showed {node_id} as leader (term >= {term_min}); last: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 10)).await;
+        }
+    }
+
     /// Runs `mqadmin ARGS`, returns stdout; a non-zero exit is an error with stderr.
     pub async fn mqadmin(&self, args: &[&str]) -> Result<String> {
         let out = tokio::process::Command::new(self.bins.path(Binaries::ADMIN))

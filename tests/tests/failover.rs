@@ -55,6 +55,8 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
         killed_at.elapsed().as_secs_f64()
     );
     ensure!(after > before_kill, "no send acknowledged after the kill");
+    // The operator's view agrees: the real mqadmin, through the name server.
+    cluster.wait_cli_leader(&cluster.nodes[new_leader].id, new_term, LEADER_TIMEOUT).await?;
 
     cluster.restart(leader).await?;
     for p in producers {
