@@ -179,9 +179,10 @@ pub struct NodeStatus {
 }
 
 impl Cluster {
-    /// Writes configs, starts the name server and every broker, and waits until each has
-    /// opened its client port. Does not wait for a leader (see `wait_for_leader`).
-    pub async fn start(spec: ClusterSpec) -> Result<Self> {
+    /// Picks ports, starts the proxies (if any) and writes every config; starts no process.
+    /// `start` then waits until each process has opened its port; neither waits for a leader
+    /// (see `wait_for_leader`).
+    pub async fn prepare(spec: ClusterSpec) -> Result<Self> {
         ensure!((1..=NODES_MAX).contains(&spec.nodes), "{} nodes", spec.nodes);
         let bins = Binaries::locate()?;
         let dir = tempfile::Builder::new().prefix("wasmq-cluster-").tempdir()?;
@@ -215,7 +216,7 @@ impl Cluster {
             None
         };
 
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             spec,
             bins,
             namesrv_log: root.join("logs/namesrv.log"),
@@ -233,6 +234,12 @@ impl Cluster {
             fs::write(&cluster.nodes[i].config_path, text)?;
             fs::create_dir_all(&cluster.nodes[i].store_dir)?;
         }
+        Ok(cluster)
+    }
+
+    /// `prepare`, then start the name server and every broker.
+    pub async fn start(spec: ClusterSpec) -> Result<Self> {
+        let mut cluster = Self::prepare(spec).await?;
         cluster.start_namesrv().await?;
         for i in 0..cluster.nodes.len() {
             cluster.start_node(i).await?;
@@ -314,7 +321,7 @@ impl Cluster {
         Ok(Proc { child, stopped: false })
     }
 
-    async fn start_namesrv(&mut self) -> Result<()> {
+    pub async fn start_namesrv(&mut self) -> Result<()> {
         ensure!(self.namesrv.is_none(), "name server already running");
         let config = self.namesrv_config.display().to_string();
         let mut proc = self.spawn_logged(Binaries::NAMESRV, &["-c", &config], &self.namesrv_log)?;
