@@ -19,6 +19,10 @@
 //!   on error, none of the batch is acknowledged (it may still commit later: a client retry
 //!   can then duplicate, as in RocketMQ — at-least-once).
 
+pub mod raft_group;
+mod raft_hard_state;
+pub mod raft_log;
+pub mod raft_transport;
 pub mod standalone;
 
 use std::ops::RangeInclusive;

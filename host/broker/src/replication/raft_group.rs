@@ -1,0 +1,653 @@
+//! [`RaftReplicator`]: the broker's commitlog replicated by a Raft group.
+//!
+//! One driver thread owns the [`RaftNode`] (a thread, not a runtime task: appends, fsyncs
+//! and hard state writes block). It runs a small single-threaded tokio runtime so it can
+//! wait on its channels and a tick at once:
+//! 1. take a batch of inputs (peer messages from the gRPC service, proposals, control),
+//! 2. tick the node,
+//! 3. group fsync: flush the commitlog once for everything appended, tell the node,
+//! 4. persist the hard state if it changed, *then* hand messages to the peer senders,
+//! 5. publish the commit index, answer proposals whose entries committed (or were lost),
+//!    refresh the status snapshot.
+//!
+//! Followers publish only their commit index, which never passes entries they hold that
+//! match the leader, so followers only serve committed entries.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use wasmq_raft::{HardState, Message, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role as RaftRole};
+use wasmq_storage::commitlog::CommitLog;
+
+use super::raft_hard_state::{HardStateFile, StoredHardState};
+use super::raft_log::CommitLogRaftLog;
+use super::raft_transport::{Members, RaftPeerService, listen_address, spawn_peer_sender};
+use super::{
+    CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, PeerStatus, ReplicationError, ReplicationStatus, Replicator, Role,
+};
+use crate::config::{BrokerConfig, FlushDiskType};
+
+/// Messages from peers waiting for the driver; beyond, the gRPC service drops them.
+const INBOX_MESSAGES_MAX: usize = 8192;
+/// Messages waiting for one peer's sender; beyond, the driver drops them.
+const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
+const PROPOSAL_QUEUE_MAX: usize = 1024;
+/// Proposals parked while the leader is at its uncommitted-entries limit or transferring
+/// leadership; while full, the driver stops taking proposals (callers wait in `propose`).
+const DEFERRED_PROPOSALS_MAX: usize = 256;
+/// Inputs handled between two flushes: bounds the latency of one group commit.
+const INPUTS_PER_ROUND_MAX: usize = 1024;
+
+/// Everything a Raft replicator needs, independent of the broker's config format.
+#[derive(Clone, Debug)]
+pub struct RaftGroupConfig {
+    pub group: String,
+    pub self_id: String,
+    /// All members including this one: `(id, host:port)`.
+    pub members: Vec<(String, String)>,
+    /// Where the hard state file lives.
+    pub data_dir: PathBuf,
+    /// Timeouts and limits; `preferred_leader_id` and `rng_seed` are set from the fields
+    /// below and from entropy.
+    pub raft: RaftConfig,
+    pub preferred_leader: Option<String>,
+    /// SYNC_FLUSH: fsync before counting an entry as durable. ASYNC_FLUSH: written to the
+    /// page cache counts (survives a process crash, not a power loss), as RocketMQ.
+    pub sync_flush: bool,
+    pub propose_timeout_ms: u64,
+    pub tick_interval_ms: u64,
+}
+
+impl RaftGroupConfig {
+    /// From the broker config (`dLeger*` keys, `preferredLeaderId`, `flushDiskType`).
+    pub fn from_broker(config: &BrokerConfig) -> Result<RaftGroupConfig, String> {
+        let peers = config.dledger_peers()?;
+        let noop = wasmq_storage::Record::Noop.encode().map_err(|e| format!("encode no-op record: {e}"))?;
+        Ok(RaftGroupConfig {
+            group: config.d_leger_group.clone(),
+            self_id: config.d_leger_self_id.clone(),
+            members: peers.into_iter().map(|p| (p.id, p.address)).collect(),
+            data_dir: config.store_root().join("raft"),
+            raft: RaftConfig {
+                heartbeat_interval_ms: config.d_leger_heartbeat_interval_ms,
+                election_timeout_min_ms: config.d_leger_election_timeout_min_ms,
+                election_timeout_max_ms: config.d_leger_election_timeout_max_ms,
+                entry_bytes_max: config.max_message_size as usize + 64 * 1024,
+                noop_entry: Bytes::from(noop),
+                ..RaftConfig::default()
+            },
+            preferred_leader: Some(config.preferred_leader_id.clone()).filter(|s| !s.is_empty()),
+            sync_flush: config.flush_disk_type == FlushDiskType::SyncFlush,
+            propose_timeout_ms: 10_000,
+            tick_interval_ms: 10,
+        })
+    }
+}
+
+struct ProposeRequest {
+    payloads: Vec<Bytes>,
+    reply: oneshot::Sender<Result<CommittedRange, ReplicationError>>,
+}
+
+struct PendingProposal {
+    first: EntryIndex,
+    last: EntryIndex,
+    term: u64,
+    reply: oneshot::Sender<Result<CommittedRange, ReplicationError>>,
+}
+
+enum Control {
+    Transfer { target: String, reply: oneshot::Sender<Result<(), ReplicationError>> },
+    Shutdown { reply: oneshot::Sender<Result<(), ReplicationError>> },
+}
+
+pub struct RaftReplicator {
+    members: Arc<Members>,
+    self_node: NodeId,
+    proposals: parking_lot::RwLock<Option<mpsc::Sender<ProposeRequest>>>,
+    control: mpsc::Sender<Control>,
+    status: Arc<Mutex<ReplicationStatus>>,
+    committed_rx: watch::Receiver<EntryIndex>,
+    /// Set when the driver stopped on a storage error (fail-stop).
+    failure: Arc<Mutex<Option<String>>>,
+    stop_tx: watch::Sender<bool>,
+    driver: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    entry_bytes_max: usize,
+    propose_timeout_ms: u64,
+    local_addr: SocketAddr,
+}
+
+impl RaftReplicator {
+    /// Opens the hard state, starts the peer service on this member's address, the peer
+    /// senders and the driver thread. Must run inside a tokio runtime.
+    pub async fn start(cfg: RaftGroupConfig, log: Arc<CommitLog>) -> Result<RaftReplicator, ReplicationError> {
+        let bad = |m: String| ReplicationError::Rejected(format!("raft config: {m}"));
+        let members = Arc::new(Members::new(cfg.group.clone(), cfg.members.clone()).map_err(bad)?);
+        let self_node = members
+            .node_id(&cfg.self_id)
+            .ok_or_else(|| bad(format!("self id `{}` is not among the members", cfg.self_id)))?;
+        let (hs_file, stored) = HardStateFile::open(&cfg.data_dir).map_err(|e| ReplicationError::Storage(e.to_string()))?;
+        let hard_state = HardState {
+            term: stored.term,
+            voted_for: stored.voted_for.as_deref().and_then(|id| members.node_id(id)),
+        };
+        let preferred_leader_id = match &cfg.preferred_leader {
+            None => None,
+            Some(id) => Some(members.node_id(id).ok_or_else(|| bad(format!("preferred leader `{id}` is not a member")))?),
+        };
+        let raft_config = RaftConfig { preferred_leader_id, rng_seed: rand::random(), ..cfg.raft.clone() };
+        let node = RaftNode::new(self_node, &members.node_ids(), raft_config, hard_state, CommitLogRaftLog::new(log.clone()), 0)
+            .map_err(|e| bad(e.to_string()))?;
+
+        let listen = listen_address(members.address(self_node)).map_err(bad)?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ReplicationError::Storage(format!("bind raft peer service on {listen}: {e}")))?;
+        let local_addr = listener.local_addr().map_err(|e| ReplicationError::Storage(e.to_string()))?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_MESSAGES_MAX);
+        let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        let (control_tx, control_rx) = mpsc::channel(16);
+        let dropped_inbound = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+
+        let service = RaftPeerService::new(members.clone(), self_node, inbox_tx, dropped_inbound).into_server();
+        let mut server_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "raft peer service stopped");
+            }
+        }));
+
+        let mut peers = BTreeMap::new();
+        for peer in members.node_ids().into_iter().filter(|&p| p != self_node) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+            let task = spawn_peer_sender(members.clone(), self_node, peer, rx, stop_rx.clone()).map_err(bad)?;
+            tasks.push(task);
+            peers.insert(peer, tx);
+        }
+
+        let (committed_tx, committed_rx) = watch::channel(node.commit_index());
+        let status = Arc::new(Mutex::new(ReplicationStatus {
+            self_id: cfg.self_id.clone(),
+            role: Role::Follower,
+            term: node.term(),
+            leader_id: None,
+            commit_index: node.commit_index(),
+            last_index: log.last_index(),
+            peers: Vec::new(),
+        }));
+        let failure = Arc::new(Mutex::new(None));
+        let driver = Driver {
+            node,
+            log,
+            members: members.clone(),
+            hs_file,
+            sync_flush: cfg.sync_flush,
+            inbox: inbox_rx,
+            proposals: proposals_rx,
+            control: control_rx,
+            peers,
+            committed: committed_tx,
+            status: status.clone(),
+            failure: failure.clone(),
+            pending: VecDeque::new(),
+            deferred: VecDeque::new(),
+            transfer: None,
+            started: Instant::now(),
+            tick_interval_ms: cfg.tick_interval_ms.max(1),
+            dropped_outbound: 0,
+        };
+        let driver = std::thread::Builder::new()
+            .name(format!("wasmq-raft-{}", cfg.self_id))
+            .spawn(move || driver.run())
+            .map_err(|e| ReplicationError::Storage(format!("spawn raft driver thread: {e}")))?;
+        tracing::info!(group = %cfg.group, id = %cfg.self_id, %local_addr, members = members.list.len(), "raft replicator started");
+        Ok(RaftReplicator {
+            members,
+            self_node,
+            proposals: parking_lot::RwLock::new(Some(proposals_tx)),
+            control: control_tx,
+            status,
+            committed_rx,
+            failure,
+            stop_tx,
+            driver: Mutex::new(Some(driver)),
+            tasks: Mutex::new(tasks),
+            entry_bytes_max: cfg.raft.entry_bytes_max,
+            propose_timeout_ms: cfg.propose_timeout_ms,
+            local_addr,
+        })
+    }
+
+    /// Address the peer service listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn self_id(&self) -> &str {
+        self.members.name(self.self_node)
+    }
+
+    fn stopped_error(&self) -> ReplicationError {
+        match self.failure.lock().clone() {
+            Some(why) => ReplicationError::Storage(why),
+            None => ReplicationError::ShuttingDown,
+        }
+    }
+}
+
+impl Drop for RaftReplicator {
+    fn drop(&mut self) {
+        // The driver exits when its control channel closes (dropped with `self`).
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Replicator for RaftReplicator {
+    async fn propose(&self, payloads: Vec<Bytes>) -> Result<CommittedRange, ReplicationError> {
+        if payloads.is_empty() || payloads.len() > PROPOSE_ENTRIES_MAX {
+            return Err(ReplicationError::Rejected(format!(
+                "{} entries; a proposal holds 1..={PROPOSE_ENTRIES_MAX}",
+                payloads.len()
+            )));
+        }
+        if let Some(p) = payloads.iter().find(|p| p.is_empty() || p.len() > self.entry_bytes_max) {
+            return Err(ReplicationError::Rejected(format!(
+                "entry of {} bytes outside 1..={}",
+                p.len(),
+                self.entry_bytes_max
+            )));
+        }
+        let Some(tx) = self.proposals.read().clone() else {
+            return Err(self.stopped_error());
+        };
+        let n = payloads.len() as u64;
+        let (reply, reply_rx) = oneshot::channel();
+        let wait = async {
+            tx.send(ProposeRequest { payloads, reply }).await.map_err(|_| self.stopped_error())?;
+            reply_rx.await.map_err(|_| self.stopped_error())?
+        };
+        let range = tokio::time::timeout(Duration::from_millis(self.propose_timeout_ms), wait)
+            .await
+            .map_err(|_| ReplicationError::Timeout { timeout_ms: self.propose_timeout_ms })??;
+        assert_eq!(range.len(), n, "committed range does not match the proposal");
+        Ok(range)
+    }
+
+    fn status(&self) -> ReplicationStatus {
+        self.status.lock().clone()
+    }
+
+    fn committed(&self) -> watch::Receiver<EntryIndex> {
+        self.committed_rx.clone()
+    }
+
+    async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .send(Control::Transfer { target: target_id.to_string(), reply })
+            .await
+            .map_err(|_| self.stopped_error())?;
+        rx.await.map_err(|_| self.stopped_error())?
+    }
+
+    async fn shutdown(&self) -> Result<(), ReplicationError> {
+        drop(self.proposals.write().take());
+        let (reply, rx) = oneshot::channel();
+        let result = match self.control.send(Control::Shutdown { reply }).await {
+            Ok(()) => rx.await.unwrap_or(Ok(())),
+            // Already stopped.
+            Err(_) => Ok(()),
+        };
+        let _ = self.stop_tx.send(true);
+        let driver = self.driver.lock().take();
+        if let Some(handle) = driver {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| ReplicationError::Storage(format!("join raft driver: {e}")))?
+                .map_err(|_| ReplicationError::Storage("raft driver thread panicked".into()))?;
+        }
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for t in tasks {
+            t.abort();
+        }
+        result
+    }
+}
+
+struct Driver {
+    node: RaftNode<CommitLogRaftLog>,
+    log: Arc<CommitLog>,
+    members: Arc<Members>,
+    hs_file: HardStateFile,
+    sync_flush: bool,
+    inbox: mpsc::Receiver<(NodeId, Message)>,
+    proposals: mpsc::Receiver<ProposeRequest>,
+    control: mpsc::Receiver<Control>,
+    peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    committed: watch::Sender<EntryIndex>,
+    status: Arc<Mutex<ReplicationStatus>>,
+    failure: Arc<Mutex<Option<String>>>,
+    /// Proposals appended and waiting for commit, in index order.
+    pending: VecDeque<PendingProposal>,
+    deferred: VecDeque<ProposeRequest>,
+    transfer: Option<(NodeId, oneshot::Sender<Result<(), ReplicationError>>)>,
+    started: Instant,
+    tick_interval_ms: u64,
+    dropped_outbound: u64,
+}
+
+/// Why the driver loop ends.
+enum Stop {
+    Shutdown(oneshot::Sender<Result<(), ReplicationError>>),
+    Dropped,
+    Failed(String),
+}
+
+impl Driver {
+    fn run(mut self) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                *self.failure.lock() = Some(format!("raft driver runtime: {e}"));
+                return;
+            }
+        };
+        let stop = rt.block_on(self.run_loop());
+        let (reason, reply) = match stop {
+            Stop::Shutdown(reply) => ("replicator is shutting down".to_string(), Some(reply)),
+            Stop::Dropped => ("replicator dropped".to_string(), None),
+            Stop::Failed(why) => {
+                tracing::error!(error = %why, "raft driver stopped on a storage error");
+                *self.failure.lock() = Some(why.clone());
+                (why, None)
+            }
+        };
+        let failed = self.failure.lock().is_some();
+        let err = || if failed { ReplicationError::Storage(reason.clone()) } else { ReplicationError::ShuttingDown };
+        for p in self.deferred.drain(..) {
+            let _ = p.reply.send(Err(err()));
+        }
+        for p in self.pending.drain(..) {
+            let _ = p.reply.send(Err(err()));
+        }
+        if let Some((_, reply)) = self.transfer.take() {
+            let _ = reply.send(Err(err()));
+        }
+        self.proposals.close();
+        while let Ok(p) = self.proposals.try_recv() {
+            let _ = p.reply.send(Err(err()));
+        }
+        let flushed = self.log.flush().map(|_| ()).map_err(|e| ReplicationError::Storage(e.to_string()));
+        let mut status = self.status.lock();
+        status.role = Role::Follower;
+        status.leader_id = None;
+        drop(status);
+        if let Some(reply) = reply {
+            let _ = reply.send(flushed);
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run_loop(&mut self) -> Stop {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.tick_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let accepting = self.deferred.len() < DEFERRED_PROPOSALS_MAX;
+            let result = tokio::select! {
+                biased;
+                c = self.control.recv() => match c {
+                    None => return Stop::Dropped,
+                    Some(Control::Shutdown { reply }) => return Stop::Shutdown(reply),
+                    Some(Control::Transfer { target, reply }) => { self.start_transfer(&target, reply); Ok(()) }
+                },
+                Some((from, msg)) = self.inbox.recv() => self.on_messages(from, msg),
+                Some(p) = self.proposals.recv(), if accepting => self.on_proposals(p),
+                _ = tick.tick() => Ok(()),
+            };
+            if let Err(why) = result.and_then(|()| self.round()) {
+                return Stop::Failed(why);
+            }
+        }
+    }
+
+    fn on_messages(&mut self, from: NodeId, msg: Message) -> Result<(), String> {
+        self.node.step(from, msg).map_err(err_text)?;
+        for _ in 1..INPUTS_PER_ROUND_MAX {
+            let Ok((from, msg)) = self.inbox.try_recv() else { break };
+            self.node.step(from, msg).map_err(err_text)?;
+        }
+        Ok(())
+    }
+
+    fn on_proposals(&mut self, first: ProposeRequest) -> Result<(), String> {
+        self.propose(first)?;
+        for _ in 1..INPUTS_PER_ROUND_MAX {
+            if self.deferred.len() >= DEFERRED_PROPOSALS_MAX {
+                break;
+            }
+            let Ok(p) = self.proposals.try_recv() else { break };
+            self.propose(p)?;
+        }
+        Ok(())
+    }
+
+    /// A new proposal: behind any parked ones (order is kept), else tried at once.
+    fn propose(&mut self, req: ProposeRequest) -> Result<(), String> {
+        if !self.deferred.is_empty() {
+            self.deferred.push_back(req);
+            return Ok(());
+        }
+        if let Some(req) = self.try_propose(req)? {
+            self.deferred.push_back(req);
+        }
+        Ok(())
+    }
+
+    /// Appends one proposal or answers it with an error; gives it back when it has to wait
+    /// (uncommitted-entries limit reached, or a leadership transfer in progress).
+    fn try_propose(&mut self, req: ProposeRequest) -> Result<Option<ProposeRequest>, String> {
+        if req.reply.is_closed() {
+            return Ok(None); // the caller gave up before anything was written
+        }
+        match self.node.propose(&req.payloads) {
+            Ok(p) => {
+                self.pending.push_back(PendingProposal { first: p.range.start, last: p.range.end - 1, term: p.term, reply: req.reply });
+                Ok(None)
+            }
+            Err(RaftError::Propose(ProposeError::Backpressure { .. } | ProposeError::TransferInProgress)) => Ok(Some(req)),
+            Err(RaftError::Propose(ProposeError::NotLeader { leader_hint })) => {
+                let leader_id = leader_hint.map(|l| self.members.name(l).to_string());
+                let _ = req.reply.send(Err(ReplicationError::NotLeader { leader_id }));
+                Ok(None)
+            }
+            Err(RaftError::Propose(ProposeError::Invalid(why))) => {
+                let _ = req.reply.send(Err(ReplicationError::Rejected(why)));
+                Ok(None)
+            }
+            Err(RaftError::Log(e)) => Err(format!("commitlog append: {e}")),
+        }
+    }
+
+    fn retry_deferred(&mut self) -> Result<(), String> {
+        while let Some(req) = self.deferred.pop_front() {
+            if let Some(req) = self.try_propose(req)? {
+                self.deferred.push_front(req);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_transfer(&mut self, target: &str, reply: oneshot::Sender<Result<(), ReplicationError>>) {
+        let Some(to) = self.members.node_id(target) else {
+            let _ = reply.send(Err(ReplicationError::Transfer(format!("`{target}` is not a member of the group"))));
+            return;
+        };
+        if self.node.role() != RaftRole::Leader {
+            let leader = self.node.leader_id().map(|l| self.members.name(l).to_string());
+            let _ = reply.send(Err(ReplicationError::Transfer(format!(
+                "this member is not the leader (leader: {})",
+                leader.as_deref().unwrap_or("unknown")
+            ))));
+            return;
+        }
+        if let Some((_, previous)) = self.transfer.take() {
+            let _ = previous.send(Err(ReplicationError::Transfer("superseded by a newer transfer".into())));
+        }
+        match self.node.transfer_leadership(to) {
+            Ok(()) if to == self.node.id() => {
+                let _ = reply.send(Ok(()));
+            }
+            Ok(()) => self.transfer = Some((to, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(ReplicationError::Transfer(e.to_string())));
+            }
+        }
+    }
+
+    /// Steps 2–5 of the module docs.
+    fn round(&mut self) -> Result<(), String> {
+        let now = self.now_ms();
+        self.node.tick(now).map_err(err_text)?;
+        self.retry_deferred()?;
+
+        let last = self.log.last_index();
+        if self.node.flushed_index() < last {
+            let flushed = if self.sync_flush { self.log.flush().map_err(|e| format!("commitlog flush: {e}"))? } else { last };
+            self.node.on_flushed(flushed.min(last)).map_err(err_text)?;
+        }
+
+        let ready = self.node.take_ready();
+        if let Some(hs) = ready.hard_state {
+            let stored = StoredHardState { term: hs.term, voted_for: hs.voted_for.map(|v| self.members.name(v).to_string()) };
+            self.hs_file.store(&stored).map_err(|e| format!("persist raft hard state: {e}"))?;
+        }
+        for (to, msg) in ready.messages {
+            let Some(tx) = self.peers.get(&to) else { continue };
+            if tx.try_send(msg).is_err() {
+                self.dropped_outbound += 1;
+                if self.dropped_outbound.is_power_of_two() {
+                    tracing::warn!(peer = self.members.name(to), dropped = self.dropped_outbound, "raft peer queue full, messages dropped");
+                }
+            }
+        }
+
+        let commit = self.node.commit_index();
+        self.committed.send_if_modified(|c| {
+            if commit > *c {
+                *c = commit;
+                true
+            } else {
+                false
+            }
+        });
+        self.resolve_pending(commit);
+        self.resolve_transfer();
+        self.publish_status(now);
+        Ok(())
+    }
+
+    /// Answers proposals whose last entry is committed (still in their term: success) or
+    /// was replaced by another leader's entry (lost: retry on the leader).
+    fn resolve_pending(&mut self, commit: EntryIndex) {
+        while let Some(p) = self.pending.front() {
+            let term_now = self.log.term_at(p.last);
+            let lost = term_now != Some(p.term);
+            if !lost && p.last > commit {
+                break;
+            }
+            let p = self.pending.pop_front().expect("front exists");
+            let result = if lost {
+                let leader_id = self.node.leader_id().filter(|&l| l != self.node.id()).map(|l| self.members.name(l).to_string());
+                Err(ReplicationError::NotLeader { leader_id })
+            } else {
+                Ok(CommittedRange { first: p.first, last: p.last, term: p.term })
+            };
+            let _ = p.reply.send(result);
+        }
+    }
+
+    fn resolve_transfer(&mut self) {
+        let Some((to, _)) = &self.transfer else { return };
+        let to = *to;
+        let outcome = if self.node.leader_id() == Some(to) {
+            Some(Ok(()))
+        } else if self.node.role() == RaftRole::Leader && self.node.transfer_target().is_none() {
+            Some(Err(format!("`{}` did not take over in time", self.members.name(to))))
+        } else if self.node.role() != RaftRole::Leader && self.node.leader_id().is_some() {
+            Some(Err(format!(
+                "leadership went to `{}` instead",
+                self.members.name(self.node.leader_id().expect("checked"))
+            )))
+        } else {
+            None
+        };
+        if let Some(outcome) = outcome {
+            let (_, reply) = self.transfer.take().expect("checked");
+            let _ = reply.send(outcome.map_err(ReplicationError::Transfer));
+        }
+    }
+
+    fn publish_status(&self, now: u64) {
+        let progress = self.node.progress();
+        let peers = self
+            .members
+            .node_ids()
+            .into_iter()
+            .filter(|&p| p != self.node.id())
+            .map(|p| {
+                let pr = progress.iter().find(|x| x.id == p);
+                PeerStatus {
+                    id: self.members.name(p).to_string(),
+                    address: self.members.address(p).to_string(),
+                    match_index: pr.map_or(0, |x| x.match_index),
+                    last_contact_ms: pr.and_then(|x| x.last_heard_ms).map(|t| now.saturating_sub(t)),
+                }
+            })
+            .collect();
+        let role = match self.node.role() {
+            RaftRole::Leader => Role::Leader,
+            RaftRole::Follower => Role::Follower,
+            RaftRole::PreCandidate | RaftRole::Candidate => Role::Candidate,
+        };
+        *self.status.lock() = ReplicationStatus {
+            self_id: self.members.name(self.node.id()).to_string(),
+            role,
+            term: self.node.term(),
+            leader_id: self.node.leader_id().map(|l| self.members.name(l).to_string()),
+            commit_index: self.node.commit_index(),
+            last_index: self.log.last_index(),
+            peers,
+        };
+    }
+}
+
+fn err_text<E: std::error::Error>(e: RaftError<E>) -> String {
+    format!("raft: {e}")
+}

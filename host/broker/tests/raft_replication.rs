@@ -1,0 +1,190 @@
+//! Three Raft replicators on 127.0.0.1 in one process: election, replication, follower
+//! redirection, leader loss (dropped without shutdown), re-election without losing
+//! acknowledged entries, leadership transfer, and a restarted member catching up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmq_broker::replication::raft_group::{RaftGroupConfig, RaftReplicator};
+use wasmq_broker::replication::{CommittedRange, ReplicationError, Replicator, Role};
+use wasmq_raft::RaftConfig;
+use wasmq_storage::commitlog::{CommitLog, CommitLogConfig, FlushMode};
+
+const IDS: [&str; 3] = ["n0", "n1", "n2"];
+
+fn free_ports() -> Vec<u16> {
+    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn open_log(dir: &std::path::Path) -> Arc<CommitLog> {
+    let mut cfg = CommitLogConfig::new(dir.join("log"));
+    cfg.segment_size_bytes = 1 << 20;
+    cfg.entry_size_max_bytes = 64 * 1024;
+    cfg.flush_mode = FlushMode::Sync;
+    Arc::new(CommitLog::open(cfg).unwrap().0)
+}
+
+fn group_config(ports: &[u16], me: usize, dir: &std::path::Path) -> RaftGroupConfig {
+    RaftGroupConfig {
+        group: "g".into(),
+        self_id: IDS[me].into(),
+        members: IDS.iter().zip(ports).map(|(id, p)| (id.to_string(), format!("127.0.0.1:{p}"))).collect(),
+        data_dir: dir.join("raft"),
+        raft: RaftConfig {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 500,
+            noop_entry: Bytes::from_static(b"noop"),
+            ..RaftConfig::default()
+        },
+        preferred_leader: None,
+        sync_flush: true,
+        propose_timeout_ms: 5_000,
+        tick_interval_ms: 10,
+    }
+}
+
+async fn wait_for_leader(nodes: &BTreeMap<usize, (Arc<RaftReplicator>, Arc<CommitLog>)>, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leaders: Vec<usize> =
+            nodes.iter().filter(|(_, (r, _))| r.status().role == Role::Leader).map(|(&i, _)| i).collect();
+        if leaders.len() == 1 {
+            let l = leaders[0];
+            let term = nodes[&l].0.status().term;
+            let agreed = nodes.values().all(|(r, _)| {
+                let s = r.status();
+                s.term == term && s.leader_id.as_deref() == Some(IDS[l])
+            });
+            if agreed {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_committed(r: &RaftReplicator, index: u64, timeout: Duration) {
+    let mut rx = r.committed();
+    tokio::time::timeout(timeout, rx.wait_for(|&c| c >= index))
+        .await
+        .unwrap_or_else(|_| panic!("{} did not commit {index} in {timeout:?}", r.self_id()))
+        .unwrap();
+}
+
+async fn propose_many(r: &Arc<RaftReplicator>, tag: &str, count: usize) -> Vec<(CommittedRange, Vec<Bytes>)> {
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let r = r.clone();
+        let payloads: Vec<Bytes> = (0..(i % 3 + 1)).map(|k| Bytes::from(format!("{tag}-{i}-{k}"))).collect();
+        tasks.push(tokio::spawn(async move {
+            let range = r.propose(payloads.clone()).await.expect("proposal on the leader commits");
+            (range, payloads)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn assert_holds(log: &CommitLog, acked: &[(CommittedRange, Vec<Bytes>)]) {
+    for (range, payloads) in acked {
+        for (index, p) in range.indexes().zip(payloads) {
+            let e = log.read(index).unwrap_or_else(|e| panic!("entry {index} missing: {e}"));
+            assert_eq!(e.body(), p.as_ref(), "entry {index} changed");
+            assert_eq!(e.term(), range.term);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_replicate_fail_over_and_catch_up() {
+    let ports = free_ports();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = BTreeMap::new();
+    for i in 0..3 {
+        let log = open_log(dirs[i].path());
+        let r = RaftReplicator::start(group_config(&ports, i, dirs[i].path()), log.clone()).await.unwrap();
+        nodes.insert(i, (Arc::new(r), log));
+    }
+
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let first_term = nodes[&leader].0.status().term;
+    let mut acked = propose_many(&nodes[&leader].0, "a", 60).await;
+    let last = acked.iter().map(|(r, _)| r.last).max().unwrap();
+    // Every proposal got its own contiguous range.
+    let mut ranges: Vec<_> = acked.iter().map(|(r, _)| (r.first, r.last)).collect();
+    ranges.sort();
+    assert!(ranges.windows(2).all(|w| w[0].1 < w[1].0));
+    for (r, log) in nodes.values() {
+        wait_committed(r, last, Duration::from_secs(5)).await;
+        assert_holds(log, &acked);
+        assert!(r.status().commit_index <= log.last_index());
+    }
+    let status = nodes[&leader].0.status();
+    assert_eq!(status.peers.len(), 2);
+    assert!(status.peers.iter().all(|p| p.match_index >= last), "{status:?}");
+
+    // A follower refuses proposals and names the leader.
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    match nodes[&follower].0.propose(vec![Bytes::from_static(b"x")]).await {
+        Err(ReplicationError::NotLeader { leader_id }) => assert_eq!(leader_id.as_deref(), Some(IDS[leader])),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    assert!(matches!(nodes[&leader].0.propose(vec![]).await, Err(ReplicationError::Rejected(_))));
+
+    // Kill the leader: drop it without shutdown.
+    let (killed, killed_log) = nodes.remove(&leader).unwrap();
+    drop(killed);
+    let lost_at = Instant::now();
+    let new_leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let failover = lost_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(nodes[&new_leader].0.status().term > first_term);
+    let more = propose_many(&nodes[&new_leader].0, "b", 20).await;
+    acked.extend(more);
+    let last = acked.iter().map(|(r, _)| r.last).max().unwrap();
+    for (r, log) in nodes.values() {
+        wait_committed(r, last, Duration::from_secs(5)).await;
+        assert_holds(log, &acked);
+    }
+    eprintln!("failover to {} took {failover:?}", IDS[new_leader]);
+
+    // Hand leadership to the other survivor.
+    let other = *nodes.keys().find(|&&i| i != new_leader).unwrap();
+    nodes[&new_leader].0.transfer_leadership(IDS[other]).await.expect("transfer");
+    assert_eq!(wait_for_leader(&nodes, Duration::from_secs(5)).await, other);
+    let more = propose_many(&nodes[&other].0, "c", 10).await;
+    acked.extend(more);
+    let last = acked.iter().map(|(r, _)| r.last).max().unwrap();
+
+    // Restart the killed member on its own disk once its driver let go of the log.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&killed_log) > 1 {
+        assert!(Instant::now() < deadline, "killed member's driver still holds its log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(killed_log);
+    let log = open_log(dirs[leader].path());
+    let r = Arc::new(RaftReplicator::start(group_config(&ports, leader, dirs[leader].path()), log.clone()).await.unwrap());
+    nodes.insert(leader, (r, log));
+    for (r, log) in nodes.values() {
+        wait_committed(r, last, Duration::from_secs(10)).await;
+        assert_holds(log, &acked);
+    }
+    assert_eq!(wait_for_leader(&nodes, Duration::from_secs(5)).await, other);
+
+    for (r, _) in nodes.values() {
+        r.shutdown().await.unwrap();
+    }
+    assert!(matches!(
+        nodes[&other].0.propose(vec![Bytes::from_static(b"late")]).await,
+        Err(ReplicationError::ShuttingDown)
+    ));
+}
