@@ -8,3 +8,4 @@ pub mod messaging;
 pub mod namesrv;
 pub mod replication;
 pub mod server;
+pub mod upgrade;
