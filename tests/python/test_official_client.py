@@ -14,14 +14,18 @@ Every loop is bounded in count and time. All traffic stays on the given endpoint
 """
 
 import os
+import pathlib
 import subprocess
+import sys
+import threading
 import time
 import uuid
 
 import grpc
 import pytest
-from rocketmq import (ClientConfiguration, Credentials, FilterExpression,
-                      Message, Producer, SimpleConsumer)
+from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,
+                      FilterExpression, Message, MessageListener, Producer,
+                      PushConsumer, SimpleConsumer)
 from rocketmq.grpc_protocol import definition_pb2, service_pb2, service_pb2_grpc
 from rocketmq.v5.exception import BadRequestException, ClientException
 
@@ -200,6 +204,63 @@ def test_wrong_receipt_handle_is_rejected_and_message_survives():
     finally:
         consumer.shutdown()
         producer.shutdown()
+
+
+def test_push_consumer_gets_settings_retries_failures_and_consumes_all():
+    """PushConsumer needs the Settings answer to start; a FAILURE is retried later."""
+    run = new_run()
+    tag = f"Push{run}"
+    count = 50
+    seen, attempts, lock = set(), {}, threading.Lock()
+
+    class Listener(MessageListener):
+        def consume(self, message):
+            if message.properties.get("run") != run:
+                return ConsumeResult.SUCCESS
+            i = int(message.properties["i"])
+            with lock:
+                attempts[i] = max(attempts.get(i, 0), message.delivery_attempt)
+                # Index 0 fails on its first delivery: it must come back.
+                if i == 0 and message.delivery_attempt == 1:
+                    return ConsumeResult.FAILURE
+                seen.add(i)
+            return ConsumeResult.SUCCESS
+
+    consumer = PushConsumer(config(), f"GID_py_push_{run}", Listener(), {TOPIC: FilterExpression(tag)})
+    consumer.startup()  # raises if no Settings answer arrives within 10 s
+    producer = started(Producer(config(), (TOPIC,)))
+    try:
+        for i in range(count):
+            m = make_message(run, i)
+            m.tag = tag
+            producer.send(m)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) == count:
+                    break
+            time.sleep(0.2)
+        with lock:
+            assert seen == set(range(count)), f"missing {sorted(set(range(count)) - seen)[:20]}"
+            assert attempts[0] >= 2, "failed message was not redelivered"
+    finally:
+        producer.shutdown()
+        consumer.shutdown()
+
+
+def test_examples_run():
+    run = new_run()
+    tag = f"Ex{run}"
+    examples = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python"
+    sent = subprocess.run(
+        [sys.executable, str(examples / "producer.py"), "--endpoint", ENDPOINT, "--topic", TOPIC, "--tag", tag, "--count", "5"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert sent.stdout.count("sent ") == 5, sent.stdout
+    got = subprocess.run(
+        [sys.executable, str(examples / "consumer.py"), "--endpoint", ENDPOINT, "--topic", TOPIC, "--group",
+         f"GID_py_ex_{run}", "--filter", tag, "--seconds", "8"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert "received and acked 5 messages" in got.stdout, got.stdout
 
 
 @pytest.mark.skipif(not os.environ.get("WASMQ_FAILOVER_CMD"), reason="WASMQ_FAILOVER_CMD is not set")

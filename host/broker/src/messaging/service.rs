@@ -36,6 +36,8 @@ pub struct MessagingConfig {
     pub long_polling_ms_default: u64,
     pub invisible_ms_min: u64,
     pub invisible_ms_max: u64,
+    /// Used when a receive names none (push consumers).
+    pub invisible_ms_default: u64,
     /// Largest gRPC message decoded or encoded (a send batch, one received message).
     pub grpc_message_bytes_max: usize,
     /// Telemetry streams open at once.
@@ -57,6 +59,7 @@ impl Default for MessagingConfig {
             // The reference proxy requires 10 s; 1 s keeps redelivery tests fast.
             invisible_ms_min: 1_000,
             invisible_ms_max: 12 * 3600 * 1000,
+            invisible_ms_default: 60_000,
             grpc_message_bytes_max: 64 * 1024 * 1024,
             telemetry_streams_max: 65_536,
             receive_queues_max: 256,
@@ -203,6 +206,7 @@ fn message_queues(topic: &TopicInfo, namespace: &str, route: &RouteInfo) -> Resu
 impl Messaging {
     pub fn new(backend: Arc<dyn MessagingBackend>, config: MessagingConfig) -> Self {
         assert!(config.receive_batch_max >= 1 && config.invisible_ms_min <= config.invisible_ms_max);
+        assert!((config.invisible_ms_min..=config.invisible_ms_max).contains(&config.invisible_ms_default));
         assert!(config.long_polling_ms_default <= config.long_polling_ms_max);
         assert!(config.receive_queues_max >= 1);
         Messaging {
@@ -402,7 +406,12 @@ impl Messaging {
             return Err(status(Code::BadRequest, "batch_size must be >= 1"));
         }
         let batch = (req.batch_size as u32).min(self.config.receive_batch_max);
-        let invisible_ms = self.invisible_ms(req.invisible_duration.as_ref())?;
+        // Push consumers send no invisible duration (they renew or ack themselves);
+        // the reference proxy then uses its default, as we do.
+        let invisible_ms = match req.invisible_duration.as_ref() {
+            None => self.config.invisible_ms_default,
+            Some(d) => self.invisible_ms(Some(d))?,
+        };
         Ok((group, topic, mq.id as u32, subscription, batch, invisible_ms))
     }
 
