@@ -689,3 +689,18 @@ fn a_call_waits_a_bounded_time_for_a_free_instance() {
     assert!(matches!(first, PluginError::FuelExhausted { .. }), "{first:?}");
     assert_eq!(registry.list()[0].live_instances, 0);
 }
+
+/// WASI sleeps would hold a broker thread for real time that fuel does not
+/// count; with the clocks stopped every deadline is already past.
+#[test]
+fn guest_sleeps_return_at_once() {
+    let f = Fixture::new();
+    install(&f.plugins(), "sleepy", &filter_component(FilterMode::SleepSeconds(30)), FILTER);
+    let registry = f.open();
+    let started = Instant::now();
+    let verdicts = registry
+        .filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None, Some("A")]))
+        .unwrap();
+    assert_eq!(verdicts, vec![true, true]);
+    assert!(started.elapsed() < Duration::from_secs(5), "the guest slept {:?}", started.elapsed());
+}

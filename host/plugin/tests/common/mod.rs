@@ -25,10 +25,34 @@ pub fn wit_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit/policy.wit")
 }
 
-/// Wraps a core module (WAT) into a component of `world`.
+/// Just enough of WASI 0.2 for a guest that sleeps, plus a filter world
+/// that imports it (what a Python/JS guest calling `sleep` looks like).
+const SLEEPY_WIT: [&str; 3] = [
+    "package wasi:io@0.2.0;
+     interface poll { resource pollable { block: func(); } }",
+    "package wasi:clocks@0.2.0;
+     interface monotonic-clock {
+       use wasi:io/poll@0.2.0.{pollable};
+       type duration = u64;
+       subscribe-duration: func(when: duration) -> pollable;
+     }",
+    "package test:sleepy;
+     world sleepy-filter {
+       import wasi:clocks/monotonic-clock@0.2.0;
+       export wasmq:policy/filter@0.1.0;
+     }",
+];
+
+/// Wraps a core module (WAT) into a component of `world` (of
+/// `wit/policy.wit`, or `sleepy-filter` above).
 pub fn component(world: &str, core_wat: &str) -> Vec<u8> {
     let mut resolve = wit_parser::Resolve::default();
-    let package = resolve.push_file(wit_path()).expect("parse wit/policy.wit");
+    let mut package = resolve.push_file(wit_path()).expect("parse wit/policy.wit");
+    if world == "sleepy-filter" {
+        for (i, text) in SLEEPY_WIT.iter().enumerate() {
+            package = resolve.push_str(format!("sleepy{i}.wit"), text).expect("test WIT");
+        }
+    }
     let world = resolve.select_world(&[package], Some(world)).expect("world");
     let mut module = wat::parse_str(core_wat).unwrap_or_else(|e| panic!("bad test WAT: {e}\n{core_wat}"));
     wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8)
@@ -78,6 +102,9 @@ pub enum FilterMode {
     LoopForever,
     GrowMemoryForever,
     Trap,
+    /// Sleeps this many seconds through WASI (`subscribe-duration` +
+    /// `block`), then delivers everything.
+    SleepSeconds(u64),
 }
 
 pub fn filter_component(mode: FilterMode) -> Vec<u8> {
@@ -124,11 +151,34 @@ pub fn filter_component(mode: FilterMode) -> Vec<u8> {
             prelude = "(loop $more (drop (memory.grow (i32.const 16))) (br $more))".to_owned()
         }
         FilterMode::Trap => prelude = "unreachable".to_owned(),
+        FilterMode::SleepSeconds(seconds) => {
+            prelude = format!(
+                "(local.set $cv (call $subscribe (i64.const {})))
+                 (call $block (local.get $cv))
+                 (call $drop_pollable (local.get $cv))",
+                seconds * 1_000_000_000
+            );
+            verdict = "(local.set $v (i32.const 1))".to_owned();
+        }
     }
+    let (world, wasi_imports) = match mode {
+        FilterMode::SleepSeconds(_) => (
+            "sleepy-filter",
+            r#"(import "wasi:clocks/monotonic-clock@0.2.0" "subscribe-duration" (func $subscribe (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.0" "[method]pollable.block" (func $block (param i32)))
+  (import "wasi:io/poll@0.2.0" "[resource-drop]pollable" (func $drop_pollable (param i32)))"#,
+        ),
+        _ => ("filter-plugin", ""),
+    };
+    let host_imports = match mode {
+        FilterMode::SleepSeconds(_) => "",
+        _ => r#"(import "wasmq:policy/host@0.1.0" "log" (func $log (param i32 i32 i32)))
+  (import "wasmq:policy/host@0.1.0" "config-get" (func $config_get (param i32 i32 i32)))"#,
+    };
     let wat = format!(
         r#"(module
-  (import "wasmq:policy/host@0.1.0" "log" (func $log (param i32 i32 i32)))
-  (import "wasmq:policy/host@0.1.0" "config-get" (func $config_get (param i32 i32 i32)))
+  {host_imports}
+  {wasi_imports}
   {ALLOCATOR}
   (data (i32.const 64) "verdict")
   (data (i32.const 80) "filter called")
@@ -161,7 +211,7 @@ pub fn filter_component(mode: FilterMode) -> Vec<u8> {
     (i32.const 32))
 )"#
     );
-    component("filter-plugin", &wat)
+    component(world, &wat)
 }
 
 /// What a WAT router decides.
