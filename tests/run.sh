@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command (README, and CI through .ci/run). Installs what the tests need, builds
+# in release, and runs every suite; exits non-zero if any fails.
+#
+#   bash tests/run.sh
+#
+# Suites, in order:
+#   1. example plugins: build (installs the wasm toolchains) + their own tests
+#      (native logic tests, components loaded into wasmtime)
+#   2. cargo test --release --workspace: storage, Raft simulation, plugin runtime, broker,
+#      admin/name server CLIs, upgrade, cluster tests that run the real binaries
+#   3. the official RocketMQ Python client against a 3-node group
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+START=$(date +%s)
+step() { printf '\n=== [%4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
+
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv' 2>/dev/null; then
+    step "installing python3-venv"
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
+fi
+
+step "example plugins: build + tests"
+bash plugins/tests/run.sh
+
+step "release build"
+cargo build --release --workspace --bins --tests
+
+step "cargo test --release --workspace"
+cargo test --release --workspace --no-fail-fast
+
+step "official RocketMQ Python client against a 3-node group"
+bash tests/python/run.sh
+
+step "all suites passed in $(($(date +%s) - START))s"
