@@ -704,3 +704,47 @@ fn guest_sleeps_return_at_once() {
     assert_eq!(verdicts, vec![true, true]);
     assert!(started.elapsed() < Duration::from_secs(5), "the guest slept {:?}", started.elapsed());
 }
+
+#[test]
+fn a_failing_validator_refuses_unless_its_manifest_says_pass() {
+    let f = Fixture::new();
+    install(&f.plugins(), "broken", &trapping_validator_component(), VALIDATOR);
+    let registry = f.open();
+    let change = Change {
+        kind: ChangeKind::Config,
+        old_config: vec![],
+        new_config: vec![("flushDiskType".into(), "SYNC_FLUSH".into())],
+        nodes: vec![],
+        old_plugins: vec![],
+        new_plugins: vec![],
+    };
+    let verdict = registry.validate(&change);
+    assert!(!verdict.accept, "validators fail closed by default: {verdict:?}");
+    assert_eq!(verdict.findings.len(), 1);
+    assert_eq!(verdict.findings[0].severity, Severity::Error);
+    assert_eq!(verdict.findings[0].code, "plugin-failed");
+    assert!(verdict.findings[0].text.contains("broken"), "{verdict:?}");
+
+    // Fail closed covers plugin changes too: nothing new gets in.
+    install(&f.plugins(), "r", &router_component(RouterMode::Queue(1)), ROUTER);
+    let report = registry.reload_now();
+    assert!(report.added.is_empty() && report.rejected.len() == 1, "{report:?}");
+
+    // Its own removal is judged by the current (broken) version too, so it
+    // stays until a restart (the startup load is not validated).
+    remove(&f.plugins(), "broken");
+    let report = registry.reload_now();
+    assert!(report.removed.is_empty() && report.rejected.len() == 1, "{report:?}");
+    drop(registry);
+    let registry = f.open();
+    assert_eq!(registry.list().len(), 1, "after a restart only the router is loaded");
+    assert!(registry.validate(&change).accept);
+
+    // With onError = "pass" a failing validator only warns.
+    let f = Fixture::new();
+    install(&f.plugins(), "broken", &trapping_validator_component(), "kind = \"upgrade-validator\"\nonError = \"pass\"\n");
+    let registry = f.open();
+    let verdict = registry.validate(&change);
+    assert!(verdict.accept, "{verdict:?}");
+    assert_eq!(verdict.findings[0].severity, Severity::Warning);
+}

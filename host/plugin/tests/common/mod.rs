@@ -299,6 +299,19 @@ pub fn router_component(mode: RouterMode) -> Vec<u8> {
     component("router-plugin", &wat)
 }
 
+/// A validator that traps on every call.
+pub fn trapping_validator_component() -> Vec<u8> {
+    let wat = format!(
+        r#"(module
+  {ALLOCATOR}
+  (func (export "wasmq:policy/upgrade-validator@0.1.0#validate")
+    (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    unreachable)
+)"#
+    );
+    component("upgrade-validator-plugin", &wat)
+}
+
 /// A validator that refuses adding/replacing a plugin whose name starts with
 /// `x` and removing one whose name starts with `k`; accepts anything else.
 pub fn validator_component() -> Vec<u8> {
