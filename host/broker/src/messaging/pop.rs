@@ -34,6 +34,10 @@ pub struct PopLimits {
     pub scan_per_receive_max: u32,
     /// Body bytes per backend read.
     pub read_bytes_max: u64,
+    /// Consumer offsets are replicated at most this often per queue (each commit is a
+    /// replicated write; acks arrive one RPC per message). `flush` writes the rest.
+    /// 0 = commit on every advance.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for PopLimits {
@@ -44,6 +48,7 @@ impl Default for PopLimits {
             queues_max: 16_384,
             scan_per_receive_max: 1024,
             read_bytes_max: 16 * 1024 * 1024,
+            commit_interval_ms: 100,
         }
     }
 }
@@ -70,6 +75,8 @@ struct QueueState {
     inflight: BTreeMap<u64, Inflight>,
     /// Acked offsets ≥ cursor: skip them when the cursor gets there.
     acked_ahead: BTreeSet<u64>,
+    /// When `committed` was last written.
+    committed_at: Option<std::time::Instant>,
 }
 
 impl QueueState {
@@ -164,13 +171,36 @@ impl PopService {
         Ok(())
     }
 
-    async fn commit_if_advanced(&self, key: &QueueKey, st: &mut QueueState) -> BackendResult<()> {
+    async fn commit_if_advanced(&self, key: &QueueKey, st: &mut QueueState, force: bool) -> BackendResult<()> {
         let point = st.commit_point();
-        if point > st.committed {
+        if point <= st.committed {
+            return Ok(());
+        }
+        let interval = std::time::Duration::from_millis(self.limits.commit_interval_ms);
+        let due = force || st.committed_at.is_none_or(|at| at.elapsed() >= interval);
+        if due {
             self.backend.commit_offset(&key.group, &key.topic, key.queue_id, point).await?;
             st.committed = point;
+            st.committed_at = Some(std::time::Instant::now());
         }
         Ok(())
+    }
+
+    /// Writes every queue's pending progress. Run periodically (every
+    /// `commit_interval_ms`) by the service, and before shutdown.
+    pub async fn flush(&self) -> Result<(), PopError> {
+        let queues: Vec<(QueueKey, Arc<tokio::sync::Mutex<Option<QueueState>>>)> =
+            self.queues.lock().iter().map(|(k, q)| (k.clone(), q.clone())).collect();
+        let mut first_error = None;
+        for (key, q) in queues {
+            let mut slot = q.lock().await;
+            if let Some(st) = slot.as_mut() {
+                if let Err(e) = self.commit_if_advanced(&key, st, true).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Expired invisible messages first (attempt + 1, or to the DLQ past
@@ -272,7 +302,7 @@ impl PopService {
             }
         }
         // Skipped (filtered) messages count as consumed.
-        self.commit_if_advanced(&key, st).await?;
+        self.commit_if_advanced(&key, st, false).await?;
         Ok(out)
     }
 
@@ -317,7 +347,7 @@ impl PopService {
             }
             st.acked_ahead.insert(h.queue_offset);
         }
-        self.commit_if_advanced(&key, st).await?;
+        self.commit_if_advanced(&key, st, false).await?;
         Ok(())
     }
 
@@ -426,7 +456,7 @@ mod tests {
     fn setup(t: TopicMessageType) -> (Arc<FakeBackend>, PopService, TopicInfo) {
         let b = FakeBackend::new("127.0.0.1:1");
         b.create_topic("t", 1, t);
-        let pop = PopService::new(b.clone(), PopLimits { inflight_per_queue_max: 8, ..Default::default() });
+        let pop = PopService::new(b.clone(), PopLimits { inflight_per_queue_max: 8, commit_interval_ms: 0, ..Default::default() });
         let info = TopicInfo {
             name: "t".into(),
             read_queue_count: 1,
@@ -540,7 +570,7 @@ mod tests {
         let got = pop.receive(&req(&info, &all, 4, 0)).await.unwrap();
         pop.ack(&got[0].handle).await.unwrap();
         // Leader change: a fresh PopService over the same (replicated) offsets.
-        let new_leader = PopService::new(b.clone(), PopLimits::default());
+        let new_leader = PopService::new(b.clone(), PopLimits { commit_interval_ms: 0, ..Default::default() });
         new_leader.ack(&got[2].handle).await.unwrap(); // delivered by the old leader
         let again = new_leader.receive(&req(&info, &all, 10, 0)).await.unwrap();
         assert_eq!(again.iter().map(|d| d.message.queue_offset).collect::<Vec<_>>(), vec![1, 3]);
@@ -550,5 +580,24 @@ mod tests {
         new_leader.ack(&again[1].handle).await.unwrap();
         assert_eq!(b.consumer_offset("g", "t", 0).await.unwrap(), Some(4));
         assert_eq!(new_leader.change_invisible(&again[1].handle, 10, 0).await, Err(PopError::AlreadyAcked(3)));
+    }
+
+    #[tokio::test]
+    async fn commits_are_rate_limited_and_flush_writes_the_rest() {
+        let b = FakeBackend::new("127.0.0.1:1");
+        b.create_topic("t", 1, TopicMessageType::Normal);
+        let pop = PopService::new(b.clone(), PopLimits { commit_interval_ms: 60_000, ..Default::default() });
+        let info = TopicInfo { name: "t".into(), read_queue_count: 1, write_queue_count: 1, perm: 6, message_type: TopicMessageType::Normal };
+        send(&b, "t", "A", 3).await;
+        let all = Subscription::Tag(TagExpression::All);
+        let got = pop.receive(&req(&info, &all, 3, 0)).await.unwrap();
+        pop.ack(&got[0].handle).await.unwrap();
+        assert_eq!(b.consumer_offset("g", "t", 0).await.unwrap(), Some(1), "first advance is written at once");
+        pop.ack(&got[1].handle).await.unwrap();
+        pop.ack(&got[2].handle).await.unwrap();
+        assert_eq!(b.consumer_offset("g", "t", 0).await.unwrap(), Some(1), "then at most once per interval");
+        pop.flush().await.unwrap();
+        assert_eq!(b.consumer_offset("g", "t", 0).await.unwrap(), Some(3));
+        assert_eq!(b.commits.lock().len(), 2);
     }
 }

@@ -72,7 +72,7 @@ impl Default for MessagingConfig {
 pub struct Messaging {
     backend: Arc<dyn MessagingBackend>,
     config: MessagingConfig,
-    pop: PopService,
+    pop: Arc<PopService>,
     clients: Arc<ClientRegistry>,
     forwarder: Forwarder,
     was_leader: AtomicBool,
@@ -209,8 +209,12 @@ impl Messaging {
         assert!((config.invisible_ms_min..=config.invisible_ms_max).contains(&config.invisible_ms_default));
         assert!(config.long_polling_ms_default <= config.long_polling_ms_max);
         assert!(config.receive_queues_max >= 1);
+        let pop = Arc::new(PopService::new(backend.clone(), config.pop.clone()));
+        if config.pop.commit_interval_ms > 0 {
+            spawn_offset_flusher(&pop, &backend, Duration::from_millis(config.pop.commit_interval_ms));
+        }
         Messaging {
-            pop: PopService::new(backend.clone(), config.pop.clone()),
+            pop,
             clients: Arc::new(ClientRegistry::new(config.telemetry.clone())),
             forwarder: Forwarder::new(config.grpc_message_bytes_max),
             was_leader: AtomicBool::new(backend.is_leader()),
@@ -219,6 +223,11 @@ impl Messaging {
             backend,
             config,
         }
+    }
+
+    /// Writes consumer progress not yet replicated (call before shutdown).
+    pub async fn flush_offsets(&self) -> Result<(), PopError> {
+        self.pop.flush().await
     }
 
     /// The tonic service with message size limits applied.
@@ -517,6 +526,31 @@ impl Messaging {
         });
         out
     }
+}
+
+/// Replicates pending consumer offsets every `every` while this node leads; ends when
+/// the service is dropped. Without a tokio runtime (plain unit use) there is none:
+/// offsets are then written on the next ack/receive of their queue or by `flush_offsets`.
+fn spawn_offset_flusher(pop: &Arc<PopService>, backend: &Arc<dyn MessagingBackend>, every: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let pop = Arc::downgrade(pop);
+    let backend = backend.clone();
+    let every = every.max(Duration::from_millis(10));
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(pop) = pop.upgrade() else { break };
+            if !backend.is_leader() {
+                // Whatever is pending cannot be written here; the new leader starts
+                // from the replicated offsets (at-least-once).
+                pop.reset();
+                continue;
+            }
+            if let Err(e) = pop.flush().await {
+                tracing::debug!(error = %e, "consumer offset flush failed; retrying");
+            }
+        }
+    });
 }
 
 /// Decrements the open-stream count when a telemetry stream ends.

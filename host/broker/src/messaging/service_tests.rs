@@ -121,6 +121,19 @@ async fn receive(c: &mut MessagingServiceClient<Channel>, r: v2::ReceiveMessageR
     (code, msgs)
 }
 
+/// Offsets are replicated at most every `commit_interval_ms`: wait (bounded) for one.
+async fn eventually_offset(b: &FakeBackend, group: &str, topic: &str, queue: u32, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = b.consumer_offset(group, topic, queue).await.unwrap();
+        if now == Some(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "offset of {group}/{topic}/{queue} is {now:?}, want {expected}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn handle(m: &v2::Message) -> String {
     m.system_properties.as_ref().unwrap().receipt_handle.clone().unwrap()
 }
@@ -199,7 +212,7 @@ async fn send_receive_filter_ack_round_trip() {
     // Everything was consumed or filtered: the committed offsets reach the end.
     for queue in 0..2u32 {
         let max = s.backend.max_offset("orders", queue).await.unwrap();
-        assert_eq!(s.backend.consumer_offset("G1", "orders", queue).await.unwrap(), Some(max));
+        eventually_offset(&s.backend, "G1", "orders", queue, max).await;
     }
     let (code, msgs) = receive(&mut c, receive_req("orders", 0, "*", 32, 100)).await;
     assert_eq!((code, msgs.len()), (v2::Code::MessageNotFound as i32, 0));
@@ -352,7 +365,7 @@ async fn dead_letter_forwarding_copies_and_acks() {
     assert_eq!(dlq.len(), 1);
     assert_eq!(dlq[0].body, b"poison");
     assert_eq!(dlq[0].reconsume_times, 16);
-    assert_eq!(s.backend.consumer_offset("G1", "orders", queue as u32).await.unwrap(), Some(1));
+    eventually_offset(&s.backend, "G1", "orders", queue as u32, 1).await;
 }
 
 #[tokio::test]
@@ -426,7 +439,7 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     assert_eq!(msgs[0].body, b"via follower");
     let acked = ack(&mut c, "G1", "orders", &[handle(&msgs[0])]).await;
     assert_eq!(acked.status.unwrap().code, v2::Code::Ok as i32);
-    assert_eq!(leader.backend.consumer_offset("G1", "orders", queue as u32).await.unwrap(), Some(1));
+    eventually_offset(&leader.backend, "G1", "orders", queue as u32, 1).await;
 
     // A follower that knows no leader answers with a status, not a hang.
     follower.backend.set_leader(false, None);
