@@ -12,17 +12,25 @@
 
 pub mod checkpoint;
 pub mod commitlog;
+pub mod consume_queue;
 pub mod error;
 pub mod frame;
 pub mod index_file;
 pub mod mapped_file;
 pub mod record;
 pub mod recovery;
+pub mod retention;
+pub mod store;
 
 pub use commitlog::{CommitLog, CommitLogConfig, EntryRef, FlushMode, LogSummary, SegmentInfo};
 pub use error::{Result, StorageError};
 pub use record::{CodecError, MessageRecord, MessageType, MessageView, Record, RecordView, TopicConfigRecord};
 pub use recovery::RecoveryReport;
+pub use retention::{RetentionPolicy, RetentionReport};
+pub use store::{Applied, MessageStore, MessageStoreConfig, QueuedEntry, QueuedMessage, StoreRecoveryReport};
 
 #[cfg(test)]
 mod commitlog_tests;
+
+#[cfg(test)]
+mod store_tests;

@@ -286,32 +286,36 @@ fn check_topic_config(c: &TopicConfigRecord) -> CResult<()> {
     Ok(())
 }
 
-struct Writer {
-    out: Vec<u8>,
+/// Compact binary writer shared by the record codec and the store checkpoint.
+pub(crate) struct Writer {
+    pub(crate) out: Vec<u8>,
 }
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn new() -> Writer {
+        Writer { out: Vec::new() }
+    }
+    pub(crate) fn u8(&mut self, v: u8) {
         self.out.push(v);
     }
-    fn varint(&mut self, mut v: u64) {
+    pub(crate) fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.out.push((v as u8) | 0x80);
             v >>= 7;
         }
         self.out.push(v as u8);
     }
-    fn zigzag(&mut self, v: i64) {
+    pub(crate) fn zigzag(&mut self, v: i64) {
         self.varint(((v << 1) ^ (v >> 63)) as u64);
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.out.extend_from_slice(b);
     }
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
-    fn opt_str(&mut self, s: Option<&str>) {
+    pub(crate) fn opt_str(&mut self, s: Option<&str>) {
         match s {
             None => self.u8(0),
             Some(s) => {
@@ -322,18 +326,26 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
+/// Reader matching `Writer`; every length is checked before use.
+pub(crate) struct Reader<'a> {
     input: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn u8(&mut self, field: &'static str) -> CResult<u8> {
+    pub(crate) fn new(input: &'a [u8]) -> Reader<'a> {
+        Reader { input, at: 0 }
+    }
+    /// Error unless the whole input was consumed.
+    pub(crate) fn finish(&self) -> CResult<()> {
+        if self.at != self.input.len() { Err(CodecError::TrailingBytes(self.input.len() - self.at)) } else { Ok(()) }
+    }
+    pub(crate) fn u8(&mut self, field: &'static str) -> CResult<u8> {
         let b = *self.input.get(self.at).ok_or(CodecError::Truncated { field })?;
         self.at += 1;
         Ok(b)
     }
-    fn varint(&mut self, field: &'static str) -> CResult<u64> {
+    pub(crate) fn varint(&mut self, field: &'static str) -> CResult<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8(field)?;
@@ -347,14 +359,14 @@ impl<'a> Reader<'a> {
         }
         Err(CodecError::BadVarint { field })
     }
-    fn u32(&mut self, field: &'static str) -> CResult<u32> {
+    pub(crate) fn u32(&mut self, field: &'static str) -> CResult<u32> {
         u32::try_from(self.varint(field)?).map_err(|_| CodecError::BadVarint { field })
     }
-    fn zigzag(&mut self, field: &'static str) -> CResult<i64> {
+    pub(crate) fn zigzag(&mut self, field: &'static str) -> CResult<i64> {
         let v = self.varint(field)?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
-    fn bytes(&mut self, field: &'static str, max: usize) -> CResult<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, field: &'static str, max: usize) -> CResult<&'a [u8]> {
         let len = self.varint(field)?;
         let len = usize::try_from(len).map_err(|_| CodecError::BadVarint { field })?;
         check_len(field, len, max)?;
@@ -363,20 +375,20 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(b)
     }
-    fn str(&mut self, field: &'static str, max: usize) -> CResult<&'a str> {
+    pub(crate) fn str(&mut self, field: &'static str, max: usize) -> CResult<&'a str> {
         std::str::from_utf8(self.bytes(field, max)?).map_err(|_| CodecError::InvalidUtf8 { field })
     }
-    fn flag(&mut self, field: &'static str) -> CResult<bool> {
+    pub(crate) fn flag(&mut self, field: &'static str) -> CResult<bool> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
             other => Err(CodecError::InvalidValue { field, value: other.to_string(), why: "option flag must be 0 or 1" }),
         }
     }
-    fn opt_str(&mut self, field: &'static str, max: usize) -> CResult<Option<&'a str>> {
+    pub(crate) fn opt_str(&mut self, field: &'static str, max: usize) -> CResult<Option<&'a str>> {
         if self.flag(field)? { Ok(Some(self.str(field, max)?)) } else { Ok(None) }
     }
-    fn count(&mut self, field: &'static str, max: usize) -> CResult<usize> {
+    pub(crate) fn count(&mut self, field: &'static str, max: usize) -> CResult<usize> {
         let n = self.varint(field)?;
         let n = usize::try_from(n).map_err(|_| CodecError::BadVarint { field })?;
         check_len(field, n, max)?;
