@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod core;
 pub mod messaging;
+pub mod metrics;
 pub mod namesrv;
 pub mod replication;
 pub mod server;

@@ -167,7 +167,8 @@ pub async fn start(
     };
 
     let mut routes = RoutesBuilder::default();
-    let messaging = Messaging::new(core.clone(), MessagingConfig::default());
+    let metrics = crate::metrics::BrokerMetrics::new();
+    let messaging = Messaging::new(metrics.wrap(core.clone()), MessagingConfig::default());
     routes.add_service(messaging.into_server());
     for mount in extensions.mounts {
         mount(&ctx, &mut routes)?;
@@ -189,6 +190,12 @@ pub async fn start(
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             }),
     );
+    if config.metrics_port != 0 {
+        let metrics_addr = SocketAddr::new(addr.ip(), config.metrics_port);
+        crate::metrics::serve(metrics_addr, metrics, core.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("start metrics endpoint on {metrics_addr}"))?;
+    }
     let tasks = extensions
         .tasks
         .into_iter()
