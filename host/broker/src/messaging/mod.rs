@@ -3,7 +3,8 @@
 //! - `backend`: the seam to the broker core ([`backend::MessagingBackend`]).
 //! - `service`: the tonic service ([`service::Messaging`]); `forward` relays calls
 //!   from a follower to the leader.
-//! - `pop`: delivery state of consumers (invisibility, acks, retries, DLQ).
+//! - `pop`: delivery state of consumers (invisibility, acks, retries, DLQ); `pull`:
+//!   the pull/offset family (consumer-managed positions).
 //! - `receipt_handle`, `message_codec`, `tag_expression`, `status`, `telemetry`:
 //!   the protocol pieces.
 //! - `fake`: an in-memory backend for tests and wire checks.
@@ -13,6 +14,7 @@ pub mod fake;
 pub mod forward;
 pub mod message_codec;
 pub mod pop;
+pub mod pull;
 pub mod receipt_handle;
 pub mod service;
 pub mod status;

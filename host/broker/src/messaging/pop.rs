@@ -145,6 +145,11 @@ impl PopService {
         self.queues.lock().clear();
     }
 
+    /// Forgets one queue (its offset was set from outside): reloaded on next use.
+    pub fn forget(&self, key: &QueueKey) {
+        self.queues.lock().remove(key);
+    }
+
     fn queue(&self, key: &QueueKey) -> Result<Arc<tokio::sync::Mutex<Option<QueueState>>>, PopError> {
         let mut queues = self.queues.lock();
         if let Some(q) = queues.get(key) {
@@ -263,42 +268,18 @@ impl PopService {
                 break;
             }
             scanned += batch.len() as u32;
-            let mut candidates = Vec::with_capacity(batch.len());
+            let mut fresh = Vec::with_capacity(batch.len());
             for m in batch {
                 assert!(m.queue_offset >= st.cursor, "backend read went backwards");
                 st.cursor = m.queue_offset + 1;
                 if st.acked_ahead.remove(&m.queue_offset) || st.inflight.contains_key(&m.queue_offset) {
                     continue;
                 }
-                let wanted = match req.subscription {
-                    Subscription::Tag(t) => t.matches(m.tag.as_deref()),
-                    Subscription::Sql92(_) => true,
-                };
-                if wanted {
-                    candidates.push(m);
-                }
+                fresh.push(m);
             }
-            if candidates.is_empty() {
-                continue;
-            }
-            let (kind, expression) = match req.subscription {
-                Subscription::Tag(_) => (FilterKind::Tag, tag_text(req.subscription)),
-                Subscription::Sql92(e) => (FilterKind::Sql92, e.clone()),
-            };
-            let verdicts = self.backend.filter(&key.group, &key.topic, kind, &expression, &candidates).await?;
-            if verdicts.len() != candidates.len() {
-                return Err(BackendError::Internal(format!(
-                    "filter returned {} verdicts for {} messages",
-                    verdicts.len(),
-                    candidates.len()
-                ))
-                .into());
-            }
-            for (m, deliver) in candidates.into_iter().zip(verdicts) {
-                if deliver {
-                    st.inflight.insert(m.queue_offset, Inflight { attempt: 1, deadline_ms });
-                    out.push(self.delivered(&key, m, 1, deadline_ms));
-                }
+            for m in select(self.backend.as_ref(), &key.group, &key.topic, req.subscription, fresh).await? {
+                st.inflight.insert(m.queue_offset, Inflight { attempt: 1, deadline_ms });
+                out.push(self.delivered(&key, m, 1, deadline_ms));
             }
         }
         // Skipped (filtered) messages count as consumed.
@@ -417,6 +398,40 @@ impl PopService {
         let slot = q.lock().await;
         slot.as_ref().map(|s| s.inflight.len()).unwrap_or(0)
     }
+}
+
+/// The messages a subscription wants, in order: tags matched here, then the filter
+/// plugins (through the backend) decide.
+pub async fn select(
+    backend: &dyn MessagingBackend,
+    group: &str,
+    topic: &str,
+    subscription: &Subscription,
+    messages: Vec<StoredMessage>,
+) -> BackendResult<Vec<StoredMessage>> {
+    let candidates: Vec<StoredMessage> = messages
+        .into_iter()
+        .filter(|m| match subscription {
+            Subscription::Tag(t) => t.matches(m.tag.as_deref()),
+            Subscription::Sql92(_) => true,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let (kind, expression) = match subscription {
+        Subscription::Tag(_) => (FilterKind::Tag, tag_text(subscription)),
+        Subscription::Sql92(e) => (FilterKind::Sql92, e.clone()),
+    };
+    let verdicts = backend.filter(group, topic, kind, &expression, &candidates).await?;
+    if verdicts.len() != candidates.len() {
+        return Err(BackendError::Internal(format!(
+            "filter returned {} verdicts for {} messages",
+            verdicts.len(),
+            candidates.len()
+        )));
+    }
+    Ok(candidates.into_iter().zip(verdicts).filter_map(|(m, deliver)| deliver.then_some(m)).collect())
 }
 
 fn tag_text(s: &Subscription) -> String {

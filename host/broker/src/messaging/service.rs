@@ -32,6 +32,7 @@ pub struct MessagingConfig {
     pub send_batch_max: usize,
     pub ack_batch_max: usize,
     pub receive_batch_max: u32,
+    pub pull_batch_max: u32,
     pub long_polling_ms_max: u64,
     pub long_polling_ms_default: u64,
     pub invisible_ms_min: u64,
@@ -54,6 +55,7 @@ impl Default for MessagingConfig {
             send_batch_max: 1024,
             ack_batch_max: 1024,
             receive_batch_max: 32,
+            pull_batch_max: 256,
             long_polling_ms_max: 20_000,
             long_polling_ms_default: 20_000,
             // The reference proxy requires 10 s; 1 s keeps redelivery tests fast.
@@ -208,7 +210,7 @@ impl Messaging {
         assert!(config.receive_batch_max >= 1 && config.invisible_ms_min <= config.invisible_ms_max);
         assert!((config.invisible_ms_min..=config.invisible_ms_max).contains(&config.invisible_ms_default));
         assert!(config.long_polling_ms_default <= config.long_polling_ms_max);
-        assert!(config.receive_queues_max >= 1);
+        assert!(config.receive_queues_max >= 1 && config.pull_batch_max >= 1);
         let pop = Arc::new(PopService::new(backend.clone(), config.pop.clone()));
         if config.pop.commit_interval_ms > 0 {
             spawn_offset_flusher(&pop, &backend, Duration::from_millis(config.pop.commit_interval_ms));
@@ -393,6 +395,128 @@ impl Messaging {
         Ok(v2::ForwardMessageToDeadLetterQueueResponse { status: Some(ok()) })
     }
 
+    /// (topic, queue id) of a request's message queue, checked to exist.
+    async fn queue_of(&self, mq: Option<&v2::MessageQueue>) -> Result<(TopicInfo, u32), v2::Status> {
+        let mq = mq.ok_or_else(|| status(Code::BadRequest, "message_queue is required"))?;
+        let topic = self.topic(mq.topic.as_ref()).await?;
+        if mq.id < 0 || mq.id as u32 >= topic.read_queue_count.max(topic.write_queue_count) {
+            return Err(status(Code::BadRequest, format!("topic {} has no queue {}", topic.name, mq.id)));
+        }
+        Ok((topic, mq.id as u32))
+    }
+
+    fn subscription_of(f: Option<&v2::FilterExpression>) -> Result<Subscription, v2::Status> {
+        match f {
+            None => Ok(Subscription::Tag(TagExpression::All)),
+            Some(f) if f.r#type == v2::FilterType::Sql as i32 => {
+                if f.expression.trim().is_empty() || f.expression.len() > super::tag_expression::EXPRESSION_BYTES_MAX {
+                    return Err(status(Code::IllegalFilterExpression, "SQL92 expression is empty or too long"));
+                }
+                Ok(Subscription::Sql92(f.expression.clone()))
+            }
+            Some(f) => Ok(Subscription::Tag(TagExpression::parse(&f.expression).map_err(|e| status(Code::IllegalFilterExpression, e))?)),
+        }
+    }
+
+    /// How long a long poll may wait: the request's wish, our cap, and the client's
+    /// deadline minus time to deliver the answer.
+    fn poll_ms(&self, requested: Option<&prost_types::Duration>, client_deadline: Option<Duration>) -> Result<u64, v2::Status> {
+        let requested_ms = match requested {
+            Some(d) => duration_ms(d).ok_or_else(|| status(Code::IllegalPollingTime, "long_polling_timeout is negative"))?,
+            None => self.config.long_polling_ms_default,
+        };
+        let mut poll_ms = requested_ms.min(self.config.long_polling_ms_max);
+        if let Some(d) = client_deadline {
+            let d_ms = d.as_millis() as u64;
+            poll_ms = poll_ms.min(d_ms.saturating_sub((d_ms / 10).max(200)));
+        }
+        Ok(poll_ms)
+    }
+
+    async fn pull_impl(&self, req: v2::PullMessageRequest, client_deadline: Option<Duration>) -> Vec<v2::PullMessageResponse> {
+        use v2::pull_message_response::Content;
+        let plan = async {
+            let group = validate_group(req.group.as_ref())?;
+            let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
+            if topic.perm & PERM_READ == 0 || queue_id >= topic.read_queue_count {
+                return Err(status(Code::Forbidden, format!("queue {queue_id} of topic {} is not readable", topic.name)));
+            }
+            if req.offset < 0 {
+                return Err(status(Code::IllegalOffset, "offset is negative"));
+            }
+            if req.batch_size < 1 {
+                return Err(status(Code::BadRequest, "batch_size must be >= 1"));
+            }
+            let subscription = Self::subscription_of(req.filter_expression.as_ref())?;
+            let poll_ms = self.poll_ms(req.long_polling_timeout.as_ref(), client_deadline)?;
+            Ok((group, topic, queue_id, subscription, poll_ms))
+        };
+        let (group, topic, queue_id, subscription, poll_ms) = match plan.await {
+            Ok(p) => p,
+            Err(s) => return vec![v2::PullMessageResponse { content: Some(Content::Status(s)) }],
+        };
+        let batch = (req.batch_size as u32).min(self.config.pull_batch_max);
+        let pulled = super::pull::pull(
+            self.backend.as_ref(),
+            &group,
+            &topic.name,
+            queue_id,
+            req.offset as u64,
+            batch,
+            &subscription,
+            Duration::from_millis(poll_ms),
+            self.config.pop.read_bytes_max,
+        )
+        .await;
+        let (messages, next) = match pulled {
+            Ok(p) => p,
+            Err(s) => return vec![v2::PullMessageResponse { content: Some(Content::Status(s)) }],
+        };
+        let namespace = req.group.as_ref().map(|g| g.resource_namespace.clone()).unwrap_or_default();
+        let mut out = Vec::with_capacity(messages.len() + 2);
+        let code = if messages.is_empty() { status(Code::MessageNotFound, "no new message") } else { ok() };
+        out.push(v2::PullMessageResponse { content: Some(Content::Status(code)) });
+        for m in &messages {
+            out.push(v2::PullMessageResponse {
+                content: Some(Content::Message(message_codec::to_wire(m, topic.message_type, &namespace, None))),
+            });
+        }
+        out.push(v2::PullMessageResponse { content: Some(Content::NextOffset(next as i64)) });
+        out
+    }
+
+    async fn update_offset_impl(&self, req: v2::UpdateOffsetRequest) -> Result<v2::UpdateOffsetResponse, v2::Status> {
+        let group = validate_group(req.group.as_ref())?;
+        let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
+        let min = self.backend.min_offset(&topic.name, queue_id).await.map_err(|e| from_backend(&e))?;
+        let max = self.backend.max_offset(&topic.name, queue_id).await.map_err(|e| from_backend(&e))?;
+        if req.offset < min as i64 || req.offset > max as i64 {
+            return Err(status(Code::IllegalOffset, format!("offset {} outside {min}..={max}", req.offset)));
+        }
+        self.backend.commit_offset(&group, &topic.name, queue_id, req.offset as u64).await.map_err(|e| from_backend(&e))?;
+        // Receives of this group restart from the new offset.
+        self.pop.forget(&QueueKey { group, topic: topic.name, queue_id });
+        Ok(v2::UpdateOffsetResponse { status: Some(ok()) })
+    }
+
+    async fn get_offset_impl(&self, req: v2::GetOffsetRequest) -> Result<v2::GetOffsetResponse, v2::Status> {
+        let group = validate_group(req.group.as_ref())?;
+        let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
+        match self.backend.consumer_offset(&group, &topic.name, queue_id).await.map_err(|e| from_backend(&e))? {
+            Some(offset) => Ok(v2::GetOffsetResponse { status: Some(ok()), offset: offset as i64 }),
+            None => Err(status(Code::OffsetNotFound, format!("group {group} has no offset for {} queue {queue_id}", topic.name))),
+        }
+    }
+
+    async fn query_offset_impl(&self, req: v2::QueryOffsetRequest) -> Result<v2::QueryOffsetResponse, v2::Status> {
+        let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
+        let policy = v2::QueryOffsetPolicy::try_from(req.query_offset_policy)
+            .map_err(|_| status(Code::BadRequest, "unknown query_offset_policy"))?;
+        let ts_ms = req.timestamp.as_ref().map(message_codec::timestamp_ms);
+        let offset = super::pull::query_offset(self.backend.as_ref(), &topic.name, queue_id, policy, ts_ms).await?;
+        Ok(v2::QueryOffsetResponse { status: Some(ok()), offset: offset as i64 })
+    }
+
     /// Validated receive parameters, or the status to answer with.
     async fn receive_plan(&self, req: &v2::ReceiveMessageRequest) -> Result<(String, TopicInfo, u32, Subscription, u32, u64), v2::Status> {
         let group = validate_group(req.group.as_ref())?;
@@ -401,16 +525,7 @@ impl Messaging {
         if mq.id < 0 || mq.id as u32 >= topic.read_queue_count || topic.perm & PERM_READ == 0 {
             return Err(status(Code::BadRequest, format!("queue {} of topic {} is not readable", mq.id, topic.name)));
         }
-        let subscription = match &req.filter_expression {
-            None => Subscription::Tag(TagExpression::All),
-            Some(f) if f.r#type == v2::FilterType::Sql as i32 => {
-                if f.expression.trim().is_empty() || f.expression.len() > super::tag_expression::EXPRESSION_BYTES_MAX {
-                    return Err(status(Code::IllegalFilterExpression, "SQL92 expression is empty or too long"));
-                }
-                Subscription::Sql92(f.expression.clone())
-            }
-            Some(f) => Subscription::Tag(TagExpression::parse(&f.expression).map_err(|e| status(Code::IllegalFilterExpression, e))?),
-        };
+        let subscription = Self::subscription_of(req.filter_expression.as_ref())?;
         if req.batch_size < 1 {
             return Err(status(Code::BadRequest, "batch_size must be >= 1"));
         }
@@ -431,19 +546,10 @@ impl Messaging {
             Err(s) => return one(s),
         };
         let namespace = req.group.as_ref().map(|g| g.resource_namespace.clone()).unwrap_or_default();
-        let requested_ms = match req.long_polling_timeout.as_ref() {
-            Some(d) => match duration_ms(d) {
-                Some(ms) => ms,
-                None => return one(status(Code::IllegalPollingTime, "long_polling_timeout is negative")),
-            },
-            None => self.config.long_polling_ms_default,
+        let poll_ms = match self.poll_ms(req.long_polling_timeout.as_ref(), client_deadline) {
+            Ok(ms) => ms,
+            Err(s) => return one(s),
         };
-        let mut poll_ms = requested_ms.min(self.config.long_polling_ms_max);
-        if let Some(d) = client_deadline {
-            // Answer before the client gives up, leaving it time to read the answer.
-            let d_ms = d.as_millis() as u64;
-            poll_ms = poll_ms.min(d_ms.saturating_sub((d_ms / 10).max(200)));
-        }
         let started = tokio::time::Instant::now();
         let poll_deadline = started + Duration::from_millis(poll_ms);
         let max_attempts = self.clients.max_attempts(&group);
@@ -698,23 +804,31 @@ impl MessagingService for Messaging {
 
     type PullMessageStream = BoxStream<v2::PullMessageResponse>;
 
-    async fn pull_message(&self, _request: Request<v2::PullMessageRequest>) -> RpcResult<Self::PullMessageStream> {
-        let only = v2::PullMessageResponse {
-            content: Some(v2::pull_message_response::Content::Status(status(Code::Unsupported, "PullMessage is not supported by wasmq"))),
+    async fn pull_message(&self, request: Request<v2::PullMessageRequest>) -> RpcResult<Self::PullMessageStream> {
+        let responses = match client_id(&request) {
+            Err(s) => vec![v2::PullMessageResponse { content: Some(v2::pull_message_response::Content::Status(s)) }],
+            Ok(_) => {
+                let deadline = forward::grpc_timeout(request.metadata());
+                self.pull_impl(request.into_inner(), deadline).await
+            }
         };
-        Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(responses.into_iter().map(Ok)))))
     }
 
-    async fn update_offset(&self, _request: Request<v2::UpdateOffsetRequest>) -> RpcResult<v2::UpdateOffsetResponse> {
-        unsupported("UpdateOffset")
+    async fn update_offset(&self, request: Request<v2::UpdateOffsetRequest>) -> RpcResult<v2::UpdateOffsetResponse> {
+        require_client_id!(request, v2::UpdateOffsetResponse);
+        forward_or!(self, request, update_offset);
+        reply(self.update_offset_impl(request.into_inner()).await)
     }
 
-    async fn get_offset(&self, _request: Request<v2::GetOffsetRequest>) -> RpcResult<v2::GetOffsetResponse> {
-        unsupported("GetOffset")
+    async fn get_offset(&self, request: Request<v2::GetOffsetRequest>) -> RpcResult<v2::GetOffsetResponse> {
+        require_client_id!(request, v2::GetOffsetResponse);
+        reply(self.get_offset_impl(request.into_inner()).await)
     }
 
-    async fn query_offset(&self, _request: Request<v2::QueryOffsetRequest>) -> RpcResult<v2::QueryOffsetResponse> {
-        unsupported("QueryOffset")
+    async fn query_offset(&self, request: Request<v2::QueryOffsetRequest>) -> RpcResult<v2::QueryOffsetResponse> {
+        require_client_id!(request, v2::QueryOffsetResponse);
+        reply(self.query_offset_impl(request.into_inner()).await)
     }
 
     async fn end_transaction(&self, _request: Request<v2::EndTransactionRequest>) -> RpcResult<v2::EndTransactionResponse> {

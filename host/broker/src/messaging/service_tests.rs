@@ -412,9 +412,79 @@ async fn unsupported_rpcs_say_so() {
     assert_eq!(r.status.unwrap().code, v2::Code::Unsupported as i32);
     let r = c.recall_message(req(v2::RecallMessageRequest::default())).await.unwrap().into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::Unsupported as i32);
-    let mut pull = c.pull_message(req(v2::PullMessageRequest::default())).await.unwrap().into_inner();
-    let first = pull.next().await.unwrap().unwrap();
-    assert!(matches!(first.content, Some(v2::pull_message_response::Content::Status(s)) if s.code == v2::Code::Unsupported as i32));
+    let r = c.sync_lite_subscription(req(v2::SyncLiteSubscriptionRequest::default())).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Unsupported as i32);
+}
+
+fn mq(topic: &str, id: i32) -> Option<v2::MessageQueue> {
+    Some(v2::MessageQueue { topic: resource(topic), id, ..Default::default() })
+}
+
+/// (status code, messages, next offset) of one PullMessage call.
+async fn pull(c: &mut MessagingServiceClient<Channel>, queue: i32, offset: i64, expr: &str, poll_ms: u64) -> (i32, Vec<v2::Message>, Option<i64>) {
+    let r = v2::PullMessageRequest {
+        group: resource("P1"),
+        message_queue: mq("orders", queue),
+        offset,
+        batch_size: 100,
+        filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: expr.into() }),
+        long_polling_timeout: Some(to_duration(poll_ms)),
+    };
+    let mut stream = c.pull_message(req(r)).await.unwrap().into_inner();
+    let (mut code, mut msgs, mut next) = (None, Vec::new(), None);
+    while let Some(item) = stream.next().await {
+        match item.unwrap().content.unwrap() {
+            v2::pull_message_response::Content::Status(s) => code = Some(s.code),
+            v2::pull_message_response::Content::Message(m) => msgs.push(m),
+            v2::pull_message_response::Content::NextOffset(n) => next = Some(n),
+        }
+    }
+    (code.expect("a status"), msgs, next)
+}
+
+#[tokio::test]
+async fn pull_and_consumer_managed_offsets() {
+    let s = serve().await;
+    let mut c = client(s.addr).await;
+    let before = super::now_ms();
+    send(&mut c, (0..10).map(|i| message("orders", &format!("p{i}"), if i % 2 == 0 { "A" } else { "B" }, b"x")).collect()).await;
+    let queue = 1; // the fake round-robins: queue 1 gets the even (tag A) messages
+    let (code, msgs, next) = pull(&mut c, queue, 0, "*", 0).await;
+    assert_eq!(code, v2::Code::Ok as i32);
+    assert_eq!(msgs.len(), 5);
+    assert!(msgs.iter().all(|m| m.system_properties.as_ref().unwrap().receipt_handle.is_none()));
+    assert_eq!(next, Some(5));
+    let (code, msgs, next) = pull(&mut c, queue, 0, "B", 200).await;
+    assert_eq!((code, msgs.len(), next), (v2::Code::MessageNotFound as i32, 0, Some(5)), "filtered all, offset advanced");
+    let (code, _, _) = pull(&mut c, queue, -1, "*", 0).await;
+    assert_eq!(code, v2::Code::IllegalOffset as i32);
+
+    let get = |queue: i32| v2::GetOffsetRequest { group: resource("P1"), message_queue: mq("orders", queue) };
+    let r = c.get_offset(req(get(queue))).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::OffsetNotFound as i32);
+    let update = |offset: i64| v2::UpdateOffsetRequest { group: resource("P1"), message_queue: mq("orders", queue), offset };
+    let r = c.update_offset(req(update(3))).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    let r = c.get_offset(req(get(queue))).await.unwrap().into_inner();
+    assert_eq!((r.status.unwrap().code, r.offset), (v2::Code::Ok as i32, 3));
+    let r = c.update_offset(req(update(99))).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::IllegalOffset as i32);
+
+    let query = |policy: v2::QueryOffsetPolicy, ts: Option<u64>| v2::QueryOffsetRequest {
+        message_queue: mq("orders", queue),
+        query_offset_policy: policy as i32,
+        timestamp: ts.map(to_timestamp),
+    };
+    let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Beginning, None))).await.unwrap().into_inner();
+    assert_eq!(r.offset, 0);
+    let r = c.query_offset(req(query(v2::QueryOffsetPolicy::End, None))).await.unwrap().into_inner();
+    assert_eq!(r.offset, 5);
+    let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, Some(before)))).await.unwrap().into_inner();
+    assert_eq!(r.offset, 0, "every message was stored after `before`");
+    let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, Some(super::now_ms() + 60_000)))).await.unwrap().into_inner();
+    assert_eq!(r.offset, 5, "nothing stored in the future");
+    let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, None))).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::BadRequest as i32);
 }
 
 #[tokio::test]
