@@ -222,8 +222,11 @@ pub fn chunk_bounds(
 mod tests {
     use super::*;
 
+    /// topic, tag, keys, properties, queue offset, body.
+    type Record = (String, String, String, Vec<u8>, u64, Vec<u8>);
+
     /// An independent reader of the documented layout.
-    fn decode(batch: &FilterBatch) -> Vec<(String, String, String, Vec<u8>, u64, Vec<u8>)> {
+    fn decode(batch: &FilterBatch) -> Vec<Record> {
         let mut out = Vec::new();
         for w in batch.offsets.windows(2) {
             let rec = &batch.bytes[w[0] as usize..w[1] as usize];

@@ -173,6 +173,9 @@ struct FileFingerprint {
     toml: Option<(u64, SystemTime)>,
 }
 
+/// Fingerprints by plugin name, and (file name, reason) of unusable files.
+type DirectoryScan = (BTreeMap<String, FileFingerprint>, Vec<(String, String)>);
+
 #[derive(Default)]
 struct ReloadState {
     /// Fingerprint at the last attempt per name, whatever its outcome: a
@@ -530,7 +533,7 @@ impl RegistryInner {
 
     /// Plugin names with a `.wasm` or `.toml` in the directory; invalid
     /// names are returned separately with the reason.
-    fn scan(&self) -> Result<(BTreeMap<String, FileFingerprint>, Vec<(String, String)>), PluginError> {
+    fn scan(&self) -> Result<DirectoryScan, PluginError> {
         let dir = &self.config.plugin_dir;
         let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Io {
             path: dir.clone(),

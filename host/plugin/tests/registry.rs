@@ -85,9 +85,9 @@ fn each_kind_changes_behaviour() {
         "no filter: everything is delivered"
     );
 
-    install(&f.plugins(), "last-queue", &router_component(RouterMode::LastQueue), ROUTER);
-    install(&f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
-    install(&f.plugins(), "guard", &validator_component(), VALIDATOR);
+    install(f.plugins(), "last-queue", &router_component(RouterMode::LastQueue), ROUTER);
+    install(f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
+    install(f.plugins(), "guard", &validator_component(), VALIDATOR);
     let report = registry.reload_now();
     assert!(report.rejected.is_empty(), "{report:?}");
     assert_eq!(report.added, vec!["guard", "last-queue", "tag"]);
@@ -142,9 +142,9 @@ fn each_kind_changes_behaviour() {
 #[test]
 fn routers_run_in_order_and_first_opinion_wins() {
     let f = Fixture::new();
-    install(&f.plugins(), "a-default", &router_component(RouterMode::Default), "kind = \"router\"\norder = 1\n");
-    install(&f.plugins(), "b-three", &router_component(RouterMode::Queue(3)), "kind = \"router\"\norder = 2\ntopics = [\"orders\"]\n");
-    install(&f.plugins(), "c-five", &router_component(RouterMode::Queue(5)), "kind = \"router\"\norder = 3\n");
+    install(f.plugins(), "a-default", &router_component(RouterMode::Default), "kind = \"router\"\norder = 1\n");
+    install(f.plugins(), "b-three", &router_component(RouterMode::Queue(3)), "kind = \"router\"\norder = 2\ntopics = [\"orders\"]\n");
+    install(f.plugins(), "c-five", &router_component(RouterMode::Queue(5)), "kind = \"router\"\norder = 3\n");
     install(
         f.plugins(),
         "d-reject",
@@ -173,7 +173,7 @@ fn routers_run_in_order_and_first_opinion_wins() {
 #[test]
 fn router_body_is_sent_only_when_wanted() {
     let f = Fixture::new();
-    install(&f.plugins(), "body", &router_component(RouterMode::BodyLength), ROUTER);
+    install(f.plugins(), "body", &router_component(RouterMode::BodyLength), ROUTER);
     let registry = f.open();
     let input = RouteInput {
         body: b"0123456789",
@@ -185,7 +185,7 @@ fn router_body_is_sent_only_when_wanted() {
 #[test]
 fn filters_are_anded_and_scoped_by_topic_and_group() {
     let f = Fixture::new();
-    install(&f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
+    install(f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
     install(
         f.plugins(),
         "skip-audit",
@@ -210,7 +210,7 @@ fn filters_are_anded_and_scoped_by_topic_and_group() {
 #[test]
 fn big_batches_are_cut_into_chunks() {
     let f = Fixture::new();
-    install(&f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
+    install(f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
     let mut config = f.config();
     config.filter_batch_max = 4;
     let registry = PluginRegistry::open(config).unwrap();
@@ -264,7 +264,7 @@ fn fuel_exhaustion_fails_the_call_and_the_rest_keeps_serving() {
         &filter_component(FilterMode::LoopForever),
         "kind = \"filter\"\nonError = \"reject\"\ngroups = [\"looping\"]\n[limits]\nfuelPerCall = 1_000_000\n",
     );
-    install(&f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
+    install(f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
     let registry = f.open();
     let msgs = messages(&[Some("A"), Some("B")]);
     let started = Instant::now();
@@ -295,8 +295,8 @@ fn on_error_pass_delivers_and_reject_fails_closed() {
         &filter_component(FilterMode::Trap),
         "kind = \"filter\"\nonError = \"pass\"\n",
     );
-    install(&f.plugins(), "trap-router", &router_component(RouterMode::Trap), "kind = \"router\"\nonError = \"reject\"\ntopics = [\"strict\"]\n");
-    install(&f.plugins(), "trap-router-lax", &router_component(RouterMode::Trap), "kind = \"router\"\nonError = \"pass\"\ntopics = [\"lax\"]\n");
+    install(f.plugins(), "trap-router", &router_component(RouterMode::Trap), "kind = \"router\"\nonError = \"reject\"\ntopics = [\"strict\"]\n");
+    install(f.plugins(), "trap-router-lax", &router_component(RouterMode::Trap), "kind = \"router\"\nonError = \"pass\"\ntopics = [\"lax\"]\n");
     let registry = f.open();
     let msgs = messages(&[Some("A"), Some("B")]);
     assert_eq!(registry.filter("g", "t", ExpressionKind::Tag, "A", &msgs).unwrap(), vec![true, true]);
@@ -341,9 +341,9 @@ fn memory_cap_fails_the_call() {
 fn bad_results_are_plugin_errors() {
     let f = Fixture::new();
     let strict = "kind = \"filter\"\nonError = \"reject\"\n";
-    install(&f.plugins(), "long", &filter_component(FilterMode::WrongLength), &format!("{strict}groups = [\"long\"]\n"));
-    install(&f.plugins(), "two", &filter_component(FilterMode::Constant(2)), &format!("{strict}groups = [\"two\"]\n"));
-    install(&f.plugins(), "q9", &router_component(RouterMode::Queue(9)), "kind = \"router\"\nonError = \"reject\"\n");
+    install(f.plugins(), "long", &filter_component(FilterMode::WrongLength), &format!("{strict}groups = [\"long\"]\n"));
+    install(f.plugins(), "two", &filter_component(FilterMode::Constant(2)), &format!("{strict}groups = [\"two\"]\n"));
+    install(f.plugins(), "q9", &router_component(RouterMode::Queue(9)), "kind = \"router\"\nonError = \"reject\"\n");
     let registry = f.open();
     let msgs = messages(&[Some("A"), Some("B")]);
     let err = registry.filter("long", "t", ExpressionKind::Tag, "A", &msgs).unwrap_err();
@@ -361,10 +361,10 @@ fn bad_results_are_plugin_errors() {
 #[test]
 fn invalid_files_are_rejected_with_clear_errors_and_the_rest_loads() {
     let f = Fixture::new();
-    install(&f.plugins(), "good", &filter_component(FilterMode::Constant(0)), FILTER);
-    install(&f.plugins(), "garbage", b"\0asm this is not wasm", FILTER);
-    install(&f.plugins(), "router-as-filter", &router_component(RouterMode::Queue(1)), FILTER);
-    install(&f.plugins(), "typo", &filter_component(FilterMode::Constant(1)), "kind = \"filter\"\nfuelPercall = 5\n");
+    install(f.plugins(), "good", &filter_component(FilterMode::Constant(0)), FILTER);
+    install(f.plugins(), "garbage", b"\0asm this is not wasm", FILTER);
+    install(f.plugins(), "router-as-filter", &router_component(RouterMode::Queue(1)), FILTER);
+    install(f.plugins(), "typo", &filter_component(FilterMode::Constant(1)), "kind = \"filter\"\nfuelPercall = 5\n");
     std::fs::write(f.plugins().join("no-manifest.wasm"), filter_component(FilterMode::Constant(1))).unwrap();
     std::fs::write(f.plugins().join("no-wasm.toml"), FILTER).unwrap();
     std::fs::write(f.plugins().join("bad name.toml"), FILTER).unwrap();
@@ -395,7 +395,7 @@ fn invalid_files_are_rejected_with_clear_errors_and_the_rest_loads() {
 #[test]
 fn a_bad_new_version_keeps_the_old_one_serving() {
     let f = Fixture::new();
-    install(&f.plugins(), "r", &router_component(RouterMode::Queue(1)), ROUTER);
+    install(f.plugins(), "r", &router_component(RouterMode::Queue(1)), ROUTER);
     let registry = f.open();
     let sha = registry.list()[0].sha256.clone();
     write_atomically(&f.plugins().join("r.wasm"), b"not wasm at all");
@@ -420,21 +420,21 @@ fn a_bad_new_version_keeps_the_old_one_serving() {
 #[test]
 fn upgrade_validators_gate_plugin_changes() {
     let f = Fixture::new();
-    install(&f.plugins(), "guard", &validator_component(), VALIDATOR);
-    install(&f.plugins(), "keep-me", &router_component(RouterMode::Queue(1)), "kind = \"router\"\ntopics = [\"a\"]\n");
-    install(&f.plugins(), "drop-me", &router_component(RouterMode::Queue(2)), "kind = \"router\"\ntopics = [\"b\"]\n");
+    install(f.plugins(), "guard", &validator_component(), VALIDATOR);
+    install(f.plugins(), "keep-me", &router_component(RouterMode::Queue(1)), "kind = \"router\"\ntopics = [\"a\"]\n");
+    install(f.plugins(), "drop-me", &router_component(RouterMode::Queue(2)), "kind = \"router\"\ntopics = [\"b\"]\n");
     let registry = f.open();
     assert_eq!(registry.list().len(), 3);
 
-    install(&f.plugins(), "xrouter", &router_component(RouterMode::Queue(3)), ROUTER);
+    install(f.plugins(), "xrouter", &router_component(RouterMode::Queue(3)), ROUTER);
     let report = registry.reload_now();
     assert!(report.added.is_empty());
     assert!(report.rejected[0].1.contains("refused by upgrade validators"), "{report:?}");
     assert!(report.rejected[0].1.contains("[guard]"), "{report:?}");
     assert_eq!(registry.route(&route_input("c", 4)).unwrap(), RouteOutcome::Default);
 
-    remove(&f.plugins(), "keep-me");
-    remove(&f.plugins(), "drop-me");
+    remove(f.plugins(), "keep-me");
+    remove(f.plugins(), "drop-me");
     let report = registry.reload_now();
     assert_eq!(report.removed, vec!["drop-me"]);
     assert_eq!(report.rejected.len(), 1, "{report:?}");
@@ -445,7 +445,7 @@ fn upgrade_validators_gate_plugin_changes() {
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let f = Fixture::new();
-    install(&f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
+    install(f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
     let first = f.open();
     assert!(!first.list()[0].compiled_from_cache);
     drop(first);
@@ -478,7 +478,7 @@ fn compiled_components_are_cached_on_disk() {
 #[test]
 fn instances_are_reused_and_bounded() {
     let f = Fixture::new();
-    install(&f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
+    install(f.plugins(), "tag", &filter_component(FilterMode::TagEquals), FILTER);
     let mut config = f.config();
     config.pool.instances_max = 2;
     config.pool.idle_max = 2;
@@ -517,7 +517,7 @@ fn instances_are_reused_and_bounded() {
 fn hot_reload_swaps_atomically_under_concurrent_calls() {
     let f = Fixture::new();
     let versions: Vec<Vec<u8>> = (1..=3).map(|q| router_component(RouterMode::Queue(q))).collect();
-    install(&f.plugins(), "r", &versions[0], ROUTER);
+    install(f.plugins(), "r", &versions[0], ROUTER);
     let mut config = f.config();
     config.watch = true;
     let registry = Arc::new(PluginRegistry::open(config).unwrap());
@@ -584,9 +584,9 @@ fn removed_plugins_stop_applying_and_added_ones_start() {
     let mut config = f.config();
     config.watch = true;
     let registry = PluginRegistry::open(config).unwrap();
-    install(&f.plugins(), "r", &router_component(RouterMode::Queue(2)), ROUTER);
+    install(f.plugins(), "r", &router_component(RouterMode::Queue(2)), ROUTER);
     wait_for(|| registry.route(&route_input("t", 4)).unwrap() == RouteOutcome::Queue(2));
-    remove(&f.plugins(), "r");
+    remove(f.plugins(), "r");
     wait_for(|| registry.route(&route_input("t", 4)).unwrap() == RouteOutcome::Default);
     assert!(registry.list().is_empty());
 }
@@ -606,7 +606,7 @@ fn wait_for(mut condition: impl FnMut() -> bool) {
 fn a_call_spanning_many_chunks_sees_one_version() {
     let f = Fixture::new();
     let versions = [filter_component(FilterMode::Constant(0)), filter_component(FilterMode::Constant(1))];
-    install(&f.plugins(), "flip", &versions[0], FILTER);
+    install(f.plugins(), "flip", &versions[0], FILTER);
     let mut config = f.config();
     config.filter_batch_max = 2;
     let registry = Arc::new(PluginRegistry::open(config).unwrap());
@@ -656,7 +656,7 @@ fn a_call_spanning_many_chunks_sees_one_version() {
 fn a_call_waits_a_bounded_time_for_a_free_instance() {
     let f = Fixture::new();
     install(
-        &f.plugins(),
+        f.plugins(),
         "slow",
         &filter_component(FilterMode::LoopForever),
         "kind = \"filter\"\nonError = \"reject\"\n[limits]\nfuelPerCall = 3_000_000_000\n",
@@ -695,7 +695,7 @@ fn a_call_waits_a_bounded_time_for_a_free_instance() {
 #[test]
 fn guest_sleeps_return_at_once() {
     let f = Fixture::new();
-    install(&f.plugins(), "sleepy", &filter_component(FilterMode::SleepSeconds(30)), FILTER);
+    install(f.plugins(), "sleepy", &filter_component(FilterMode::SleepSeconds(30)), FILTER);
     let registry = f.open();
     let started = Instant::now();
     let verdicts = registry
@@ -708,7 +708,7 @@ fn guest_sleeps_return_at_once() {
 #[test]
 fn a_failing_validator_refuses_unless_its_manifest_says_pass() {
     let f = Fixture::new();
-    install(&f.plugins(), "broken", &trapping_validator_component(), VALIDATOR);
+    install(f.plugins(), "broken", &trapping_validator_component(), VALIDATOR);
     let registry = f.open();
     let change = Change {
         kind: ChangeKind::Config,
@@ -726,13 +726,13 @@ fn a_failing_validator_refuses_unless_its_manifest_says_pass() {
     assert!(verdict.findings[0].text.contains("broken"), "{verdict:?}");
 
     // Fail closed covers plugin changes too: nothing new gets in.
-    install(&f.plugins(), "r", &router_component(RouterMode::Queue(1)), ROUTER);
+    install(f.plugins(), "r", &router_component(RouterMode::Queue(1)), ROUTER);
     let report = registry.reload_now();
     assert!(report.added.is_empty() && report.rejected.len() == 1, "{report:?}");
 
     // Its own removal is judged by the current (broken) version too, so it
     // stays until a restart (the startup load is not validated).
-    remove(&f.plugins(), "broken");
+    remove(f.plugins(), "broken");
     let report = registry.reload_now();
     assert!(report.removed.is_empty() && report.rejected.len() == 1, "{report:?}");
     drop(registry);
@@ -742,7 +742,7 @@ fn a_failing_validator_refuses_unless_its_manifest_says_pass() {
 
     // With onError = "pass" a failing validator only warns.
     let f = Fixture::new();
-    install(&f.plugins(), "broken", &trapping_validator_component(), "kind = \"upgrade-validator\"\nonError = \"pass\"\n");
+    install(f.plugins(), "broken", &trapping_validator_component(), "kind = \"upgrade-validator\"\nonError = \"pass\"\n");
     let registry = f.open();
     let verdict = registry.validate(&change);
     assert!(verdict.accept, "{verdict:?}");
