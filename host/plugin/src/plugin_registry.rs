@@ -73,6 +73,31 @@ impl RegistryConfig {
     }
 }
 
+impl RegistryConfig {
+    fn check(&self) -> Result<(), PluginError> {
+        let bad = |what: &str| Err(PluginError::Registry(format!("invalid registry config: {what}")));
+        if self.filter_batch_max == 0 || self.filter_batch_max > FILTER_BATCH_MAX_LIMIT {
+            return bad(&format!("filter_batch_max must be in 1..={FILTER_BATCH_MAX_LIMIT}"));
+        }
+        if self.filter_batch_bytes_max == 0 || self.filter_batch_bytes_max > u32::MAX as usize {
+            return bad("filter_batch_bytes_max must be in 1..=u32::MAX (offsets are u32)");
+        }
+        if self.pool.instances_max == 0 || self.pool.idle_max > self.pool.instances_max {
+            return bad("pool: need 1 <= instances_max and idle_max <= instances_max");
+        }
+        if self.plugins_max == 0 {
+            return bad("plugins_max must be positive");
+        }
+        if self.rescan_interval_ms == 0 || self.debounce_ms == 0 {
+            return bad("rescan_interval_ms and debounce_ms must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Largest `filter_batch_max` accepted: bounds one call's buffers.
+pub const FILTER_BATCH_MAX_LIMIT: usize = 65_536;
+
 /// What `route` decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteOutcome {
@@ -218,10 +243,7 @@ impl PluginRegistry {
     }
 
     pub fn open_with_report(config: RegistryConfig) -> Result<(PluginRegistry, ReloadReport), PluginError> {
-        assert!(config.filter_batch_max > 0, "filter_batch_max must be positive");
-        assert!(config.filter_batch_bytes_max > 0, "filter_batch_bytes_max must be positive");
-        assert!(config.plugins_max > 0, "plugins_max must be positive");
-        assert!(config.rescan_interval_ms > 0, "rescan_interval_ms must be positive");
+        config.check()?;
         if !config.plugin_dir.is_dir() {
             return Err(PluginError::Registry(format!(
                 "plugin directory {} does not exist or is not a directory",

@@ -748,3 +748,19 @@ fn a_failing_validator_refuses_unless_its_manifest_says_pass() {
     assert!(verdict.accept, "{verdict:?}");
     assert_eq!(verdict.findings[0].severity, Severity::Warning);
 }
+
+#[test]
+fn bad_registry_config_is_an_error() {
+    let f = Fixture::new();
+    let mut config = f.config();
+    config.filter_batch_max = 0;
+    let err = PluginRegistry::open(config).err().expect("refused");
+    assert!(err.to_string().contains("filter_batch_max"), "{err}");
+    let mut config = f.config();
+    config.pool.idle_max = config.pool.instances_max + 1;
+    assert!(PluginRegistry::open(config).is_err());
+    let mut config = f.config();
+    config.plugin_dir = f.dir.path().join("missing");
+    let err = PluginRegistry::open(config).err().expect("refused");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
