@@ -248,12 +248,19 @@ impl Messaging {
         leader
     }
 
-    /// The leader's client endpoint if this call must go there.
-    fn forward_target<T>(&self, request: &Request<T>) -> Option<String> {
-        if self.observe_leadership() || forward::is_forwarded(request.metadata()) {
-            return None;
+    /// Where a call that needs the leader runs. A follower never serves it itself:
+    /// its pop state would diverge from the leader's.
+    fn leader_route<T>(&self, request: &Request<T>) -> LeaderRoute {
+        if self.observe_leadership() {
+            return LeaderRoute::Local;
         }
-        self.backend.leader_client_endpoint()
+        if forward::is_forwarded(request.metadata()) {
+            return LeaderRoute::Unavailable(status(Code::HaNotAvailable, "forwarded to a node that is no longer the leader; retry"));
+        }
+        match self.backend.leader_client_endpoint() {
+            Some(leader) => LeaderRoute::Forward(leader),
+            None => LeaderRoute::Unavailable(status(Code::HaNotAvailable, "no leader is known (election in progress); retry")),
+        }
     }
 
     async fn topic(&self, resource: Option<&v2::Resource>) -> Result<TopicInfo, v2::Status> {
@@ -712,11 +719,23 @@ fn combine(statuses: impl Iterator<Item = v2::Status>) -> v2::Status {
     }
 }
 
-macro_rules! forward_or {
-    ($self:ident, $request:ident, $method:ident) => {
-        if let Some(leader) = $self.forward_target(&$request) {
-            let mut client = $self.forwarder.client(&leader)?;
-            return client.$method(forward::forward_request($request)).await;
+enum LeaderRoute {
+    Local,
+    Forward(String),
+    Unavailable(v2::Status),
+}
+
+/// Runs the rest of the handler on the leader: returns early with the leader's answer
+/// (forwarded) or an HA_NOT_AVAILABLE status.
+macro_rules! on_leader {
+    ($self:ident, $request:ident, $method:ident, $resp:ty) => {
+        match $self.leader_route(&$request) {
+            LeaderRoute::Local => {}
+            LeaderRoute::Forward(leader) => {
+                let mut client = $self.forwarder.client(&leader)?;
+                return client.$method(forward::forward_request($request)).await;
+            }
+            LeaderRoute::Unavailable(s) => return Ok(Response::new(<$resp>::with_status(s))),
         }
     };
 }
@@ -761,7 +780,7 @@ impl MessagingService for Messaging {
 
     async fn send_message(&self, request: Request<v2::SendMessageRequest>) -> RpcResult<v2::SendMessageResponse> {
         require_client_id!(request, v2::SendMessageResponse);
-        forward_or!(self, request, send_message);
+        on_leader!(self, request, send_message, v2::SendMessageResponse);
         reply(self.send_message_impl(request.into_inner()).await)
     }
 
@@ -777,10 +796,17 @@ impl MessagingService for Messaging {
             let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
             return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))));
         }
-        if let Some(leader) = self.forward_target(&request) {
-            let mut client = self.forwarder.client(&leader)?;
-            let upstream = client.receive_message(forward::forward_request(request)).await?.into_inner();
-            return Ok(Response::new(Box::pin(upstream)));
+        match self.leader_route(&request) {
+            LeaderRoute::Local => {}
+            LeaderRoute::Forward(leader) => {
+                let mut client = self.forwarder.client(&leader)?;
+                let upstream = client.receive_message(forward::forward_request(request)).await?.into_inner();
+                return Ok(Response::new(Box::pin(upstream)));
+            }
+            LeaderRoute::Unavailable(s) => {
+                let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
+                return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))));
+            }
         }
         let deadline = forward::grpc_timeout(request.metadata());
         let responses = self.receive_impl(request.into_inner(), deadline).await;
@@ -789,7 +815,7 @@ impl MessagingService for Messaging {
 
     async fn ack_message(&self, request: Request<v2::AckMessageRequest>) -> RpcResult<v2::AckMessageResponse> {
         require_client_id!(request, v2::AckMessageResponse);
-        forward_or!(self, request, ack_message);
+        on_leader!(self, request, ack_message, v2::AckMessageResponse);
         reply(self.ack_impl(request.into_inner()).await)
     }
 
@@ -798,7 +824,7 @@ impl MessagingService for Messaging {
         request: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> RpcResult<v2::ForwardMessageToDeadLetterQueueResponse> {
         require_client_id!(request, v2::ForwardMessageToDeadLetterQueueResponse);
-        forward_or!(self, request, forward_message_to_dead_letter_queue);
+        on_leader!(self, request, forward_message_to_dead_letter_queue, v2::ForwardMessageToDeadLetterQueueResponse);
         reply(self.dead_letter_impl(request.into_inner()).await)
     }
 
@@ -817,7 +843,7 @@ impl MessagingService for Messaging {
 
     async fn update_offset(&self, request: Request<v2::UpdateOffsetRequest>) -> RpcResult<v2::UpdateOffsetResponse> {
         require_client_id!(request, v2::UpdateOffsetResponse);
-        forward_or!(self, request, update_offset);
+        on_leader!(self, request, update_offset, v2::UpdateOffsetResponse);
         reply(self.update_offset_impl(request.into_inner()).await)
     }
 
@@ -888,7 +914,7 @@ impl MessagingService for Messaging {
         request: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> RpcResult<v2::ChangeInvisibleDurationResponse> {
         require_client_id!(request, v2::ChangeInvisibleDurationResponse);
-        forward_or!(self, request, change_invisible_duration);
+        on_leader!(self, request, change_invisible_duration, v2::ChangeInvisibleDurationResponse);
         reply(self.change_invisible_impl(request.into_inner()).await)
     }
 

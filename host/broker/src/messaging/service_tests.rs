@@ -511,8 +511,36 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     assert_eq!(acked.status.unwrap().code, v2::Code::Ok as i32);
     eventually_offset(&leader.backend, "G1", "orders", queue as u32, 1).await;
 
-    // A follower that knows no leader answers with a status, not a hang.
+    // A follower that knows no leader answers with a status, not a hang, and keeps
+    // no consumer state of its own.
     follower.backend.set_leader(false, None);
     let r = send(&mut c, vec![message("orders", "nl", "A", b"x")]).await;
     assert_eq!(r.status.unwrap().code, v2::Code::HaNotAvailable as i32);
+    let (code, _) = receive(&mut c, receive_req("orders", queue, "*", 4, 0)).await;
+    assert_eq!(code, v2::Code::HaNotAvailable as i32);
+    let acked = ack(&mut c, "G1", "orders", &[handle(&msgs[0])]).await;
+    assert_eq!(acked.status.unwrap().code, v2::Code::HaNotAvailable as i32);
+    assert!(follower.backend.commits.lock().is_empty());
+    // Reads that any member can serve still work.
+    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None })).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+}
+
+#[tokio::test]
+async fn forwarding_is_one_hop_even_when_followers_point_at_each_other() {
+    let make = |endpoint: &str| {
+        let b = FakeBackend::new(endpoint);
+        b.create_topic("orders", 2, TopicMessageType::Normal);
+        b
+    };
+    let a = serve_with(make).await;
+    let b = serve_with(make).await;
+    a.backend.set_leader(false, Some(b.addr.to_string()));
+    b.backend.set_leader(false, Some(a.addr.to_string()));
+    let mut c = client(a.addr).await;
+    let t0 = Instant::now();
+    let r = send(&mut c, vec![message("orders", "loop", "A", b"x")]).await;
+    assert_eq!(r.status.unwrap().code, v2::Code::HaNotAvailable as i32);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(a.backend.messages("orders").is_empty() && b.backend.messages("orders").is_empty());
 }
