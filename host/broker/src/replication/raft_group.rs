@@ -651,3 +651,15 @@ impl Driver {
 fn err_text<E: std::error::Error>(e: RaftError<E>) -> String {
     format!("raft: {e}")
 }
+
+/// What `mqbroker` plugs into [`crate::server::Extensions::replicator`]: builds the Raft
+/// replicator from the broker config when `enableDLegerCommitLog = true`.
+pub fn replicator_factory() -> crate::server::ReplicatorFactory {
+    Box::new(|inputs: crate::server::ReplicatorInputs| {
+        Box::pin(async move {
+            let cfg = RaftGroupConfig::from_broker(&inputs.config).map_err(|e| anyhow::anyhow!("raft config: {e}"))?;
+            let replicator = RaftReplicator::start(cfg, inputs.log).await?;
+            Ok(Arc::new(replicator) as Arc<dyn Replicator>)
+        })
+    })
+}
