@@ -44,6 +44,12 @@ pub const APPEND_BATCH_ENTRIES_MAX: usize = 1 << 16;
 pub const APPEND_BATCH_BYTES_MAX: u64 = 256 << 20;
 /// 4M slots of 24 bytes = 96 MiB per index file.
 pub const INDEX_ENTRIES_PER_FILE_DEFAULT: u64 = 1 << 22;
+/// The index file is rebuilt from the log by recovery, so it is fsynced at most this often
+/// (not on every group commit); the recovery checkpoint only advances with it.
+const INDEX_SYNC_INTERVAL: Duration = Duration::from_millis(1000);
+/// Pages of the segment ahead of the writer are faulted in this many bytes at a time
+/// (one madvise instead of a page fault per 4 KiB).
+const PREFAULT_CHUNK_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
@@ -261,9 +267,10 @@ pub(crate) struct Inner {
     pub segments: RwLock<Segments>,
     pub index: IndexFile,
     pub bounds: RwLock<Bounds>,
-    writer: Mutex<()>,
+    writer: Mutex<WriterState>,
     flush_state: Mutex<FlushState>,
     flushed_index: AtomicU64,
+    flush_count: AtomicU64,
     truncation: Arc<RwLock<()>>,
 }
 
@@ -271,6 +278,14 @@ struct FlushState {
     checkpoint: CheckpointFile,
     /// Log bytes below this are durable.
     flushed_end_pos: u64,
+    /// Index slots up to this index are durable; the recovery checkpoint points here.
+    index_synced: u64,
+    index_synced_at: std::time::Instant,
+}
+
+struct WriterState {
+    /// Log bytes below this position have been prefaulted for writing.
+    prefaulted_to: u64,
 }
 
 pub struct CommitLog {
@@ -321,13 +336,21 @@ impl CommitLog {
             segments: RwLock::new(segments),
             index,
             bounds: RwLock::new(bounds),
-            writer: Mutex::new(()),
-            flush_state: Mutex::new(FlushState { checkpoint: checkpoint_file, flushed_end_pos: bounds.end_pos }),
+            writer: Mutex::new(WriterState { prefaulted_to: bounds.end_pos }),
+            flush_state: Mutex::new(FlushState {
+                checkpoint: checkpoint_file,
+                flushed_end_pos: bounds.end_pos,
+                index_synced: bounds.last_index,
+                index_synced_at: std::time::Instant::now(),
+            }),
             flushed_index: AtomicU64::new(bounds.last_index),
+            flush_count: AtomicU64::new(0),
             truncation: Arc::new(RwLock::new(())),
             cfg,
         });
-        // Recovery made everything it kept durable; record that as the new checkpoint.
+        // What recovery kept may still be only in the page cache (a process crash): make the
+        // tail durable before the checkpoint says so.
+        inner.sync_tail()?;
         inner.write_checkpoint(&mut inner.flush_state.lock(), true)?;
         let flusher = match inner.cfg.flush_mode {
             FlushMode::Sync => None,
@@ -349,19 +372,19 @@ impl CommitLog {
 
     /// Leader append: assigns indexes `last_index+1 ..` with `term`. All or nothing.
     pub fn append(&self, term: u64, bodies: &[&[u8]]) -> Result<Range<u64>> {
-        let _w = self.inner.writer.lock();
+        let mut w = self.inner.writer.lock();
         let first = self.inner.bounds.read().last_index + 1;
         let entries: Vec<(u64, u64, &[u8])> =
             bodies.iter().enumerate().map(|(i, body)| (first + i as u64, term, *body)).collect();
-        self.inner.write_batch(&entries)?;
+        self.inner.write_batch(&mut w, &entries)?;
         Ok(first..first + bodies.len() as u64)
     }
 
     /// Follower append of entries received from the leader. The first index must be
     /// `last_index() + 1`, indexes contiguous, terms non-decreasing. All or nothing.
     pub fn append_replicated(&self, entries: &[(u64, u64, &[u8])]) -> Result<()> {
-        let _w = self.inner.writer.lock();
-        self.inner.write_batch(entries)
+        let mut w = self.inner.writer.lock();
+        self.inner.write_batch(&mut w, entries)
     }
 
     /// Drop entries `index..` (Raft follower repair). Waits for outstanding `EntryRef`s.
@@ -412,6 +435,10 @@ impl CommitLog {
     pub fn flushed_index(&self) -> u64 {
         self.inner.flushed_index.load(Ordering::Acquire)
     }
+    /// Number of flushes that wrote something back (group commit effectiveness).
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flush_count.load(Ordering::Relaxed)
+    }
     pub fn min_pos(&self) -> u64 {
         self.inner.bounds.read().min_pos
     }
@@ -426,13 +453,22 @@ impl CommitLog {
         self.inner.flush()
     }
 
+    /// Make the index file durable and move the recovery checkpoint (where the next open
+    /// starts scanning) to the flushed index. `flush` does this at most once per second on
+    /// its own; `close` does it too.
+    pub fn sync_checkpoint(&self) -> Result<()> {
+        self.inner.flush()?;
+        let mut fs = self.inner.flush_state.lock();
+        self.inner.sync_index(&mut fs)
+    }
+
     /// Group commit: return once `index` is durable, flushing only if nobody did already.
     pub fn flush_to(&self, index: u64) -> Result<u64> {
         let flushed = self.flushed_index();
         if flushed >= index {
             return Ok(flushed);
         }
-        self.inner.flush()
+        self.inner.flush_covering(index)
     }
 
     pub fn summary(&self) -> LogSummary {
@@ -505,7 +541,7 @@ impl CommitLog {
     /// Flush and stop the background flusher.
     pub fn close(mut self) -> Result<()> {
         self.stop_flusher();
-        self.inner.flush().map(|_| ())
+        self.sync_checkpoint()
     }
 
     fn stop_flusher(&mut self) {
@@ -570,7 +606,7 @@ impl Inner {
         if magic == BLANK_MAGIC { end - off + seg } else { end }
     }
 
-    fn write_batch(&self, entries: &[(u64, u64, &[u8])]) -> Result<()> {
+    fn write_batch(&self, w: &mut WriterState, entries: &[(u64, u64, &[u8])]) -> Result<()> {
         let b = *self.bounds.read();
         if entries.is_empty() {
             return Ok(());
@@ -666,6 +702,7 @@ impl Inner {
 
         // Write frames (unpublished region: no reader can look here yet).
         let segments = self.segments.read();
+        self.prefault(w, &segments, end_pos);
         for (&(index, term, body), placement) in entries.iter().zip(&placements) {
             if let Some(pad) = placement.pad_at {
                 let file = &segments[&(pad - pad % seg)];
@@ -704,20 +741,61 @@ impl Inner {
     }
 
     fn flush(&self) -> Result<u64> {
+        self.flush_covering(u64::MAX)
+    }
+
+    /// Flush everything appended so far unless `index` became durable while this caller
+    /// waited for the lock (then a concurrent flush already covered it: group commit).
+    fn flush_covering(&self, index: u64) -> Result<u64> {
         let mut fs = self.flush_state.lock();
         let b = *self.bounds.read();
         let flushed = self.flushed_index.load(Ordering::Acquire);
-        if b.last_index <= flushed {
+        if b.last_index <= flushed || index <= flushed {
             return Ok(flushed);
         }
         self.msync_log(fs.flushed_end_pos.max(b.min_pos), b.end_pos)?;
-        self.index.flush(flushed.max(b.first_index.saturating_sub(1)) + 1, b.last_index)?;
         fs.flushed_end_pos = b.end_pos;
         self.flushed_index.store(b.last_index, Ordering::Release);
-        // A hint for recovery; made durable by the next flush or truncation. Any version on
-        // disk was written after the fsync that covers it.
-        self.write_checkpoint(&mut fs, false)?;
+        self.flush_count.fetch_add(1, Ordering::Relaxed);
+        if fs.index_synced_at.elapsed() >= INDEX_SYNC_INTERVAL {
+            self.sync_index(&mut fs)?;
+        }
         Ok(b.last_index)
+    }
+
+    /// fsync index slots up to the flushed index and move the recovery checkpoint there.
+    /// The checkpoint is a hint written without fsync: any version on disk was written after
+    /// the syncs that cover it.
+    fn sync_index(&self, fs: &mut FlushState) -> Result<()> {
+        let b = *self.bounds.read();
+        let flushed = self.flushed_index.load(Ordering::Acquire).min(b.last_index);
+        if flushed > fs.index_synced {
+            self.index.flush(fs.index_synced.max(b.first_index.saturating_sub(1)) + 1, flushed)?;
+        }
+        fs.index_synced = flushed;
+        fs.index_synced_at = std::time::Instant::now();
+        self.write_checkpoint(fs, false)
+    }
+
+    /// fsync the newest segment and index file (used on open).
+    fn sync_tail(&self) -> Result<()> {
+        if let Some((_, seg)) = self.segments.read().last_key_value() {
+            seg.sync_all()?;
+        }
+        self.index.sync_last()
+    }
+
+    /// Fault in the pages the writer is about to touch, a chunk at a time.
+    fn prefault(&self, w: &mut WriterState, segments: &Segments, end_pos: u64) {
+        let seg = self.seg_size();
+        while w.prefaulted_to < end_pos + PREFAULT_CHUNK_BYTES / 2 {
+            let base = w.prefaulted_to - w.prefaulted_to % seg;
+            let Some(file) = segments.get(&base) else { return };
+            let off = w.prefaulted_to - base;
+            let len = PREFAULT_CHUNK_BYTES.min(seg - off);
+            file.prefault_write(off as usize, len as usize);
+            w.prefaulted_to += len;
+        }
     }
 
     fn msync_log(&self, from: u64, to: u64) -> Result<()> {
@@ -736,7 +814,7 @@ impl Inner {
 
     fn write_checkpoint(&self, fs: &mut FlushState, sync: bool) -> Result<()> {
         let b = *self.bounds.read();
-        let flushed = self.flushed_index.load(Ordering::Acquire).min(b.last_index);
+        let flushed = fs.index_synced.min(self.flushed_index.load(Ordering::Acquire)).min(b.last_index);
         let (flushed_pos, flushed_term) = if flushed >= b.first_index {
             let e = self.index.get(flushed).ok_or_else(|| corrupt("index", format!("slot {flushed} unreadable")))?;
             (e.pos, e.term)
@@ -819,7 +897,7 @@ impl Inner {
     }
 
     fn truncate_from(&self, index: u64) -> Result<()> {
-        let _w = self.writer.lock();
+        let mut w = self.writer.lock();
         let mut fs = self.flush_state.lock();
         let _t = self.truncation.write();
         let b = *self.bounds.read();
@@ -872,6 +950,8 @@ impl Inner {
             self.flushed_index.store(index - 1, Ordering::Release);
         }
         fs.flushed_end_pos = fs.flushed_end_pos.min(new_end);
+        fs.index_synced = fs.index_synced.min(index - 1);
+        w.prefaulted_to = w.prefaulted_to.min(new_end);
         // Durable right away: the on-disk checkpoint must never point at truncated entries.
         self.write_checkpoint(&mut fs, true)?;
         tracing::info!(from_index = index, removed = b.last_index - index + 1, "commitlog truncated");

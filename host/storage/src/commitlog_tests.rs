@@ -249,7 +249,7 @@ fn unflushed_tail_lost_in_several_segments_recovers_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     fill(&log, 30, 1);
-    log.flush().unwrap();
+    log.sync_checkpoint().unwrap();
     fill(&log, 60, 1);
     let keep_end = log.read(50).unwrap().end_pos();
     drop(log);

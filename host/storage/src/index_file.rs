@@ -128,6 +128,15 @@ impl IndexFile {
         Ok(())
     }
 
+    /// fsync the newest file.
+    pub fn sync_last(&self) -> Result<()> {
+        let last = self.files.read().last_key_value().map(|(_, f)| f.clone());
+        match last {
+            Some(f) => f.sync_all(),
+            None => Ok(()),
+        }
+    }
+
     /// Forget slots `index..`: zero the rest of its file and delete later files.
     pub fn truncate_from(&self, index: u64) -> Result<()> {
         let (file_no, offset) = self.locate(index);
