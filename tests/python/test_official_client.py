@@ -84,7 +84,7 @@ def receive_run(consumer, run, wanted, allow_duplicates, on_batch=None):
     while got != wanted and time.monotonic() < deadline:
         try:
             batch = consumer.receive(32, INVISIBLE_SECONDS)
-        except ClientException:
+        except Exception:  # noqa: BLE001 - during failover gRPC errors surface raw too
             if not allow_duplicates:
                 raise
             time.sleep(0.5)
@@ -97,7 +97,7 @@ def receive_run(consumer, run, wanted, allow_duplicates, on_batch=None):
                 got.add(i)
             try:
                 consumer.ack(m)
-            except ClientException:
+            except Exception:  # noqa: BLE001 - see above; an unacked message comes back
                 if not allow_duplicates:
                     raise
         if on_batch:
@@ -278,7 +278,7 @@ def test_failover_keeps_every_message():
                 try:
                     producer.send(make_message(run, i))
                     return True
-                except ClientException:
+                except Exception:  # noqa: BLE001 - retried until the new leader answers
                     time.sleep(0.5)
             return False
 

@@ -733,7 +733,15 @@ macro_rules! on_leader {
             LeaderRoute::Local => {}
             LeaderRoute::Forward(leader) => {
                 let mut client = $self.forwarder.client(&leader)?;
-                return client.$method(forward::forward_request($request)).await;
+                return match client.$method(forward::forward_request($request)).await {
+                    Ok(answer) => Ok(answer),
+                    // The leader is unreachable (crashed, partitioned): a status the
+                    // client retries on, naming the node, rather than a transport error.
+                    Err(e) => Ok(Response::new(<$resp>::with_status(status(
+                        Code::HaNotAvailable,
+                        format!("leader {leader} unreachable from this follower: {}", e.message()),
+                    )))),
+                };
             }
             LeaderRoute::Unavailable(s) => return Ok(Response::new(<$resp>::with_status(s))),
         }
@@ -800,8 +808,14 @@ impl MessagingService for Messaging {
             LeaderRoute::Local => {}
             LeaderRoute::Forward(leader) => {
                 let mut client = self.forwarder.client(&leader)?;
-                let upstream = client.receive_message(forward::forward_request(request)).await?.into_inner();
-                return Ok(Response::new(Box::pin(upstream)));
+                return match client.receive_message(forward::forward_request(request)).await {
+                    Ok(upstream) => Ok(Response::new(Box::pin(upstream.into_inner()))),
+                    Err(e) => {
+                        let s = status(Code::HaNotAvailable, format!("leader {leader} unreachable from this follower: {}", e.message()));
+                        let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
+                        Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))))
+                    }
+                };
             }
             LeaderRoute::Unavailable(s) => {
                 let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };

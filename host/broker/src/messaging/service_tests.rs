@@ -511,6 +511,18 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     assert_eq!(acked.status.unwrap().code, v2::Code::Ok as i32);
     eventually_offset(&leader.backend, "G1", "orders", queue as u32, 1).await;
 
+    // A leader that went away: the follower answers with a status naming it.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    follower.backend.set_leader(false, Some(dead_addr.to_string()));
+    let r = send(&mut c, vec![message("orders", "dead", "A", b"x")]).await;
+    let st = r.status.unwrap();
+    assert_eq!(st.code, v2::Code::HaNotAvailable as i32);
+    assert!(st.message.contains(&dead_addr.to_string()), "{}", st.message);
+    let (code, _) = receive(&mut c, receive_req("orders", queue, "*", 4, 0)).await;
+    assert_eq!(code, v2::Code::HaNotAvailable as i32);
+
     // A follower that knows no leader answers with a status, not a hang, and keeps
     // no consumer state of its own.
     follower.backend.set_leader(false, None);
