@@ -89,7 +89,14 @@ fn run(inner: &RegistryInner, rx: &mpsc::Receiver<Wake>) {
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
-        let report = inner.reload_now();
+        // A bug in one reload must not end hot reload for the broker's life.
+        let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.reload_now())) {
+            Ok(report) => report,
+            Err(_) => {
+                tracing::error!("plugin reload panicked; the current plugin set keeps serving, retrying on the next rescan");
+                continue;
+            }
+        };
         if report.changed() {
             tracing::info!(
                 generation = report.generation,
