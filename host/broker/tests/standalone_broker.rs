@@ -321,3 +321,25 @@ async fn message_group_keeps_one_queue() {
     drop(backend);
     stop(node).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_create_topic_on_first_lookup_or_send_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), FlushDiskType::AsyncFlush);
+    cfg.auto_create_topic_enable = true;
+    cfg.default_topic_queue_nums = 3;
+    let node = start(&cfg).await;
+    let backend: Arc<dyn MessagingBackend> = node.core.clone();
+    let info = backend.topic("looked-up").await.unwrap().unwrap();
+    assert_eq!((info.read_queue_count, info.write_queue_count), (3, 3));
+    let o = backend
+        .send(message("sent-first", "a".into(), b"a".to_vec()))
+        .await
+        .unwrap();
+    assert!(o.queue_id < 3);
+    // Invalid names are never created.
+    assert!(backend.topic("bad name").await.unwrap().is_none());
+    assert_eq!(node.core.topics().len(), 2);
+    drop(backend);
+    stop(node).await;
+}

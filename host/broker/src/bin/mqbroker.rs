@@ -74,6 +74,8 @@ fn init_tracing(log_level: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colors only on a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .try_init()
         .map_err(|e| anyhow::anyhow!("init logging: {e}"))
 }

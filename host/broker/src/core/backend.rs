@@ -47,7 +47,19 @@ impl BrokerCore {
 #[async_trait]
 impl MessagingBackend for BrokerCore {
     async fn topic(&self, topic: &str) -> BackendResult<Option<TopicInfo>> {
-        Ok(self.store.topic(topic).as_ref().map(topic_info))
+        if let Some(t) = self.store.topic(topic) {
+            return Ok(Some(topic_info(&t)));
+        }
+        // As RocketMQ's route query with autoCreateTopicEnable: a producer's first route
+        // lookup creates the topic (on the leader; followers just answer "not found").
+        let creatable = self.options.auto_create_topic || super::topics::is_reserved(topic);
+        if !creatable
+            || !self.replicator.status().role.is_writable()
+            || wasmq_storage::record::validate_topic(topic).is_err()
+        {
+            return Ok(None);
+        }
+        Ok(Some(topic_info(&self.topic_for_write(topic).await?)))
     }
 
     async fn route(&self) -> BackendResult<RouteInfo> {

@@ -48,14 +48,10 @@ pub fn open(config: &BrokerConfig) -> anyhow::Result<OpenedStore> {
     };
     let (store, report) = MessageStore::open(cfg)
         .with_context(|| format!("open message store in {}", root.display()))?;
-    tracing::info!(
-        dir = %root.display(),
+    tracing::debug!(
         applied_index = report.applied_index,
-        first_index = store.log().first_index(),
-        last_index = store.log().last_index(),
         checkpoint_found = report.checkpoint_found,
-        queues_rebuilt = report.queues_rebuilt,
-        "message store opened"
+        "broker store ready"
     );
     let log = store.log().clone();
     Ok(OpenedStore {
