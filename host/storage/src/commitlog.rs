@@ -207,7 +207,8 @@ pub struct SegmentInfo {
 }
 
 /// A verified entry, borrowed zero-copy from its segment mapping. Holding it keeps the
-/// mapping alive (even if retention deletes the file) and delays `truncate_from`.
+/// mapping alive (even if retention deletes the file) and delays `truncate_from` until it is
+/// dropped: do not call `truncate_from` on a thread that holds one (it would wait forever).
 pub struct EntryRef {
     _truncation_guard: ArcRwLockReadGuard<RawRwLock, ()>,
     segment: Arc<MappedFile>,
@@ -271,6 +272,9 @@ pub(crate) struct Inner {
     flush_state: Mutex<FlushState>,
     flushed_index: AtomicU64,
     flush_count: AtomicU64,
+    /// Group commit: true while a leader flushes; followers wait on `group_commit_done`.
+    group_commit: Mutex<bool>,
+    group_commit_done: parking_lot::Condvar,
     truncation: Arc<RwLock<()>>,
 }
 
@@ -345,6 +349,8 @@ impl CommitLog {
             }),
             flushed_index: AtomicU64::new(bounds.last_index),
             flush_count: AtomicU64::new(0),
+            group_commit: Mutex::new(false),
+            group_commit_done: parking_lot::Condvar::new(),
             truncation: Arc::new(RwLock::new(())),
             cfg,
         });
@@ -464,11 +470,28 @@ impl CommitLog {
 
     /// Group commit: return once `index` is durable, flushing only if nobody did already.
     pub fn flush_to(&self, index: u64) -> Result<u64> {
-        let flushed = self.flushed_index();
-        if flushed >= index {
-            return Ok(flushed);
+        // Leader/follower: one caller flushes (covering every append so far) while the
+        // others sleep on the condvar and are all woken together when it is done.
+        loop {
+            let flushed = self.flushed_index();
+            if flushed >= index {
+                return Ok(flushed);
+            }
+            let mut flushing = self.inner.group_commit.lock();
+            if self.flushed_index() >= index {
+                continue;
+            }
+            if *flushing {
+                self.inner.group_commit_done.wait(&mut flushing);
+                continue;
+            }
+            *flushing = true;
+            drop(flushing);
+            let result = self.inner.flush_covering(index);
+            *self.inner.group_commit.lock() = false;
+            self.inner.group_commit_done.notify_all();
+            return result;
         }
-        self.inner.flush_covering(index)
     }
 
     pub fn summary(&self) -> LogSummary {
