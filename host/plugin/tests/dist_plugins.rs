@@ -467,3 +467,29 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
 }
+
+/// The real validator judges hot reloads: a plugin changing kind under the
+/// same name gets a warning (logged), not a refusal, and the swap happens.
+#[test]
+fn real_validator_judges_plugin_changes_during_reload() {
+    let p = Plugins::new();
+    p.add("replication-upgrade-validator", None);
+    common::install(p.path(), "policy", &dist_wasm("tag-filter"), &dist_manifest("tag-filter"));
+    let registry = p.open();
+    let calls_before = registry
+        .list()
+        .into_iter()
+        .find(|i| i.name == "replication-upgrade-validator")
+        .unwrap()
+        .calls;
+    common::install(p.path(), "policy", &dist_wasm("key-hash-router"), &dist_manifest("key-hash-router"));
+    let report = registry.reload_now();
+    assert_eq!(report.replaced, ["policy"], "{report:#?}");
+    let info: std::collections::BTreeMap<_, _> = registry.list().into_iter().map(|i| (i.name.clone(), i)).collect();
+    assert_eq!(info["policy"].kind, wasmq_plugin::PluginKind::Router);
+    assert_eq!(
+        info["replication-upgrade-validator"].calls,
+        calls_before + 1,
+        "the validator was asked about the change"
+    );
+}
