@@ -1,8 +1,9 @@
 //! Where do two commitlogs stop agreeing?
 //!
 //! Every node's log is cut into byte ranges on one grid taken from the reference log (the
-//! chosen source): a boundary every `stride` entries of the reference, plus every node's own
-//! start and end. Each node gets a CRC32C (chained over full frames) of its entries starting
+//! chosen source): a boundary every `stride` entries of the reference (1 for logs of up to
+//! about [`RANGES_PER_NODE_MAX`] entries, so a plugin can name the diverging entry's offset),
+//! plus every node's own start and end. Each node gets a CRC32C (chained over full frames) of its entries starting
 //! in each range it fully holds. Equal ranges with equal checksums vouch for those bytes;
 //! the upgrade-validator plugins get the same ranges in `node-summary.checksums`.
 //!
@@ -15,8 +16,6 @@ use super::log_scan::{EntryInfo, LogExtent, LogScan, ScanError};
 /// Ranges per node: bounds memory, plugin input (the example validator accepts 100 000)
 /// and output size.
 pub const RANGES_PER_NODE_MAX: usize = 4096;
-/// Smallest stride, so tiny logs still get a few ranges.
-const STRIDE_ENTRIES_MIN: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RangeCrc {
@@ -35,7 +34,7 @@ pub struct Grid {
 pub fn grid(reference: &LogScan, reference_extent: &LogExtent, extents: &[&LogExtent]) -> Result<Grid, ScanError> {
     let reserved = 2 * extents.len() + 2;
     let ranges_by_stride = (RANGES_PER_NODE_MAX - reserved.min(RANGES_PER_NODE_MAX / 2)) as u64;
-    let stride = reference_extent.entries.div_ceil(ranges_by_stride).max(STRIDE_ENTRIES_MIN);
+    let stride = reference_extent.entries.div_ceil(ranges_by_stride).max(1);
     let mut bounds = vec![reference_extent.min_pos, reference_extent.max_pos];
     for e in extents {
         bounds.push(e.min_pos);

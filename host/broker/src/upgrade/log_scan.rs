@@ -6,8 +6,8 @@
 //! does (magic, header CRC, position, contiguous index, non-decreasing term, body CRC): the
 //! first frame that fails is the end of the log, as it would be after recovery.
 //!
-//! Checksums are CRC32C chained over full frames (header + body), the same definition as
-//! `CommitLog::range_checksum` and `LogSummary::last_entry_crc`.
+//! Each entry's checksum is the CRC32C of its full frame (header + body), the definition of
+//! `LogSummary::last_entry_crc`; range checksums (`divergence`) chain these per-entry CRCs.
 
 use std::fs::File;
 use std::io::{BufReader, Read};

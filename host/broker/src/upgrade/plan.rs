@@ -278,7 +278,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
                 .filter(|(i, o)| req.source.is_none() || *i == source || !divergences.iter().any(|d| d.node == o.id))
                 .map(|(_, o)| node_summary(o))
                 .collect();
-            let outcome = run_validators(dir, &src.config, &new, nodes)?;
+            let outcome = run_validators(dir, &old, source, &new, nodes)?;
             validators_run = outcome.validators;
             findings.extend(outcome.findings);
         }
@@ -331,11 +331,12 @@ struct ValidatorOutcome {
     findings: Vec<Finding>,
 }
 
-/// One `validate` call per new node (old config = the source's, new config = that node's),
-/// findings merged without repeats.
+/// One `validate` call per new node (new config = that node's; old config = the old node
+/// whose store it takes over in place, else the source's), findings merged without repeats.
 fn run_validators(
     dir: &Path,
-    source: &BrokerConfig,
+    old: &[OldNode],
+    source: usize,
     new: &[NewNode],
     nodes: Vec<NodeSummary>,
 ) -> Result<ValidatorOutcome, UpgradeError> {
@@ -363,7 +364,9 @@ fn run_validators(
         for n in new {
             let change = Change {
                 kind: ChangeKind::EnableReplication,
-                old_config: config_pairs(source),
+                old_config: config_pairs(
+                    &old.iter().find(|o| o.config.store_root() == n.config.store_root()).unwrap_or(&old[source]).config,
+                ),
                 new_config: config_pairs(&n.config),
                 nodes: nodes.clone(),
                 old_plugins: versions.clone(),
