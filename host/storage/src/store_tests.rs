@@ -286,3 +286,24 @@ fn retention_never_deletes_unapplied_entries() {
     store.enforce_retention(&raft_floor, later).unwrap();
     assert!(store.log().first_index() <= 50);
 }
+
+#[test]
+fn automatic_checkpoint_with_async_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.commitlog.flush_mode = FlushMode::Async;
+    c.commitlog.flush_interval_ms = 5;
+    c.checkpoint_interval_entries = 50;
+    let (store, _) = MessageStore::open(c.clone()).unwrap();
+    for n in 1..=180 {
+        let bytes = workload(n).encode().unwrap();
+        let r = store.log().append(1, &[&bytes]).unwrap();
+        store.apply_committed(r.end - 1).unwrap();
+    }
+    let expected = observe(&store);
+    drop(store); // crash: the last checkpoint was taken at 150 by apply_committed itself
+    let (store, report) = MessageStore::open(c).unwrap();
+    assert_eq!(report.applied_index, 150, "{report:?}");
+    apply_all(&store);
+    assert_eq!(observe(&store), expected);
+}
