@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,8 @@ fn old_config(dir: &Path, name: &str, broker_id: u64, port: u16) -> (PathBuf, Br
     (path, c)
 }
 
-fn new_config(dir: &Path, id: &str, root: &Path, listen: &[u16], raft: &[u16]) -> (PathBuf, BrokerConfig) {
+/// Member `id` of the new group `g`; `extra` is appended to the TOML.
+fn new_config(dir: &Path, id: &str, root: &Path, listen: &[u16], raft: &[u16], extra: &str) -> (PathBuf, BrokerConfig) {
     let ids = ["n0", "n1", "n2"];
     let peers: Vec<String> = ids.iter().zip(raft).map(|(i, p)| format!("{i}-127.0.0.1:{p}")).collect();
     let clients: Vec<String> = ids.iter().zip(listen).map(|(i, p)| format!("{i}-127.0.0.1:{p}")).collect();
@@ -59,7 +60,7 @@ fn new_config(dir: &Path, id: &str, root: &Path, listen: &[u16], raft: &[u16]) -
         "brokerClusterName = \"c\"\nbrokerName = \"broker-a\"\nbrokerIP1 = \"127.0.0.1\"\nlistenPort = {}\n\
          storePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 4194304\nmaxMessageSize = 65536\nflushDiskType = \"SYNC_FLUSH\"\n\
          enableDLegerCommitLog = true\ndLegerGroup = \"g\"\ndLegerPeers = \"{}\"\ndLegerSelfId = \"{id}\"\ndLegerClientEndpoints = \"{}\"\n\
-         dLegerHeartbeatIntervalMs = 50\ndLegerElectionTimeoutMinMs = 300\ndLegerElectionTimeoutMaxMs = 600\n",
+         dLegerHeartbeatIntervalMs = 50\ndLegerElectionTimeoutMinMs = 300\ndLegerElectionTimeoutMaxMs = 600\n{extra}",
         listen[me],
         root.display(),
         peers.join(";"),
@@ -199,16 +200,22 @@ fn backups(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let ports = free_ports(8);
+struct OldCluster {
+    a_path: PathBuf,
+    b_path: PathBuf,
+    /// (queue, offset) -> message id of every message on the master `a`.
+    on_a: HashMap<(u32, u64), String>,
+    /// Last entry the two nodes share.
+    common_last: u64,
+    a_last: u64,
+}
+
+/// Master `a` (broker-a/0) and slave `b` (broker-a/1), standalone, stores under `dir/a` and
+/// `dir/b`: topic + COMMON messages on a; b is a byte copy of it (as RocketMQ HA makes);
+/// then each takes writes the other never sees.
+async fn old_cluster(dir: &Path, ports: &[u16]) -> OldCluster {
     let (a_path, a_cfg) = old_config(dir, "a", 0, ports[0]);
     let (b_path, b_cfg) = old_config(dir, "b", 1, ports[1]);
-
-    // Master a: topic + COMMON messages; slave b is a byte copy of it (as RocketMQ HA makes),
-    // then each takes writes the other never sees.
     let mut on_a = HashMap::new();
     let node = start_standalone(&a_cfg).await;
     node.core.update_topic(TopicSpec::new(TOPIC, QUEUES)).await.unwrap();
@@ -225,13 +232,22 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     send(&node, "b-only", B_EXTRA, &mut on_b).await;
     stop(node).await;
     assert!(a_last > common_last);
+    OldCluster { a_path, b_path, on_a, common_last, a_last }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = free_ports(8);
+    let OldCluster { a_path, b_path, on_a, common_last, a_last } = old_cluster(dir, &ports).await;
 
     // New group: n0 in place of a's store, n1 in place of b's, n2 fresh.
     let listen = &ports[2..5];
     let raft = &ports[5..8];
-    let (n0_path, n0_cfg) = new_config(dir, "n0", &dir.join("a"), listen, raft);
-    let (n1_path, n1_cfg) = new_config(dir, "n1", &dir.join("b"), listen, raft);
-    let (n2_path, n2_cfg) = new_config(dir, "n2", &dir.join("n2"), listen, raft);
+    let (n0_path, n0_cfg) = new_config(dir, "n0", &dir.join("a"), listen, raft, "");
+    let (n1_path, n1_cfg) = new_config(dir, "n1", &dir.join("b"), listen, raft, "");
+    let (n2_path, n2_cfg) = new_config(dir, "n2", &dir.join("n2"), listen, raft, "");
     let plugins = validator_dir(dir);
     let s = |p: &Path| p.display().to_string();
     let (a_s, b_s, n0_s, n1_s, n2_s, pl_s) = (s(&a_path), s(&b_path), s(&n0_path), s(&n1_path), s(&n2_path), s(&plugins));
@@ -340,4 +356,149 @@ fn bad_arguments_are_clear_errors() {
     let (ok, out) = mqadmin(&["upgradeCheck", "--old", &missing]);
     assert!(!ok);
     assert!(out.contains("--new"), "{out}");
+}
+
+/// Broker processes this test started; killed (by their own pid) if the test fails early.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+mod v2 {
+    pub use wasmq_proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+    pub use wasmq_proto::apache::rocketmq::v2::*;
+}
+
+/// Every message of `TOPIC` a member serves, through the RocketMQ v2 PullMessage RPC:
+/// (queue, offset) -> (message id, body). Bounded: at most 64 pulls per queue.
+async fn pull_all(endpoint: u16) -> Result<HashMap<(u32, u64), (String, Vec<u8>)>, String> {
+    let mut client = v2::MessagingServiceClient::connect(format!("http://127.0.0.1:{endpoint}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for q in 0..QUEUES {
+        let mut offset = 0i64;
+        for _ in 0..64 {
+            let mut req = tonic::Request::new(v2::PullMessageRequest {
+                group: Some(v2::Resource { resource_namespace: String::new(), name: "upgrade-check".into() }),
+                message_queue: Some(v2::MessageQueue {
+                    topic: Some(v2::Resource { resource_namespace: String::new(), name: TOPIC.into() }),
+                    id: q as i32,
+                    permission: v2::Permission::ReadWrite as i32,
+                    broker: None,
+                    accept_message_types: vec![],
+                }),
+                offset,
+                batch_size: 32,
+                filter_expression: None,
+                long_polling_timeout: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
+            });
+            req.metadata_mut().insert("x-mq-client-id", "upgrade-test".parse().unwrap());
+            let mut stream = client.pull_message(req).await.map_err(|e| e.to_string())?.into_inner();
+            let mut got = 0;
+            let mut next = offset;
+            while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
+                match resp.content {
+                    Some(v2::pull_message_response::Content::Message(m)) => {
+                        let sp = m.system_properties.unwrap();
+                        out.insert((q, sp.queue_offset.unwrap() as u64), (sp.message_id, m.body));
+                        got += 1;
+                    }
+                    Some(v2::pull_message_response::Content::NextOffset(n)) => next = n,
+                    _ => {}
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            offset = next;
+        }
+    }
+    Ok(out)
+}
+
+fn scrape_role(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("wasmq_raft_role{") && l.ends_with(" 1"))
+        .and_then(|l| l.split('"').nth(1).map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_group_runs_as_real_mqbroker_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = free_ports(11);
+    let OldCluster { a_path, b_path, on_a, a_last, .. } = old_cluster(dir, &ports).await;
+    let (listen, raft, metrics) = (&ports[2..5], &ports[5..8], &ports[8..11]);
+    let extra = |i: usize| format!("metricsPort = {}\n", metrics[i]);
+    let (n0, _) = new_config(dir, "n0", &dir.join("a"), listen, raft, &extra(0));
+    let (n1, _) = new_config(dir, "n1", &dir.join("b"), listen, raft, &extra(1));
+    let (n2, _) = new_config(dir, "n2", &dir.join("n2"), listen, raft, &extra(2));
+    let s = |p: &Path| p.display().to_string();
+    let (a_s, b_s, n0_s, n1_s, n2_s) = (s(&a_path), s(&b_path), s(&n0), s(&n1), s(&n2));
+    let (ok, out) = mqadmin(&["upgrade", "--source", "broker-a/0", "--old", &a_s, "--old", &b_s, "--new", &n0_s, "--new", &n1_s, "--new", &n2_s]);
+    assert!(ok, "{out}");
+
+    let mut procs = Processes(Vec::new());
+    for (i, cfg) in [&n0, &n1, &n2].iter().enumerate() {
+        let log = std::fs::File::create(dir.join(format!("n{i}.log"))).unwrap();
+        procs.0.push(
+            Command::new(env!("CARGO_BIN_EXE_mqbroker"))
+                .args(["-c", &s(cfg)])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let logs = || (0..3).map(|i| std::fs::read_to_string(dir.join(format!("n{i}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n----\n");
+
+    // Every member serves every old message of the source at its old queue offset.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, port) in listen.iter().enumerate() {
+        loop {
+            assert!(Instant::now() < deadline, "member n{i} did not serve the old messages in time:\n{}", logs());
+            if let Ok(got) = pull_all(*port).await
+                && got.len() == on_a.len()
+            {
+                for (at, id) in &on_a {
+                    assert_eq!(&got[at].0, id);
+                    assert_eq!(got[at].1, format!("body of {id}").into_bytes());
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The metrics endpoints agree: exactly one leader.
+    let roles: Vec<Option<String>> = metrics.iter().map(|p| scrape_role(*p)).collect();
+    assert_eq!(roles.iter().filter(|r| r.as_deref() == Some("LEADER")).count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| r.as_deref() == Some("FOLLOWER")).count(), 2, "{roles:?}");
+
+    let (ok, out) = mqadmin(&["upgradeFinish", "--new", &n0_s, "--new", &n1_s, "--new", &n2_s]);
+    assert!(ok, "{out}\n{}", logs());
+    assert!(out.contains(&format!("past the old end")), "{out}");
+    assert!(backups(dir).is_empty());
+    assert!(a_last > 0);
+
+    // Graceful stop.
+    for c in &procs.0 {
+        // SAFETY: plain kill(2) on a child this test spawned and has not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for c in &mut procs.0 {
+        let status = c.wait().unwrap();
+        assert!(status.success(), "mqbroker exit {status}:\n{}", logs());
+    }
 }
