@@ -43,6 +43,8 @@ pub struct MessagingConfig {
     pub grpc_message_bytes_max: usize,
     /// Telemetry streams open at once.
     pub telemetry_streams_max: usize,
+    /// ReceiveMessage/PullMessage calls (mostly long polls) in progress at once.
+    pub receives_in_flight_max: usize,
     /// Queues one receive call visits (topics have at most a few hundred).
     pub receive_queues_max: u32,
     pub pop: PopLimits,
@@ -64,6 +66,7 @@ impl Default for MessagingConfig {
             invisible_ms_default: 60_000,
             grpc_message_bytes_max: 64 * 1024 * 1024,
             telemetry_streams_max: 65_536,
+            receives_in_flight_max: 16_384,
             receive_queues_max: 256,
             pop: PopLimits::default(),
             telemetry: TelemetryLimits::default(),
@@ -80,6 +83,7 @@ pub struct Messaging {
     was_leader: AtomicBool,
     telemetry_streams: Arc<AtomicUsize>,
     receive_rotation: AtomicU32,
+    receives_in_flight: Arc<AtomicUsize>,
 }
 
 type RpcResult<T> = Result<Response<T>, tonic::Status>;
@@ -222,6 +226,7 @@ impl Messaging {
             was_leader: AtomicBool::new(backend.is_leader()),
             telemetry_streams: Arc::new(AtomicUsize::new(0)),
             receive_rotation: AtomicU32::new(0),
+            receives_in_flight: Arc::new(AtomicUsize::new(0)),
             backend,
             config,
         }
@@ -442,6 +447,10 @@ impl Messaging {
 
     async fn pull_impl(&self, req: v2::PullMessageRequest, client_deadline: Option<Duration>) -> Vec<v2::PullMessageResponse> {
         use v2::pull_message_response::Content;
+        let _slot = match self.receive_slot() {
+            Ok(slot) => slot,
+            Err(s) => return vec![v2::PullMessageResponse { content: Some(Content::Status(s)) }],
+        };
         let plan = async {
             let group = validate_group(req.group.as_ref())?;
             let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
@@ -546,8 +555,22 @@ impl Messaging {
         Ok((group, topic, mq.id as u32, subscription, batch, invisible_ms))
     }
 
+    /// A slot for one receive/pull call, or TOO_MANY_REQUESTS.
+    fn receive_slot(&self) -> Result<StreamGuard, v2::Status> {
+        let before = self.receives_in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = StreamGuard(self.receives_in_flight.clone());
+        if before >= self.config.receives_in_flight_max {
+            return Err(status(Code::TooManyRequests, format!("more than {} receives in progress; retry", self.config.receives_in_flight_max)));
+        }
+        Ok(guard)
+    }
+
     async fn receive_impl(&self, req: v2::ReceiveMessageRequest, client_deadline: Option<Duration>) -> Vec<v2::ReceiveMessageResponse> {
         let one = |s: v2::Status| vec![v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) }];
+        let _slot = match self.receive_slot() {
+            Ok(slot) => slot,
+            Err(s) => return one(s),
+        };
         let (group, topic, queue_id, subscription, batch, invisible_ms) = match self.receive_plan(&req).await {
             Ok(p) => p,
             Err(s) => return one(s),
@@ -666,7 +689,7 @@ fn spawn_offset_flusher(pop: &Arc<PopService>, backend: &Arc<dyn MessagingBacken
     });
 }
 
-/// Decrements the open-stream count when a telemetry stream ends.
+/// Decrements an in-progress count (telemetry streams, receives) when dropped.
 struct StreamGuard(Arc<AtomicUsize>);
 
 impl Drop for StreamGuard {

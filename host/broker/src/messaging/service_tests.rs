@@ -42,6 +42,22 @@ async fn serve_with(make: impl FnOnce(&str) -> Arc<FakeBackend>) -> Served {
     Served { addr, backend, task }
 }
 
+async fn serve_config(config: MessagingConfig) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend = FakeBackend::new(&addr.to_string());
+    backend.create_topic("orders", 2, TopicMessageType::Normal);
+    let svc = Messaging::new(backend.clone(), config).into_server();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    Served { addr, backend, task }
+}
+
 async fn serve() -> Served {
     serve_with(|endpoint| {
         let b = FakeBackend::new(endpoint);
@@ -555,4 +571,24 @@ async fn forwarding_is_one_hop_even_when_followers_point_at_each_other() {
     assert_eq!(r.status.unwrap().code, v2::Code::HaNotAvailable as i32);
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(a.backend.messages("orders").is_empty() && b.backend.messages("orders").is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_long_polls_are_bounded() {
+    let s = serve_config(MessagingConfig { receives_in_flight_max: 2, ..Default::default() }).await;
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let mut c = client(s.addr).await;
+        waiters.push(tokio::spawn(async move { receive(&mut c, receive_req("orders", 0, "*", 1, 1_500)).await.0 }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = client(s.addr).await;
+    let (code, _) = receive(&mut c, receive_req("orders", 0, "*", 1, 1_500)).await;
+    assert_eq!(code, v2::Code::TooManyRequests as i32);
+    for w in waiters {
+        assert_eq!(w.await.unwrap(), v2::Code::MessageNotFound as i32);
+    }
+    // Slots are given back.
+    let (code, _) = receive(&mut c, receive_req("orders", 0, "*", 1, 0)).await;
+    assert_eq!(code, v2::Code::MessageNotFound as i32);
 }
