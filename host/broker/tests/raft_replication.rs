@@ -180,11 +180,29 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     }
     assert_eq!(wait_for_leader(&nodes, Duration::from_secs(5)).await, other);
 
+    // A graceful stop of the leader hands leadership over instead of leaving the group to
+    // an election timeout (300..500 ms here).
+    let (stopped, _) = nodes.remove(&other).unwrap();
+    stopped.shutdown().await.unwrap();
+    let handed_over_at = Instant::now();
+    let next = wait_for_leader(&nodes, Duration::from_secs(5)).await;
+    assert!(
+        handed_over_at.elapsed() < Duration::from_millis(250),
+        "no handover: new leader {} after {:?}",
+        IDS[next],
+        handed_over_at.elapsed()
+    );
+    let more = propose_many(&nodes[&next].0, "d", 5).await;
+    for (r, log) in nodes.values() {
+        wait_committed(r, more.iter().map(|(r, _)| r.last).max().unwrap(), Duration::from_secs(5)).await;
+        assert_holds(log, &more);
+    }
+
     for (r, _) in nodes.values() {
         r.shutdown().await.unwrap();
     }
     assert!(matches!(
-        nodes[&other].0.propose(vec![Bytes::from_static(b"late")]).await,
+        stopped.propose(vec![Bytes::from_static(b"late")]).await,
         Err(ReplicationError::ShuttingDown)
     ));
 }

@@ -417,13 +417,24 @@ impl Driver {
     async fn run_loop(&mut self) -> Stop {
         let mut tick = tokio::time::interval(Duration::from_millis(self.tick_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Graceful stop: (reply, deadline) while a leader hands over before exiting.
+        let mut stopping: Option<(oneshot::Sender<Result<(), ReplicationError>>, Instant)> = None;
         loop {
-            let accepting = self.deferred.len() < DEFERRED_PROPOSALS_MAX;
+            if let Some((_, deadline)) = &stopping
+                && (self.node.role() != RaftRole::Leader || Instant::now() >= *deadline)
+            {
+                let (reply, _) = stopping.take().expect("checked");
+                return Stop::Shutdown(reply);
+            }
+            let accepting = stopping.is_none() && self.deferred.len() < DEFERRED_PROPOSALS_MAX;
             let result = tokio::select! {
                 biased;
-                c = self.control.recv() => match c {
+                c = self.control.recv(), if stopping.is_none() => match c {
                     None => return Stop::Dropped,
-                    Some(Control::Shutdown { reply }) => return Stop::Shutdown(reply),
+                    Some(Control::Shutdown { reply }) => {
+                        stopping = Some((reply, self.hand_over_leadership()));
+                        Ok(())
+                    }
                     Some(Control::Transfer { target, reply }) => { self.start_transfer(&target, reply); Ok(()) }
                 },
                 Some((from, msg)) = self.inbox.recv() => self.on_messages(from, msg),
@@ -432,6 +443,31 @@ impl Driver {
             };
             if let Err(why) = result.and_then(|()| self.round()) {
                 return Stop::Failed(why);
+            }
+        }
+    }
+
+    /// On a graceful stop, a leader hands leadership to its most caught-up peer so the group
+    /// does not wait an election timeout (rolling restarts). Returns until when to wait.
+    fn hand_over_leadership(&mut self) -> Instant {
+        let now = Instant::now();
+        if self.node.role() != RaftRole::Leader {
+            return now;
+        }
+        let Some(best) = self.node.progress().into_iter().max_by_key(|p| (p.match_index, p.last_heard_ms)) else {
+            return now;
+        };
+        if let Some((_, previous)) = self.transfer.take() {
+            let _ = previous.send(Err(ReplicationError::Transfer("member is shutting down".into())));
+        }
+        match self.node.transfer_leadership(best.id) {
+            Ok(()) => {
+                tracing::info!(to = self.members.name(best.id), "shutting down: handing leadership over");
+                now + Duration::from_millis(self.node.config().transfer_timeout_ms)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "shutting down without handing leadership over");
+                now
             }
         }
     }
