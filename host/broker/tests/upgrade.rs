@@ -502,3 +502,33 @@ async fn upgraded_group_runs_as_real_mqbroker_processes() {
         assert!(status.success(), "mqbroker exit {status}:\n{}", logs());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_plans_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = free_ports(8);
+    let OldCluster { a_path, b_path, .. } = old_cluster(dir, &ports).await;
+    let (listen, raft) = (&ports[2..5], &ports[5..8]);
+    let (n0, _) = new_config(dir, "n0", &dir.join("a"), listen, raft, "");
+    let (n1, _) = new_config(dir, "n1", &dir.join("b"), listen, raft, "");
+    let (n2, _) = new_config(dir, "n2", &dir.join("n2"), listen, raft, "");
+    // Someone else's data where n2's store would go.
+    std::fs::create_dir_all(dir.join("n2")).unwrap();
+    std::fs::write(dir.join("n2").join("precious"), b"keep me").unwrap();
+    // And the old master still running (something listens on its port).
+    let _running = std::net::TcpListener::bind(("127.0.0.1", ports[0])).unwrap();
+    let before = snapshot(dir);
+    let s = |p: &Path| p.display().to_string();
+    let (a_s, b_s, n0_s, n1_s, n2_s) = (s(&a_path), s(&b_path), s(&n0), s(&n1), s(&n2));
+    let (ok, out) = mqadmin(&["upgrade", "--source", "broker-a/0", "--old", &a_s, "--old", &b_s, "--new", &n0_s, "--new", &n1_s, "--new", &n2_s]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("new-store-not-empty (wasmq)"), "{out}");
+    assert!(out.contains("broker-running (wasmq)"), "{out}");
+    assert!(out.contains("REFUSED"), "{out}");
+    assert_eq!(snapshot(dir), before, "a refused upgrade changes nothing");
+    // An unknown --source is a usage error, not a guess.
+    let (ok, out) = mqadmin(&["upgradeCheck", "--source", "broker-z/9", "--old", &a_s, "--new", &n0_s]);
+    assert!(!ok);
+    assert!(out.contains("broker-z/9") && out.contains("broker-a/0"), "{out}");
+}

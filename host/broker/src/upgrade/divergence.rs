@@ -111,10 +111,11 @@ pub fn find(
     let (ref_scan, ref_ranges) = reference;
     let (node_scan, node_ranges) = node;
     // Ranges both hold, in order.
-    let common: Vec<(RangeCrc, RangeCrc)> = ref_ranges
-        .iter()
-        .filter_map(|r| node_ranges.iter().find(|n| n.start == r.start && n.end == r.end).map(|n| (*r, *n)))
-        .collect();
+    let by_span: std::collections::HashMap<(u64, u64), RangeCrc> =
+        node_ranges.iter().map(|n| ((n.start, n.end), *n)).collect();
+    let common: Vec<(RangeCrc, RangeCrc)> =
+        ref_ranges.iter().filter_map(|r| by_span.get(&(r.start, r.end)).map(|n| (*r, *n))).collect();
+    assert!(common.windows(2).all(|w| w[0].0.end <= w[1].0.start), "grid ranges are disjoint and ordered");
     let mut prefix_ref = Vec::with_capacity(common.len());
     let mut prefix_node = Vec::with_capacity(common.len());
     let (mut a, mut b) = (0u32, 0u32);
