@@ -787,7 +787,21 @@ fn unsupported<T: WithStatus>(what: &str) -> RpcResult<T> {
 impl MessagingService for Messaging {
     async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> RpcResult<v2::QueryRouteResponse> {
         require_client_id!(request, v2::QueryRouteResponse);
-        reply(self.query_route_impl(request.into_inner()).await)
+        let local = self.query_route_impl(request.get_ref().clone()).await;
+        match local {
+            Err(s) if s.code == Code::TopicNotFound as i32 => {
+                // A follower may lag behind a topic just created, and only the leader
+                // auto-creates topics (autoCreateTopicEnable): ask the leader.
+                if let LeaderRoute::Forward(leader) = self.leader_route(&request) {
+                    let mut client = self.forwarder.client(&leader)?;
+                    if let Ok(answer) = client.query_route(forward::forward_request(request)).await {
+                        return Ok(answer);
+                    }
+                }
+                reply(Err(s))
+            }
+            other => reply(other),
+        }
     }
 
     async fn heartbeat(&self, request: Request<v2::HeartbeatRequest>) -> RpcResult<v2::HeartbeatResponse> {
@@ -817,7 +831,20 @@ impl MessagingService for Messaging {
 
     async fn query_assignment(&self, request: Request<v2::QueryAssignmentRequest>) -> RpcResult<v2::QueryAssignmentResponse> {
         require_client_id!(request, v2::QueryAssignmentResponse);
-        reply(self.query_assignment_impl(request.into_inner()).await)
+        let local = self.query_assignment_impl(request.get_ref().clone()).await;
+        match local {
+            Err(s) if s.code == Code::TopicNotFound as i32 => {
+                // As for QueryRoute: the leader may know a topic this follower has not applied yet.
+                if let LeaderRoute::Forward(leader) = self.leader_route(&request) {
+                    let mut client = self.forwarder.client(&leader)?;
+                    if let Ok(answer) = client.query_assignment(forward::forward_request(request)).await {
+                        return Ok(answer);
+                    }
+                }
+                reply(Err(s))
+            }
+            other => reply(other),
+        }
     }
 
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;

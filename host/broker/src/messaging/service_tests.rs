@@ -515,6 +515,12 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     .await;
     follower.backend.set_leader(false, Some(leader_endpoint));
     let mut c = client(follower.addr).await;
+    // A topic only the leader has yet: the follower asks the leader.
+    leader.backend.create_topic("fresh", 3, TopicMessageType::Normal);
+    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("fresh"), endpoints: None })).await.unwrap().into_inner();
+    assert_eq!((r.status.unwrap().code, r.message_queues.len()), (v2::Code::Ok as i32, 3));
+    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("nowhere"), endpoints: None })).await.unwrap().into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::TopicNotFound as i32);
     let sent = send(&mut c, vec![message("orders", "fw", "A", b"via follower")]).await;
     assert_eq!(sent.status.unwrap().code, v2::Code::Ok as i32);
     assert_eq!(leader.backend.messages("orders").len(), 1, "stored on the leader");
