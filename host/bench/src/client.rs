@@ -200,7 +200,9 @@ impl MqClient {
         assert!((1..=BATCH_MAX).contains(&batch));
         let req = v2::ReceiveMessageRequest {
             group: Some(resource(group)),
-            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: -1, ..Default::default() }),
+            // A simple consumer names one of the topic's queues (from its assignment); wasmq pops
+            // every readable queue of the topic whichever it names, and queue 0 always exists.
+            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: 0, ..Default::default() }),
             filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
             batch_size: batch,
             invisible_duration: Some(duration(invisible)),
