@@ -511,3 +511,71 @@ proptest! {
         assert_content(&log, 1..=expected + 1);
     }
 }
+
+/// Set by `preallocation_failure_keeps_log_valid` for its child process.
+const DISK_FULL_CHILD_ENV: &str = "WASMQ_STORAGE_DISK_FULL_CHILD_DIR";
+
+/// Child half of `preallocation_failure_keeps_log_valid`: runs in a process whose file-size
+/// limit (RLIMIT_FSIZE) is below the segment size, so preallocating the next segment fails
+/// the way it does on a full disk. Does nothing unless started by that test.
+#[test]
+#[ignore = "helper process for preallocation_failure_keeps_log_valid"]
+fn disk_full_child() {
+    let Ok(dir) = std::env::var(DISK_FULL_CHILD_ENV) else { return };
+    let log = open(Path::new(&dir));
+    let before = log.last_index();
+    let big = vec![9u8; 1000];
+    let mut appended = 0u64;
+    let err = loop {
+        match log.append(4, &[&big]) {
+            Ok(_) => appended += 1,
+            Err(err) => break err,
+        }
+        assert!(appended < 10, "the segment roll-over must fail under RLIMIT_FSIZE");
+    };
+    assert!(matches!(err, StorageError::Preallocate { .. }), "{err}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    // The log is intact and still serves reads; a failed append left nothing behind.
+    assert_eq!(log.last_index(), before + appended);
+    assert_content(&log, 1..=before);
+    assert!(log.append(4, &[&big]).is_err(), "still no space");
+    assert_eq!(log.last_index(), before + appended);
+    log.close().unwrap();
+    std::process::exit(0);
+}
+
+#[test]
+fn preallocation_failure_keeps_log_valid() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    fill(&log, 10, 1);
+    log.close().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["commitlog_tests::disk_full_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(DISK_FULL_CHILD_ENV, dir.path());
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        child.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: SEG - 1, rlim_max: SEG - 1 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Exceeding the limit raises SIGXFSZ; ignored, the call fails with EFBIG.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = child.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("running 1 test"), "child ran no test: {stdout}");
+    // Back with space: the log reopens with everything the child appended and grows again.
+    let log = open(dir.path());
+    assert!(log.last_index() >= 10);
+    assert_content(&log, 1..=10);
+    let b = body(1);
+    log.append(5, &[&b]).unwrap();
+    assert_eq!(log.read(log.last_index()).unwrap().body(), &b[..]);
+}

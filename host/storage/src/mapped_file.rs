@@ -91,6 +91,11 @@ impl MappedFile {
         self.len
     }
 
+    /// Never true: mapped files have a positive size (asserted at creation).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Borrow `len` bytes at `offset`.
     ///
     /// # Safety

@@ -51,7 +51,7 @@ fn workload(n: u64) -> Record {
             message_type: MessageType::Normal,
         }),
         9 if n % 30 == 9 => Record::Noop,
-        _ => message(if n % 4 == 0 { "B" } else { "A" }, (n % 3) as u32, n),
+        _ => message(if n.is_multiple_of(4) { "B" } else { "A" }, (n % 3) as u32, n),
     }
 }
 
