@@ -10,6 +10,7 @@
 
 mod apply;
 mod backend;
+pub mod disk_guard;
 pub mod queue_choice;
 mod send;
 pub mod status;
@@ -62,6 +63,7 @@ pub struct CoreOptions {
     /// Member id → client endpoint (for leader hints and routes), in `dLegerPeers` order.
     pub members: Vec<(String, String)>,
     pub store_root: std::path::PathBuf,
+    pub disk: disk_guard::DiskLimits,
 }
 
 impl CoreOptions {
@@ -89,6 +91,10 @@ impl CoreOptions {
             commit_timeout_ms: COMMIT_TIMEOUT_MS_DEFAULT,
             members,
             store_root: config.store_root(),
+            disk: disk_guard::DiskLimits {
+                max_used_percent: config.disk_max_used_space_ratio,
+                file_reserved_time_hours: config.file_reserved_time,
+            },
         }
     }
 }
@@ -112,8 +118,10 @@ pub struct BrokerCore {
     outcomes: parking_lot::Mutex<BTreeMap<EntryIndex, Placement>>,
     chooser: queue_choice::QueueChooser,
     send_permits: Semaphore,
+    /// Set by the disk guard: the file system is past the full mark; sends are refused.
+    disk_full: std::sync::atomic::AtomicBool,
     stop_tx: watch::Sender<bool>,
-    apply_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl BrokerCore {
@@ -139,11 +147,13 @@ impl BrokerCore {
             applied,
             outcomes: parking_lot::Mutex::new(BTreeMap::new()),
             chooser: Default::default(),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
             stop_tx,
-            apply_task: parking_lot::Mutex::new(None),
+            tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(apply::run(core.clone(), applied_tx, stop_rx));
-        *core.apply_task.lock() = Some(task);
+        let apply = tokio::spawn(apply::run(core.clone(), applied_tx, stop_rx.clone()));
+        let disk = tokio::spawn(disk_guard::run(core.clone(), stop_rx));
+        core.tasks.lock().extend([apply, disk]);
         let commit_at_start = *core.replicator.committed().borrow();
         core.wait_applied(commit_at_start, Duration::from_secs(3600))
             .await
@@ -151,11 +161,11 @@ impl BrokerCore {
         Ok(core)
     }
 
-    /// Stops the apply loop. Call after the replicator stopped (nothing new commits).
+    /// Stops the apply loop and the disk guard, then checkpoints the store. Call after the replicator stopped (nothing new commits).
     pub async fn stop(&self) -> anyhow::Result<()> {
         self.stop_tx.send_replace(true);
-        let task = self.apply_task.lock().take();
-        if let Some(task) = task {
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for task in tasks {
             task.await?;
         }
         let store = self.store.clone();

@@ -40,6 +40,12 @@ impl BrokerCore {
         if !self.replicator.status().role.is_writable() {
             return Err(self.not_leader());
         }
+        if self.disk_full.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(BackendError::Internal(format!(
+                "disk full: the store's file system is past {}% used; send refused",
+                self.options.disk.full_percent()
+            )));
+        }
         let _permit = self
             .send_permits
             .acquire()

@@ -158,6 +158,14 @@ impl StoreHandle {
         self.inner.consumer_offsets()
     }
 
+    pub fn enforce_retention(
+        &self,
+        policy: &wasmq_storage::retention::RetentionPolicy,
+        now: std::time::SystemTime,
+    ) -> Result<wasmq_storage::retention::RetentionReport, StorageError> {
+        self.inner.enforce_retention(policy, now)
+    }
+
     /// Checkpoint the derived state and flush the log (orderly stop).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.inner.checkpoint().map(|_| ())
