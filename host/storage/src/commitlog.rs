@@ -9,21 +9,20 @@
 //! Concurrency: appends, truncation and retention are serialised by a writer mutex; readers
 //! never take it. Bytes are written before the new bounds are published (RwLock, so the
 //! release/acquire pairing is implied), and readers only look inside published bounds.
-//! Truncation rewrites bytes that readers may hold, so it takes the write side of
-//! `truncation` while every `EntryRef` owns a (recursive) read guard: a truncation waits for
-//! outstanding `EntryRef`s, and an `EntryRef` never sees its bytes change.
+//! Truncation rewrites bytes that readers may hold, so every `EntryRef` is registered with a
+//! `TruncationGate` and a truncation waits until none is outstanding: an `EntryRef` never
+//! sees its bytes change.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::lock_api::ArcRwLockReadGuard;
-use parking_lot::{Mutex, RawRwLock, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use crate::checkpoint::CheckpointFile;
 use crate::error::{IoContext, Result, StorageError, corrupt};
@@ -206,11 +205,12 @@ pub struct SegmentInfo {
     pub path: PathBuf,
 }
 
-/// A verified entry, borrowed zero-copy from its segment mapping. Holding it keeps the
-/// mapping alive (even if retention deletes the file) and delays `truncate_from` until it is
-/// dropped: do not call `truncate_from` on a thread that holds one (it would wait forever).
+/// A verified entry, borrowed zero-copy from its segment mapping. `Send + Sync`. Holding it
+/// keeps the mapping alive (even if retention deletes the file) and delays `truncate_from`
+/// until it is dropped: do not call `truncate_from` on a thread that holds one (it would wait
+/// forever).
 pub struct EntryRef {
-    _truncation_guard: ArcRwLockReadGuard<RawRwLock, ()>,
+    _truncation_guard: GatePass,
     segment: Arc<MappedFile>,
     offset: usize,
     header: EntryHeader,
@@ -262,6 +262,47 @@ impl std::fmt::Debug for EntryRef {
 
 pub(crate) type Segments = BTreeMap<u64, Arc<MappedFile>>;
 
+/// Keeps truncation away from the bytes `EntryRef`s lend out. Readers register (a counter)
+/// for as long as they hold an entry; truncation waits until none is registered and then
+/// blocks registration while it rewrites. Registration never waits for the count, so a thread
+/// holding entries can always read more (no deadlock), at the price that a truncation may
+/// wait while readers keep overlapping (it is rare: Raft follower repair).
+#[derive(Default)]
+struct TruncationGate {
+    registration: RwLock<()>,
+    readers: AtomicUsize,
+}
+
+/// A registered reader; deregisters on drop. Send + Sync, so entries can cross threads.
+struct GatePass(Arc<TruncationGate>);
+
+impl Drop for GatePass {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl TruncationGate {
+    fn enter(self: &Arc<Self>) -> GatePass {
+        let _registering = self.registration.read();
+        self.readers.fetch_add(1, Ordering::AcqRel);
+        GatePass(self.clone())
+    }
+
+    /// Wait until no reader is registered and hold registration closed.
+    fn exclusive(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        loop {
+            while self.readers.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let closed = self.registration.write();
+            if self.readers.load(Ordering::Acquire) == 0 {
+                return closed;
+            }
+        }
+    }
+}
+
 pub(crate) struct Inner {
     pub cfg: CommitLogConfig,
     pub seg_dir: PathBuf,
@@ -275,7 +316,7 @@ pub(crate) struct Inner {
     /// Group commit: true while a leader flushes; followers wait on `group_commit_done`.
     group_commit: Mutex<bool>,
     group_commit_done: parking_lot::Condvar,
-    truncation: Arc<RwLock<()>>,
+    truncation: Arc<TruncationGate>,
 }
 
 struct FlushState {
@@ -351,7 +392,7 @@ impl CommitLog {
             flush_count: AtomicU64::new(0),
             group_commit: Mutex::new(false),
             group_commit_done: parking_lot::Condvar::new(),
-            truncation: Arc::new(RwLock::new(())),
+            truncation: Arc::new(TruncationGate::default()),
             cfg,
         });
         // What recovery kept may still be only in the page cache (a process crash): make the
@@ -862,7 +903,7 @@ impl Inner {
     }
 
     /// Verify and lend the entry at `pos`, which must be below the published end.
-    fn entry_at(&self, guard: ArcRwLockReadGuard<RawRwLock, ()>, pos: u64, b: &Bounds) -> Result<EntryRef> {
+    fn entry_at(&self, guard: GatePass, pos: u64, b: &Bounds) -> Result<EntryRef> {
         if pos < b.min_pos || pos >= b.end_pos {
             return Err(StorageError::PosOutOfRange { pos, min_pos: b.min_pos, max_pos: b.end_pos });
         }
@@ -897,7 +938,7 @@ impl Inner {
     }
 
     pub(crate) fn read(&self, index: u64) -> Result<EntryRef> {
-        let guard = self.truncation.read_arc_recursive();
+        let guard = self.truncation.enter();
         let b = *self.bounds.read();
         if index < b.first_index || index > b.last_index {
             return Err(StorageError::IndexOutOfRange { index, first_index: b.first_index, last_index: b.last_index });
@@ -914,7 +955,7 @@ impl Inner {
     }
 
     fn read_at_pos(&self, pos: u64) -> Result<EntryRef> {
-        let guard = self.truncation.read_arc_recursive();
+        let guard = self.truncation.enter();
         let b = *self.bounds.read();
         self.entry_at(guard, pos, &b)
     }
@@ -922,7 +963,7 @@ impl Inner {
     fn truncate_from(&self, index: u64) -> Result<()> {
         let mut w = self.writer.lock();
         let mut fs = self.flush_state.lock();
-        let _t = self.truncation.write();
+        let _t = self.truncation.exclusive();
         let b = *self.bounds.read();
         if index > b.last_index {
             return Ok(());

@@ -579,3 +579,32 @@ fn preallocation_failure_keeps_log_valid() {
     log.append(5, &[&b]).unwrap();
     assert_eq!(log.read(log.last_index()).unwrap().body(), &b[..]);
 }
+
+#[test]
+fn entries_can_cross_threads_and_truncation_waits_for_them() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<crate::commitlog::EntryRef>();
+    assert_send_sync::<CommitLog>();
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(open(dir.path()));
+    fill(&log, 20, 1);
+    let held = log.read(15).unwrap();
+    let truncator = {
+        let log = log.clone();
+        std::thread::spawn(move || log.truncate_from(10).unwrap())
+    };
+    // The truncation cannot proceed while `held` is alive, and readers are not blocked by a
+    // pending truncation (a thread holding entries may read more).
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(log.last_index(), 20);
+    assert_eq!(log.read(16).unwrap().body(), &body(16)[..]);
+    let held = std::thread::spawn(move || {
+        assert_eq!(held.body(), &body(15)[..]);
+        held
+    })
+    .join()
+    .unwrap();
+    drop(held);
+    truncator.join().unwrap();
+    assert_eq!(log.last_index(), 9);
+}
