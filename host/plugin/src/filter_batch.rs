@@ -59,6 +59,8 @@ impl FilterBatch {
     }
 
     /// Encodes `messages` (all of `topic`); bodies only if `with_body`.
+    /// One pass: variable-length fields get their length patched in after
+    /// they are written.
     pub fn encode(
         &mut self,
         topic: &str,
@@ -66,39 +68,33 @@ impl FilterBatch {
         with_body: bool,
     ) -> Result<(), PluginError> {
         self.clear();
-        let total: usize = messages
-            .iter()
-            .map(|m| encoded_len(topic, m, with_body))
-            .sum();
-        if total > u32::MAX as usize {
-            return Err(PluginError::InvalidInput(format!(
-                "filter batch of {total} bytes does not fit u32 offsets"
-            )));
-        }
-        self.bytes.reserve(total);
         self.offsets.reserve(messages.len() + 1);
         self.offsets.push(0);
         // Every record starts with the same topic field: build it once.
         let mut topic_field = Vec::with_capacity(2 + topic.len());
         put_u16_field(&mut topic_field, "topic", topic.as_bytes())?;
+        self.bytes.reserve(messages.len() * (topic_field.len() + RECORD_BYTES_TYPICAL));
         for message in messages {
             self.push(&topic_field, message, with_body)?;
-            self.offsets.push(self.bytes.len() as u32);
+            let end = u32::try_from(self.bytes.len()).map_err(|_| {
+                PluginError::InvalidInput(format!(
+                    "filter batch of {} bytes does not fit u32 offsets",
+                    self.bytes.len()
+                ))
+            })?;
+            self.offsets.push(end);
         }
-        debug_assert_eq!(self.bytes.len(), total);
         debug_assert_eq!(self.message_count(), messages.len());
         Ok(())
     }
 
     fn push(&mut self, topic_field: &[u8], m: &FilterMessage<'_>, with_body: bool) -> Result<(), PluginError> {
+        let start = self.bytes.len();
         self.bytes.extend_from_slice(topic_field);
         put_u16_field(&mut self.bytes, "tag", m.tag.unwrap_or("").as_bytes())?;
 
-        let keys_len = keys_encoded_len(m.keys);
-        let keys_len_u16 = u16::try_from(keys_len).map_err(|_| {
-            PluginError::InvalidInput(format!("message keys are {keys_len} bytes, the limit is 65535"))
-        })?;
-        self.bytes.extend_from_slice(&keys_len_u16.to_le_bytes());
+        let keys_at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 2]);
         for (i, key) in m.keys.iter().enumerate() {
             if contains_any(key.as_bytes(), b' ', b' ') {
                 return Err(PluginError::InvalidInput(format!(
@@ -110,9 +106,14 @@ impl FilterBatch {
             }
             self.bytes.extend_from_slice(key.as_bytes());
         }
+        let keys_len = self.bytes.len() - keys_at - 2;
+        let keys_len = u16::try_from(keys_len).map_err(|_| {
+            PluginError::InvalidInput(format!("message keys are {keys_len} bytes, the limit is 65535"))
+        })?;
+        self.bytes[keys_at..keys_at + 2].copy_from_slice(&keys_len.to_le_bytes());
 
-        let props_len = properties_encoded_len(m.properties) as u32;
-        self.bytes.extend_from_slice(&props_len.to_le_bytes());
+        let props_at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
         match m.properties {
             Properties::Encoded(raw) => self.bytes.extend_from_slice(raw),
             Properties::Pairs(pairs) => {
@@ -130,6 +131,10 @@ impl FilterBatch {
                 }
             }
         }
+        let props_len = self.bytes.len() - props_at - 4;
+        let props_len = u32::try_from(props_len)
+            .map_err(|_| PluginError::InvalidInput(format!("message properties are {props_len} bytes")))?;
+        self.bytes[props_at..props_at + 4].copy_from_slice(&props_len.to_le_bytes());
 
         self.bytes.extend_from_slice(&m.queue_offset.to_le_bytes());
         let body: &[u8] = if with_body { m.body } else { &[] };
@@ -137,9 +142,13 @@ impl FilterBatch {
             .map_err(|_| PluginError::InvalidInput(format!("body of {} bytes", body.len())))?;
         self.bytes.extend_from_slice(&body_len.to_le_bytes());
         self.bytes.extend_from_slice(body);
+        debug_assert_eq!(self.bytes.len() - start, encoded_len_of(topic_field.len() - 2, m, with_body));
         Ok(())
     }
 }
+
+/// Initial capacity guess per record beyond the topic (grown as needed).
+const RECORD_BYTES_TYPICAL: usize = 96;
 
 /// Whether `bytes` holds `a` or `b`. A branch-free fold: the fields are
 /// short, and this vectorises where a short-circuiting search does not.
@@ -173,7 +182,11 @@ fn properties_encoded_len(properties: Properties<'_>) -> usize {
 
 /// Bytes `m` takes in a batch (used to cut batches by size before encoding).
 pub fn encoded_len(topic: &str, m: &FilterMessage<'_>, with_body: bool) -> usize {
-    2 + topic.len()
+    encoded_len_of(topic.len(), m, with_body)
+}
+
+fn encoded_len_of(topic_len: usize, m: &FilterMessage<'_>, with_body: bool) -> usize {
+    2 + topic_len
         + 2
         + m.tag.map_or(0, str::len)
         + 2
