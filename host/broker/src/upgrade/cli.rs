@@ -18,7 +18,10 @@ use super::plan::{self, Level, Plan, Request};
 pub const COMMANDS: [&str; 3] = ["upgradeCheck", "upgrade", "upgradeFinish"];
 
 #[derive(Parser, Debug)]
-#[command(name = "mqadmin", about = "wasmq upgrade from a non-replicated cluster to a Raft group")]
+#[command(
+    name = "mqadmin",
+    about = "wasmq upgrade from a non-replicated cluster to a Raft group"
+)]
 struct UpgradeCli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +84,11 @@ pub fn dispatch(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write) -
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return Some(if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS });
+            return Some(if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
     };
     Some(match run(cli.command, out) {
@@ -95,7 +102,12 @@ pub fn dispatch(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write) -
 }
 
 fn request(args: &PlanArgs, source: Option<String>) -> Request {
-    Request { old: args.old.clone(), new: args.new.clone(), plugin_dir: args.plugin_dir.clone(), source }
+    Request {
+        old: args.old.clone(),
+        new: args.new.clone(),
+        plugin_dir: args.plugin_dir.clone(),
+        source,
+    }
 }
 
 /// Ok(true) = accepted/done, Ok(false) = refused (already printed).
@@ -121,7 +133,13 @@ fn run(command: Command, out: &mut dyn Write) -> anyhow::Result<bool> {
                 if json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&done)?)?;
                 } else {
-                    writeln!(out, "{} of {} members committed past the old end ({})", done.past_old_end.len(), done.members, done.past_old_end.join(", "))?;
+                    writeln!(
+                        out,
+                        "{} of {} members committed past the old end ({})",
+                        done.past_old_end.len(),
+                        done.members,
+                        done.past_old_end.join(", ")
+                    )?;
                     for r in &done.removed {
                         writeln!(out, "removed backup {}", r.display())?;
                     }
@@ -161,7 +179,12 @@ struct PlanJson<'a> {
     outcome: Option<&'a apply::Outcome>,
 }
 
-fn print_plan(plan: &Plan, json: bool, outcome: Option<&apply::Outcome>, out: &mut dyn Write) -> anyhow::Result<()> {
+fn print_plan(
+    plan: &Plan,
+    json: bool,
+    outcome: Option<&apply::Outcome>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let src = plan.source_node();
     if json {
         let j = PlanJson {
@@ -171,9 +194,19 @@ fn print_plan(plan: &Plan, json: bool, outcome: Option<&apply::Outcome>, out: &m
             old: plan
                 .old
                 .iter()
-                .map(|o| OldNodeJson { id: &o.id, config: &o.config_path, log_dir: &o.log_dir, extent: &o.extent, ranges: o.ranges.len() })
+                .map(|o| OldNodeJson {
+                    id: &o.id,
+                    config: &o.config_path,
+                    log_dir: &o.log_dir,
+                    extent: &o.extent,
+                    ranges: o.ranges.len(),
+                })
                 .collect(),
-            new: plan.new.iter().map(|n| (n.id.as_str(), n.config.store_root())).collect(),
+            new: plan
+                .new
+                .iter()
+                .map(|n| (n.id.as_str(), n.config.store_root()))
+                .collect(),
             divergences: &plan.divergences,
             findings: &plan.findings,
             validators: &plan.validators_run,
@@ -183,7 +216,11 @@ fn print_plan(plan: &Plan, json: bool, outcome: Option<&apply::Outcome>, out: &m
         return Ok(());
     }
     let group = &plan.new[0].config.d_leger_group;
-    writeln!(out, "upgrade plan: {} old node(s) -> Raft group `{group}`", plan.old.len())?;
+    writeln!(
+        out,
+        "upgrade plan: {} old node(s) -> Raft group `{group}`",
+        plan.old.len()
+    )?;
     writeln!(out, "old nodes (commitlogs read, not changed):")?;
     for o in &plan.old {
         let e = &o.extent;
@@ -203,13 +240,32 @@ fn print_plan(plan: &Plan, json: bool, outcome: Option<&apply::Outcome>, out: &m
         )?;
     }
     for d in &plan.divergences {
-        writeln!(out, "divergence: {} differs from {} at entry {} (commitlog offset {}); {} entries of {} from there on", d.node, d.source, d.at.index, d.at.pos, d.node_entries_dropped, d.node)?;
+        writeln!(
+            out,
+            "divergence: {} differs from {} at entry {} (commitlog offset {}); {} entries of {} from there on",
+            d.node, d.source, d.at.index, d.at.pos, d.node_entries_dropped, d.node
+        )?;
     }
-    let why = if plan.source_was_chosen { "chosen with --source" } else { "most complete" };
-    writeln!(out, "source: {} ({why}), {} entries", src.id, src.extent.entries)?;
+    let why = if plan.source_was_chosen {
+        "chosen with --source"
+    } else {
+        "most complete"
+    };
+    writeln!(
+        out,
+        "source: {} ({why}), {} entries",
+        src.id, src.extent.entries
+    )?;
     writeln!(out, "new nodes:")?;
     for n in &plan.new {
-        writeln!(out, "  {:<8} {} <- copy of {}  ({})", n.id, n.config.store_root().display(), src.id, n.config_path.display())?;
+        writeln!(
+            out,
+            "  {:<8} {} <- copy of {}  ({})",
+            n.id,
+            n.config.store_root().display(),
+            src.id,
+            n.config_path.display()
+        )?;
     }
     if !plan.validators_run.is_empty() {
         writeln!(out, "validators: {}", plan.validators_run.join(", "))?;
@@ -226,14 +282,26 @@ fn print_plan(plan: &Plan, json: bool, outcome: Option<&apply::Outcome>, out: &m
         }
     }
     match outcome {
-        None if plan.accepted() => writeln!(out, "verdict: ACCEPTED (run `mqadmin upgrade` with the same arguments to carry it out)")?,
+        None if plan.accepted() => writeln!(
+            out,
+            "verdict: ACCEPTED (run `mqadmin upgrade` with the same arguments to carry it out)"
+        )?,
         None => writeln!(out, "verdict: REFUSED (nothing was changed)")?,
         Some(o) => {
-            writeln!(out, "verdict: DONE: {} entries copied to {} new store(s)", o.entries_copied, o.new_stores.len())?;
+            writeln!(
+                out,
+                "verdict: DONE: {} entries copied to {} new store(s)",
+                o.entries_copied,
+                o.new_stores.len()
+            )?;
             for b in &o.backups {
                 writeln!(out, "  backup kept: {}", b.display())?;
             }
-            writeln!(out, "next: start the new group, then `mqadmin upgradeFinish --new ...` removes the backups once it committed past entry {}", src.extent.last_index)?;
+            writeln!(
+                out,
+                "next: start the new group, then `mqadmin upgradeFinish --new ...` removes the backups once it committed past entry {}",
+                src.extent.last_index
+            )?;
         }
     }
     Ok(())
