@@ -89,6 +89,7 @@ impl AdminBackend for FakeNode {
         s.next_id += 1;
         let id = format!("MSG{:08}", s.next_id);
         let queue_id = r.queue_id.unwrap_or((s.next_id % u64::from(write_queues)) as u32);
+        let r_topic = r.topic.clone();
         let queue = s.queues.entry((r.topic.clone(), queue_id)).or_default();
         let offset = queue.len() as u64;
         queue.push(pb::Message {
@@ -105,6 +106,7 @@ impl AdminBackend for FakeNode {
             ..Default::default()
         });
         Ok(pb::SendMessageResponse {
+            topic: r_topic,
             message_id: id,
             queue_id,
             queue_offset: offset,
@@ -195,14 +197,15 @@ struct Cluster {
     follower: String,
     state: Arc<Mutex<State>>,
     heartbeats: Vec<HeartbeatHandle>,
-    stops: Vec<watch::Sender<bool>>,
+    stops: Vec<Arc<watch::Sender<bool>>>,
     namesrv_handle: service::RunningNamesrv,
 }
 
-async fn serve_admin(node: FakeNode) -> (String, watch::Sender<bool>) {
+async fn serve_admin(node: FakeNode) -> (String, Arc<watch::Sender<bool>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, _) = watch::channel(false);
+    let stop = Arc::new(stop);
     let svc = admin::service(Arc::new(node), stop.clone());
     let mut stopped = stop.subscribe();
     tokio::spawn(

@@ -337,6 +337,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SendRow {
+    pub topic: String,
     pub broker_name: String,
     pub queue_id: u32,
     pub queue_offset: u64,
@@ -362,6 +363,7 @@ impl Row for SendRow {
 
 pub fn send_row(answer: &pb_admin::SendMessageResponse) -> SendRow {
     SendRow {
+        topic: answer.topic.clone(),
         broker_name: answer.broker_name.clone(),
         queue_id: answer.queue_id,
         queue_offset: answer.queue_offset,

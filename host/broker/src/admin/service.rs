@@ -37,14 +37,14 @@ pub const TRANSFER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 /// trigger: the Shutdown RPC (loopback peers only) sets it to `true`.
 pub fn service(
     backend: Arc<dyn AdminBackend>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
 ) -> AdminServer<AdminService> {
     AdminServer::new(AdminService { backend, shutdown })
 }
 
 pub struct AdminService {
     backend: Arc<dyn AdminBackend>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
 }
 
 /// gRPC metadata key carrying the leader's client address on a NotLeader answer, so tools

@@ -6,6 +6,7 @@
 //!   sweep, and [`service::start`] (what `mqnamesrv` runs).
 //! - [`client`]: the broker side: [`client::spawn_heartbeat`] registers a node with every
 //!   name server in `namesrvAddr`, and a connect helper for tools.
+//! - [`registration`]: the broker's background task around [`client::spawn_heartbeat`].
 //! - [`config`]: `mqnamesrv` settings (TOML, RocketMQ-style camelCase keys).
 //!
 //! Name servers never talk to each other: each one builds its table from the heartbeats it
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod registration;
 pub mod route_table;
 pub mod service;
 
