@@ -487,11 +487,7 @@ impl<L: RaftLog> RaftNode<L> {
         self.flushed = index;
         match (self.role, self.leader_id) {
             (Role::Leader, _) => self.maybe_commit()?,
-            (Role::Follower, Some(leader)) => {
-                if self.flushed.min(self.verified) > self.durable_acked {
-                    self.ack(leader);
-                }
-            }
+            (Role::Follower, Some(leader)) if self.flushed.min(self.verified) > self.durable_acked => self.ack(leader),
             _ => {}
         }
         Ok(())
@@ -625,9 +621,8 @@ impl<L: RaftLog> RaftNode<L> {
     /// A leader message in the current term: follow its sender.
     fn follow(&mut self, from: NodeId) {
         assert!(self.role != Role::Leader, "node {} got a leader message from {from} in its own term {}", self.id, self.term);
-        match self.leader_id {
-            Some(l) => assert_eq!(l, from, "two leaders in term {}", self.term),
-            None => {}
+        if let Some(l) = self.leader_id {
+            assert_eq!(l, from, "two leaders in term {}", self.term);
         }
         if self.role != Role::Follower || self.leader_id.is_none() {
             self.become_follower(self.term, Some(from));
