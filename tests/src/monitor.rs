@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmq_bench::client::MqClient;
+use wasmq_bench::client::{ClientError, MqClient};
+use wasmq_proto::apache::rocketmq::v2::Code;
 use wasmq_proto::wasmq::{admin, namesrv};
 
 use crate::checker::parse_body;
@@ -55,7 +56,7 @@ impl Observations {
 
     /// One round of observation: every reachable node's status and consumer progress, and the
     /// name server's table.
-    pub async fn observe(&mut self, cluster: &Cluster, group: &str) {
+    pub async fn observe(&mut self, cluster: &Cluster, group: &str, topic: &str) {
         self.samples += 1;
         for s in cluster.statuses().await {
             if s.role == admin::Role::Leader {
@@ -75,7 +76,7 @@ impl Observations {
             if !cluster.is_running(i) || cluster.is_stopped(i) {
                 continue;
             }
-            let Ok(progress) = consumer_progress(cluster, i, group).await else { continue };
+            let Ok(progress) = consumer_progress(cluster, i, group, topic).await else { continue };
             let node_key = (cluster.nodes[i].id.clone(), cluster.nodes[i].restarts);
             for q in progress {
                 let key = (q.group.clone(), q.topic.clone(), q.queue_id);
@@ -97,12 +98,12 @@ impl Observations {
 
     /// After healing and catch-up: every node must hold at least the highest consumer offset
     /// ever reported (a committed offset is never lost).
-    pub async fn check_final_offsets(&mut self, cluster: &Cluster, group: &str) {
+    pub async fn check_final_offsets(&mut self, cluster: &Cluster, group: &str, topic: &str) {
         for i in 0..cluster.nodes.len() {
             if !cluster.is_running(i) {
                 continue;
             }
-            let progress = match consumer_progress(cluster, i, group).await {
+            let progress = match consumer_progress(cluster, i, group, topic).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.violation(format!("final consumer progress of {} failed: {e:#}", cluster.nodes[i].id));
@@ -135,11 +136,31 @@ impl Observations {
     }
 }
 
-async fn consumer_progress(cluster: &Cluster, i: usize, group: &str) -> anyhow::Result<Vec<admin::QueueProgress>> {
-    let mut c = cluster.admin(i).await?;
-    let call = c.consumer_progress(admin::ConsumerProgressRequest { group: group.to_string() });
-    let r = tokio::time::timeout(Duration::from_secs(2), call).await??.into_inner();
-    Ok(r.queues)
+/// Consumer offsets of `group` on `topic` as node `i` stores them (v2 `GetOffset`, a local
+/// read on any member), per queue that has one.
+async fn consumer_progress(cluster: &Cluster, i: usize, group: &str, topic: &str) -> anyhow::Result<Vec<QueueOffset>> {
+    let mut c = MqClient::connect_lazy(&cluster.client_endpoint(i), Duration::from_secs(2))?;
+    let mut out = Vec::new();
+    for queue_id in crate::readback::queue_ids(&mut c, topic).await? {
+        match c.get_offset(group, topic, queue_id).await {
+            Ok(offset) => out.push(QueueOffset {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                queue_id,
+                consumer_offset: u64::try_from(offset)?,
+            }),
+            Err(ClientError::Status { code: Some(Code::OffsetNotFound), .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+struct QueueOffset {
+    group: String,
+    topic: String,
+    queue_id: u32,
+    consumer_offset: u64,
 }
 
 /// What a continuously receiving consumer saw.

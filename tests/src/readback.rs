@@ -1,69 +1,61 @@
-//! Reads every queue of a topic from one node, straight from that node's store (admin
-//! `TopicStatus` + `ConsumeMessage`, served locally by followers too), for the checker.
+//! Reads every queue of a topic from one node's own store, over the client protocol
+//! (v2 `QueryRoute` + `QueryOffset` + `PullMessage`: reads of committed entries, which every
+//! member answers locally), for the checker.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use wasmq_proto::wasmq::admin;
+use anyhow::{Context, Result, bail, ensure};
+use wasmq_bench::client::{BATCH_MAX, MqClient};
+use wasmq_proto::apache::rocketmq::v2::QueryOffsetPolicy;
 
 use crate::checker::{ReadMessage, ReplicaRead};
 use crate::cluster::Cluster;
 
-/// Messages per ConsumeMessage call (the admin service's own maximum).
-const READ_BATCH: u32 = 256;
+/// Consumer group named in pulls (pull does not move any stored offset).
+const READBACK_GROUP: &str = "wasmq-readback";
 /// Messages one queue may hold in a test; a bigger one means a runaway loop somewhere.
 const QUEUE_MESSAGES_MAX: u64 = 10_000_000;
 
-/// Per-queue (queue id, min offset, max offset) of `topic` on node `i`.
-pub async fn queue_offsets(cluster: &Cluster, i: usize, topic: &str) -> Result<Vec<admin::QueueStatus>> {
-    let mut c = cluster.admin(i).await?;
-    let r = c
-        .topic_status(admin::TopicStatusRequest { topic: topic.to_string() })
-        .await
-        .with_context(|| format!("topicStatus {topic} on {}", cluster.nodes[i].id))?
-        .into_inner();
-    Ok(r.queues)
+/// Readable queue ids of `topic` as node `i` routes it.
+pub async fn queue_ids(client: &mut MqClient, topic: &str) -> Result<Vec<u32>> {
+    let queues = client.query_route(topic).await.with_context(|| format!("queryRoute {topic}"))?;
+    let mut ids: Vec<u32> = queues.iter().filter_map(|q| u32::try_from(q.id).ok()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ensure!(!ids.is_empty(), "topic {topic} has no queues");
+    Ok(ids)
 }
 
 /// Everything node `i` stores for `topic`, queue by queue in offset order.
 pub async fn read_replica(cluster: &Cluster, i: usize, topic: &str) -> Result<ReplicaRead> {
     let node = cluster.nodes[i].id.clone();
-    let queues = queue_offsets(cluster, i, topic).await?;
-    let mut c = cluster.admin(i).await?;
+    let mut c = MqClient::connect_lazy(&cluster.client_endpoint(i), Duration::from_secs(5))?;
     let mut messages = Vec::new();
-    for q in queues {
-        ensure!(q.max_offset - q.min_offset <= QUEUE_MESSAGES_MAX, "queue {} of {node} is huge: {q:?}", q.queue_id);
-        let mut offset = q.min_offset;
-        while offset < q.max_offset {
-            let r = c
-                .consume_message(admin::ConsumeMessageRequest {
-                    topic: topic.to_string(),
-                    queue_id: q.queue_id,
-                    offset,
-                    max_count: READ_BATCH,
-                })
+    for queue_id in queue_ids(&mut c, topic).await.with_context(|| format!("on {node}"))? {
+        let min = c.query_offset(topic, queue_id, QueryOffsetPolicy::Beginning).await?;
+        let max = c.query_offset(topic, queue_id, QueryOffsetPolicy::End).await?;
+        ensure!(max >= min && max - min <= QUEUE_MESSAGES_MAX, "queue {queue_id} of {node}: offsets {min}..{max}");
+        let mut offset = min;
+        while offset < max {
+            let (batch, next) = c
+                .pull(READBACK_GROUP, topic, queue_id, offset, BATCH_MAX)
                 .await
-                .with_context(|| format!("consumeMessage {topic}/{} @{offset} on {node}", q.queue_id))?
-                .into_inner();
+                .with_context(|| format!("pull {topic}/{queue_id} @{offset} on {node}"))?;
             ensure!(
-                !r.messages.is_empty() && r.next_offset > offset,
-                "{node} queue {} stalls at offset {offset} below max {} (next {})",
-                q.queue_id,
-                q.max_offset,
-                r.next_offset
+                !batch.is_empty() && next > offset,
+                "{node} queue {queue_id} stalls at offset {offset} below max {max} (next {next})"
             );
-            for m in r.messages {
-                ensure!(m.queue_id == q.queue_id, "{node} returned queue {} for queue {}", m.queue_id, q.queue_id);
-                messages.push(ReadMessage { queue_id: m.queue_id, offset: m.queue_offset, body: m.body });
+            for m in batch {
+                ensure!(m.queue_id == queue_id, "{node} returned queue {} for queue {queue_id}", m.queue_id);
+                messages.push(ReadMessage { queue_id, offset: m.offset, body: m.body });
             }
-            offset = r.next_offset;
+            offset = next;
         }
     }
     Ok(ReplicaRead { replica: node, messages })
 }
 
-/// Reads every running node; waits first until all of them have applied the leader's
-/// committed index, so the replicas can be compared.
+/// Reads every running node, once all of them have caught up with the leader's commit index.
 pub async fn read_all_replicas(cluster: &Cluster, topic: &str, catch_up: Duration) -> Result<Vec<ReplicaRead>> {
     let (leader, _) = cluster.wait_for_leader(catch_up).await?;
     let committed = cluster.status(leader).await?.committed_index;
@@ -78,13 +70,27 @@ pub async fn read_all_replicas(cluster: &Cluster, topic: &str, catch_up: Duratio
 }
 
 /// Creates `topic` with `queues` read/write queues through the real `mqadmin updateTopic`,
-/// sent to node `via` (a follower forwards it to the leader).
+/// sent to node `via` (a follower forwards it to the leader). Retries while the group has
+/// no leader yet.
 pub async fn create_topic(cluster: &Cluster, via: usize, topic: &str, queues: u32) -> Result<()> {
     let addr = cluster.nodes[via].client_addr.to_string();
     let q = queues.to_string();
-    cluster
-        .mqadmin(&["updateTopic", "-b", &addr, "-t", topic, "-r", &q, "-w", &q])
-        .await
-        .with_context(|| format!("create topic {topic}"))?;
-    Ok(())
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cluster.mqadmin(&["updateTopic", "-b", &addr, "-t", topic, "-r", &q, "-w", &q]).await {
+            Ok(_) => return Ok(()),
+            // A broker build without the admin service: test configs enable auto-creation
+            // with the same queue count (`cluster::DEFAULT_TOPIC_QUEUES`), the first send creates it.
+            Err(e) if format!("{e:#}").contains("Unimplemented") => {
+                ensure!(queues == crate::cluster::DEFAULT_TOPIC_QUEUES, "auto-created topics have {} queues", crate::cluster::DEFAULT_TOPIC_QUEUES);
+                eprintln!("note: mqadmin updateTopic is unimplemented by this broker; {topic} will be auto-created");
+                return Ok(());
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %format!("{e:#}"), "updateTopic failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("create topic {topic}: {e:#}"),
+        }
+    }
 }

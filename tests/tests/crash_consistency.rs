@@ -19,7 +19,7 @@ use wasmq_cluster_tests::scenario::{self, LEADER_TIMEOUT, endpoints};
 const TOPIC: &str = "CrashTopic";
 const PRODUCERS: u32 = 4;
 const CRASHES: u32 = 4;
-const QUEUES: u32 = 2;
+const QUEUES: u32 = 4;
 
 /// One cluster at a time in this binary.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -91,7 +91,7 @@ async fn randomised_fault_schedule() {
 /// Observes until `until`, every OBSERVE_EVERY.
 async fn observe_until(cluster: &Cluster, obs: &mut Observations, until: Instant) {
     while Instant::now() < until {
-        obs.observe(cluster, GROUP).await;
+        obs.observe(cluster, GROUP, TOPIC).await;
         tokio::time::sleep(OBSERVE_EVERY.min(until.saturating_duration_since(Instant::now()))).await;
     }
 }
@@ -201,8 +201,8 @@ async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<(
     }
     cluster.wait_for_leader(LEADER_TIMEOUT).await?;
     let report = scenario::check_replicas_report(cluster, &state, TOPIC, true).await?;
-    obs.observe(cluster, GROUP).await;
-    obs.check_final_offsets(cluster, GROUP).await;
+    obs.observe(cluster, GROUP, TOPIC).await;
+    obs.check_final_offsets(cluster, GROUP, TOPIC).await;
 
     let log = state.log.lock().await;
     let strays = consume_stats.strays.load(Ordering::Relaxed);

@@ -288,6 +288,19 @@ impl MqClient {
         }
     }
 
+    /// QueryOffset: the first (`Beginning`) or one-past-last (`End`) offset of a queue, as
+    /// the answering node's own store has it.
+    pub async fn query_offset(&mut self, topic: &str, queue_id: u32, policy: v2::QueryOffsetPolicy) -> ClientResult<u64> {
+        let req = v2::QueryOffsetRequest {
+            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: queue_id as i32, ..Default::default() }),
+            query_offset_policy: policy as i32,
+            timestamp: None,
+        };
+        let r = self.inner.query_offset(self.request(req)).await?.into_inner();
+        check(r.status.as_ref())?;
+        u64::try_from(r.offset).map_err(|_| ClientError::Malformed(format!("negative offset {}", r.offset)))
+    }
+
     pub async fn get_offset(&mut self, group: &str, topic: &str, queue_id: u32) -> ClientResult<i64> {
         let req = v2::GetOffsetRequest {
             group: Some(resource(group)),
