@@ -599,9 +599,12 @@ impl MessageStore {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for queue_offset in start..end {
-            let cq = q.get(queue_offset).ok_or_else(|| {
-                corrupt(format!("consume queue {topic}/{queue_id}"), format!("slot {queue_offset} empty"))
-            })?;
+            let Some(cq) = q.get(queue_offset) else {
+                if queue_offset >= q.max_offset() || queue_offset < q.min_offset() {
+                    break; // the topic was deleted or retention moved the start meanwhile
+                }
+                return Err(corrupt(format!("consume queue {topic}/{queue_id}"), format!("slot {queue_offset} empty")));
+            };
             let entry = self.log.read_at_pos(cq.pos)?;
             if entry.size_bytes() != cq.size {
                 return Err(corrupt(
