@@ -6,7 +6,7 @@
 //! - `mounts`: add a tonic service to the client listener (admin service, ...). Each gets a
 //!   [`BrokerContext`] (core, replicator, config, plugins, shutdown signal).
 //! - `tasks`: long-running tasks started after the listener is up; they must return once
-//!   `ctx.shutdown` flips to `true`. (The name-server heartbeat is started here directly.)
+//!   `ctx.shutdown` flips to `true` (name-server registration: `namesrv::registration::task`).
 //! - `replicator`: builds the Raft replicator when `enableDLegerCommitLog = true` (it owns
 //!   its own peer listener on this node's `dLegerPeers` address).
 
@@ -20,14 +20,12 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
 use wasmq_plugin::{PluginRegistry, RegistryConfig};
-use wasmq_proto::wasmq::namesrv::{self as namesrv_proto, BrokerHeartbeat};
 use wasmq_storage::commitlog::CommitLog;
 
 use crate::config::{BrokerConfig, StoreCheck};
 use crate::core::{BrokerCore, CoreOptions};
 use crate::messaging::service::{Messaging, MessagingConfig};
-use crate::namesrv::client::{self, HeartbeatHandle};
-use crate::replication::{Replicator, Role};
+use crate::replication::Replicator;
 use crate::replication::standalone::StandaloneReplicator;
 
 /// Bound on waiting for in-flight requests after a stop signal.
@@ -72,12 +70,13 @@ pub struct Extensions {
     pub replicator: Option<ReplicatorFactory>,
 }
 
-/// What `mqbroker` runs. Add the admin service mount and the Raft replicator factory here
-/// (one line each).
+/// What `mqbroker` runs: the admin service, name-server registration, and the Raft
+/// replicator for `enableDLegerCommitLog = true`.
 pub fn default_extensions() -> Extensions {
     Extensions {
+        mounts: vec![Box::new(crate::admin::core_backend::mount)],
+        tasks: vec![Box::new(crate::namesrv::registration::task)],
         replicator: Some(crate::replication::raft_group::replicator_factory()),
-        ..Extensions::default()
     }
 }
 
@@ -88,7 +87,6 @@ pub struct RunningBroker {
     stop_tx: Arc<watch::Sender<bool>>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    heartbeat: Option<HeartbeatHandle>,
 }
 
 /// Opens everything and starts serving. `config` must have passed
@@ -202,7 +200,6 @@ pub async fn start(
             .await
             .with_context(|| format!("start metrics endpoint on {metrics_addr}"))?;
     }
-    let heartbeat = start_heartbeat(&config, &core)?;
     let tasks = extensions
         .tasks
         .into_iter()
@@ -221,62 +218,7 @@ pub async fn start(
         stop_tx,
         server,
         tasks,
-        heartbeat,
     })
-}
-
-/// Registers with every name server in `namesrvAddr` (none: no heartbeat).
-fn start_heartbeat(
-    config: &Arc<BrokerConfig>,
-    core: &Arc<BrokerCore>,
-) -> anyhow::Result<Option<HeartbeatHandle>> {
-    if config.namesrv_addrs().is_empty() {
-        return Ok(None);
-    }
-    let addrs = client::parse_addrs(&config.namesrv_addr).context("namesrvAddr")?;
-    let raft_addr = config
-        .dledger_self()
-        .map(|p| p.address)
-        .unwrap_or_default();
-    let core = core.clone();
-    let interval = client::HEARTBEAT_INTERVAL_DEFAULT;
-    Ok(Some(client::spawn_heartbeat(addrs, interval, move || {
-        heartbeat_of(&core, &raft_addr, interval)
-    })))
-}
-
-/// This node's registration: cheap (no I/O), called once per tick per name server.
-fn heartbeat_of(core: &BrokerCore, raft_addr: &str, interval: Duration) -> BrokerHeartbeat {
-    let options = core.options();
-    let replication = core.replicator().status();
-    let role = match replication.role {
-        Role::Standalone => namesrv_proto::Role::Standalone,
-        Role::Leader => namesrv_proto::Role::Leader,
-        Role::Follower => namesrv_proto::Role::Follower,
-        Role::Candidate => namesrv_proto::Role::Candidate,
-    };
-    BrokerHeartbeat {
-        cluster_name: options.cluster_name.clone(),
-        broker_name: options.broker_name.clone(),
-        node_id: options.node_id.clone(),
-        client_addr: options.self_endpoint.clone(),
-        raft_addr: raft_addr.to_string(),
-        role: role as i32,
-        term: replication.term,
-        committed_index: replication.commit_index,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        topics: core
-            .topics()
-            .into_iter()
-            .map(|t| namesrv_proto::TopicInfo {
-                name: t.topic,
-                read_queue_nums: t.read_queue_nums,
-                write_queue_nums: t.write_queue_nums,
-                perm: t.perm,
-            })
-            .collect(),
-        heartbeat_interval_ms: interval.as_millis() as u64,
-    }
 }
 
 impl RunningBroker {
@@ -295,10 +237,6 @@ impl RunningBroker {
     /// background tasks, stop replication (flushes the commitlog), stop the core.
     pub async fn stop(self) -> anyhow::Result<()> {
         tracing::info!("broker stopping");
-        // Leave the name servers' routes first, so clients stop coming here.
-        if let Some(heartbeat) = self.heartbeat {
-            heartbeat.stop().await;
-        }
         self.stop_tx.send_replace(true);
         let grace = Duration::from_millis(SHUTDOWN_GRACE_MS_MAX);
         match tokio::time::timeout(grace, self.server).await {
