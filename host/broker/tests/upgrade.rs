@@ -28,12 +28,30 @@ struct Node {
     replicator: Arc<dyn Replicator>,
 }
 
+/// `n` distinct free ports below the kernel's ephemeral range (32768..): ports handed out for
+/// `bind(0)` and for outgoing connections (raft peers, clients, other tests) come from that
+/// range, so a port picked there can be taken again before a broker process binds it.
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let mut held = Vec::with_capacity(n);
+    // Bounded: a few tries per port; the range is mostly idle.
+    for _ in 0..n * 64 {
+        if held.len() == n {
+            break;
+        }
+        let port = LOW + rand::random::<u16>() % SPAN;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        n,
+        "could not find {n} free ports in {LOW}..{}",
+        LOW + SPAN
+    );
+    held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }
@@ -417,6 +435,12 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
         .map(|(p, b)| (dir.join("a").join(p.strip_prefix(a_backup).unwrap()), b))
         .collect();
     assert_eq!(rebased, before_a);
+
+    // Upgrading again before finishing is refused (it would back up the new copies).
+    let (ok, out) =
+        mqadmin(&[&["upgradeCheck", "--source", "broker-a/0"], &plan_args[..]].concat());
+    assert!(!ok, "{out}");
+    assert!(out.contains("upgrade-in-progress (wasmq)"), "{out}");
 
     // Too early to finish: the new group has not run.
     let (ok, out) = mqadmin(&[

@@ -386,6 +386,25 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
         );
     }
     let old_roots: Vec<PathBuf> = old.iter().map(|o| o.config.store_root()).collect();
+    // A store holding a manifest belongs to an upgrade that was not finished: upgrading it
+    // again would back up the new copy and bury the real backups.
+    let roots_in_use = old_roots
+        .iter()
+        .cloned()
+        .chain(new.iter().map(|n| n.config.store_root()));
+    for root in roots_in_use.collect::<BTreeSet<_>>() {
+        if root.join(super::apply::MANIFEST_FILE).exists() {
+            wasmq(
+                Level::Error,
+                "upgrade-in-progress",
+                format!(
+                    "{} holds {} from an earlier upgrade: finish it (`mqadmin upgradeFinish`) or roll it back first",
+                    root.display(),
+                    super::apply::MANIFEST_FILE
+                ),
+            );
+        }
+    }
     for n in &new {
         let c = &n.config;
         if c.mapped_file_size_commit_log != src.config.mapped_file_size_commit_log {
