@@ -108,9 +108,9 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     let ports = free_ports();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = BTreeMap::new();
-    for i in 0..3 {
-        let log = open_log(dirs[i].path());
-        let r = RaftReplicator::start(group_config(&ports, i, dirs[i].path()), log.clone()).await.unwrap();
+    for (i, dir) in dirs.iter().enumerate() {
+        let log = open_log(dir.path());
+        let r = RaftReplicator::start(group_config(&ports, i, dir.path()), log.clone()).await.unwrap();
         nodes.insert(i, (Arc::new(r), log));
     }
 
