@@ -126,6 +126,8 @@ pub struct ReceiveRequest<'a> {
 pub struct PopService {
     backend: Arc<dyn MessagingBackend>,
     limits: PopLimits,
+    /// Woken when an invisibility deadline moves earlier or later (long polls re-plan).
+    deadline_moved: Arc<tokio::sync::Notify>,
     queues: Mutex<HashMap<QueueKey, Arc<tokio::sync::Mutex<Option<QueueState>>>>>,
 }
 
@@ -136,13 +138,22 @@ pub fn dlq_topic(group: &str) -> String {
 impl PopService {
     pub fn new(backend: Arc<dyn MessagingBackend>, limits: PopLimits) -> Self {
         assert!(limits.inflight_per_queue_max > 0 && limits.queues_max > 0 && limits.scan_per_receive_max > 0);
-        PopService { backend, limits, queues: Mutex::new(HashMap::new()) }
+        PopService { backend, limits, queues: Mutex::new(HashMap::new()), deadline_moved: Arc::new(tokio::sync::Notify::new()) }
     }
 
     /// Drops all state (this node lost or regained leadership: whatever it knew may
     /// be stale; the committed offsets in the backend are the truth).
     pub fn reset(&self) {
         self.queues.lock().clear();
+    }
+
+    /// Completes at the next invisibility change after this call (not before it).
+    pub fn deadlines_changed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let notify = self.deadline_moved.clone();
+        let mut notified = Box::pin(async move { notify.notified_owned().await });
+        // Poll once so the waiter is registered now, not when first awaited.
+        let _ = futures::FutureExt::now_or_never(&mut notified);
+        notified
     }
 
     /// Forgets one queue (its offset was set from outside): reloaded on next use.
@@ -359,6 +370,7 @@ impl PopService {
                 h.attempt
             }
         };
+        self.deadline_moved.notify_waiters();
         Ok(ReceiptHandle { attempt, deadline_ms, ..h.clone() })
     }
 

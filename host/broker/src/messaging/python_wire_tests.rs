@@ -24,10 +24,36 @@ async fn official_python_client_against_fake_backend() {
     let python = std::env::var("WASMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo.join(".tools/venv/bin/python"));
     assert!(python.exists(), "no Python at {} (see module docs)", python.display());
 
+    let (addr, backend, server) = serve_fake(|b| b.create_topic("wasmq-py", 8, TopicMessageType::Normal)).await;
+    let status = run_pytest(&python, &repo, &addr.to_string(), &["tests/python/test_official_client.py", "tests/python/test_proto_compat.py"]).await;
+    assert!(status.success(), "pytest against the leader failed: {status}");
+    // The round trip really went through this server.
+    assert!(backend.messages("wasmq-py").len() >= 1000);
+
+    // Again through a follower whose every leader-only call is forwarded: the client
+    // only knows the follower's address.
+    let (follower_addr, follower, follower_server) = serve_fake(|b| b.create_topic("wasmq-py", 8, TopicMessageType::Normal)).await;
+    follower.set_leader(false, Some(addr.to_string()));
+    let before = backend.messages("wasmq-py").len();
+    let status = run_pytest(
+        &python,
+        &repo,
+        &follower_addr.to_string(),
+        &["tests/python/test_official_client.py", "-k", "round_trip or push_consumer or wrong_receipt"],
+    )
+    .await;
+    server.abort();
+    follower_server.abort();
+    assert!(status.success(), "pytest through a follower failed: {status}");
+    assert!(follower.messages("wasmq-py").is_empty(), "the follower stored nothing itself");
+    assert!(backend.messages("wasmq-py").len() >= before + 1000, "sends reached the leader");
+}
+
+async fn serve_fake(setup: impl FnOnce(&FakeBackend)) -> (std::net::SocketAddr, std::sync::Arc<FakeBackend>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let backend = FakeBackend::new(&addr.to_string());
-    backend.create_topic("wasmq-py", 8, TopicMessageType::Normal);
+    setup(&backend);
     let svc = Messaging::new(backend.clone(), MessagingConfig::default()).into_server();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -36,19 +62,19 @@ async fn official_python_client_against_fake_backend() {
             .await
             .unwrap();
     });
+    (addr, backend, server)
+}
 
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.current_dir(&repo)
-        .args(["-m", "pytest", "-q", "-rs", "tests/python/test_official_client.py", "tests/python/test_proto_compat.py"])
-        .env("WASMQ_ENDPOINT", addr.to_string())
+async fn run_pytest(python: &std::path::Path, repo: &std::path::Path, endpoint: &str, args: &[&str]) -> std::process::ExitStatus {
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.current_dir(repo)
+        .args(["-m", "pytest", "-q", "-rs"])
+        .args(args)
+        .env("WASMQ_ENDPOINT", endpoint)
         .env("WASMQ_TOPIC", "wasmq-py")
         .kill_on_drop(true);
     if let Ok(extra) = std::env::var("WASMQ_PYTEST_ARGS") {
         cmd.args(extra.split_whitespace());
     }
-    let status = tokio::time::timeout(PYTEST_TIMEOUT, cmd.status()).await.expect("pytest timed out").expect("run pytest");
-    server.abort();
-    assert!(status.success(), "pytest failed: {status}");
-    // The round trip really went through this server.
-    assert!(backend.messages("wasmq-py").len() >= 1000);
+    tokio::time::timeout(PYTEST_TIMEOUT, cmd.status()).await.expect("pytest timed out").expect("run pytest")
 }

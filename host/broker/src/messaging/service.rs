@@ -618,6 +618,9 @@ impl Messaging {
                 break got;
             }
             let mut wait = poll_deadline - now;
+            // Registered before reading deadlines: a ChangeInvisibleDuration (e.g. a push
+            // consumer's retry backoff) after this point ends the wait early.
+            let deadlines_changed = self.pop.deadlines_changed();
             let mut blocked = false;
             let mut cursors = Vec::with_capacity(queues.len());
             for &q in &queues {
@@ -641,9 +644,13 @@ impl Messaging {
                 tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
             } else {
                 let waits = cursors.iter().map(|&(q, cursor)| Box::pin(self.backend.wait_for_new(&topic.name, q, cursor, wait)));
-                let (first, _, _) = futures::future::select_all(waits).await;
-                if let Err(e) = first {
-                    return one(from_backend(&e));
+                tokio::select! {
+                    (first, _, _) = futures::future::select_all(waits) => {
+                        if let Err(e) = first {
+                            return one(from_backend(&e));
+                        }
+                    }
+                    _ = deadlines_changed => {}
                 }
             }
         };
@@ -757,7 +764,9 @@ macro_rules! on_leader {
             LeaderRoute::Forward(leader) => {
                 let mut client = $self.forwarder.client(&leader)?;
                 return match client.$method(forward::forward_request($request)).await {
-                    Ok(answer) => Ok(answer),
+                    // The leader's HTTP headers stay behind: relaying them would duplicate
+                    // ours (content-type...), which grpc-core rejects (RST_STREAM).
+                    Ok(answer) => Ok(Response::new(answer.into_inner())),
                     // The leader is unreachable (crashed, partitioned): a status the
                     // client retries on, naming the node, rather than a transport error.
                     Err(e) => Ok(Response::new(<$resp>::with_status(status(
@@ -795,7 +804,7 @@ impl MessagingService for Messaging {
                 if let LeaderRoute::Forward(leader) = self.leader_route(&request) {
                     let mut client = self.forwarder.client(&leader)?;
                     if let Ok(answer) = client.query_route(forward::forward_request(request)).await {
-                        return Ok(answer);
+                        return Ok(Response::new(answer.into_inner()));
                     }
                 }
                 reply(Err(s))
@@ -838,7 +847,7 @@ impl MessagingService for Messaging {
                 if let LeaderRoute::Forward(leader) = self.leader_route(&request) {
                     let mut client = self.forwarder.client(&leader)?;
                     if let Ok(answer) = client.query_assignment(forward::forward_request(request)).await {
-                        return Ok(answer);
+                        return Ok(Response::new(answer.into_inner()));
                     }
                 }
                 reply(Err(s))

@@ -598,3 +598,35 @@ async fn concurrent_long_polls_are_bounded() {
     let (code, _) = receive(&mut c, receive_req("orders", 0, "*", 1, 0)).await;
     assert_eq!(code, v2::Code::MessageNotFound as i32);
 }
+
+#[tokio::test]
+async fn a_long_poll_notices_a_shortened_invisibility() {
+    let s = serve().await;
+    let mut c = client(s.addr).await;
+    send(&mut c, vec![message("orders", "short", "A", b"x")]).await;
+    let (_, first) = receive(&mut c, receive_req("orders", 0, "*", 1, 0)).await;
+    assert_eq!(first.len(), 1, "invisible for 30 s now");
+    let mut poller = client(s.addr).await;
+    let t0 = Instant::now();
+    let waiter = tokio::spawn(async move { receive(&mut poller, receive_req("orders", 0, "*", 1, 8_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // As a push consumer does after a failure: retry in 1 s.
+    let r = c
+        .change_invisible_duration(req(v2::ChangeInvisibleDurationRequest {
+            group: resource("G1"),
+            topic: resource("orders"),
+            receipt_handle: handle(&first[0]),
+            invisible_duration: Some(to_duration(1_000)),
+            message_id: String::new(),
+            lite_topic: None,
+            suspend: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
+    let (code, again) = waiter.await.unwrap();
+    assert_eq!(code, v2::Code::Ok as i32);
+    assert_eq!(again[0].system_properties.as_ref().unwrap().delivery_attempt, Some(2));
+    assert!(t0.elapsed() < Duration::from_millis(4_000), "redelivered after {:?}, not at the poll's end", t0.elapsed());
+}
