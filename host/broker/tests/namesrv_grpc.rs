@@ -67,10 +67,18 @@ async fn live_nodes(addr: &str) -> Vec<String> {
     let Ok(mut c) = client::connect(addr, Duration::from_secs(1)).await else {
         return vec!["<unreachable>".into()];
     };
-    let info = c.get_cluster_info(GetClusterInfoRequest {}).await.unwrap().into_inner();
+    let info = c
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     info.brokers
         .iter()
-        .flat_map(|g| g.nodes.iter().map(move |n| format!("{}/{}", g.broker_name, n.node_id)))
+        .flat_map(|g| {
+            g.nodes
+                .iter()
+                .map(move |n| format!("{}/{}", g.broker_name, n.node_id))
+        })
         .collect()
 }
 
@@ -84,25 +92,38 @@ async fn routes_follow_heartbeats_and_silent_brokers_expire() {
     let n1 = start_node(&addrs, node("RaftNode00", "n1", Role::Follower, 18082));
     let n2 = start_node(&addrs, node("RaftNode00", "n2", Role::Follower, 18083));
     assert!(
-        eventually(Duration::from_secs(5), || async { live_nodes(&addr).await.len() == 3 }).await,
+        eventually(Duration::from_secs(5), || async {
+            live_nodes(&addr).await.len() == 3
+        })
+        .await,
         "3 nodes registered: {:?}",
         live_nodes(&addr).await
     );
 
-    let mut c = client::connect(&addr, Duration::from_secs(1)).await.unwrap();
+    let mut c = client::connect(&addr, Duration::from_secs(1))
+        .await
+        .unwrap();
     let route = c
-        .get_route(GetRouteRequest { topic: "TopicTest".into() })
+        .get_route(GetRouteRequest {
+            topic: "TopicTest".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(route.queues.len(), 1);
     assert_eq!(route.queues[0].broker_name, "RaftNode00");
     assert_eq!(route.queues[0].write_queue_nums, 8);
-    let ids: Vec<_> = route.brokers[0].nodes.iter().map(|n| n.node_id.as_str()).collect();
+    let ids: Vec<_> = route.brokers[0]
+        .nodes
+        .iter()
+        .map(|n| n.node_id.as_str())
+        .collect();
     assert_eq!(ids, ["n0", "n1", "n2"]);
     assert_eq!(route.brokers[0].nodes[0].role, Role::Leader as i32);
     let missing = c
-        .get_route(GetRouteRequest { topic: "NoSuchTopic".into() })
+        .get_route(GetRouteRequest {
+            topic: "NoSuchTopic".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
@@ -112,12 +133,17 @@ async fn routes_follow_heartbeats_and_silent_brokers_expire() {
     let killed = Instant::now();
     drop(n2);
     assert!(
-        eventually(Duration::from_secs(3), || async { live_nodes(&addr).await.len() == 2 }).await,
+        eventually(Duration::from_secs(3), || async {
+            live_nodes(&addr).await.len() == 2
+        })
+        .await,
         "n2 expired"
     );
     let gone_after = killed.elapsed();
-    assert!(gone_after >= Duration::from_millis(EXPIRY_MS - HEARTBEAT.as_millis() as u64),
-        "expired too early: {gone_after:?}");
+    assert!(
+        gone_after >= Duration::from_millis(EXPIRY_MS - HEARTBEAT.as_millis() as u64),
+        "expired too early: {gone_after:?}"
+    );
     assert_eq!(live_nodes(&addr).await, ["RaftNode00/n0", "RaftNode00/n1"]);
     // Stays expired (no zombie re-registration), others keep heartbeating.
     tokio::time::sleep(Duration::from_millis(2 * EXPIRY_MS)).await;
@@ -131,7 +157,9 @@ async fn routes_follow_heartbeats_and_silent_brokers_expire() {
 
     n0.stop().await;
     let gone = c
-        .get_route(GetRouteRequest { topic: "TopicTest".into() })
+        .get_route(GetRouteRequest {
+            topic: "TopicTest".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
@@ -168,7 +196,11 @@ async fn name_servers_are_independent() {
         .await
         .expect("name server A stops")
         .unwrap();
-    assert!(client::connect(&a, Duration::from_millis(300)).await.is_err());
+    assert!(
+        client::connect(&a, Duration::from_millis(300))
+            .await
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_millis(2 * EXPIRY_MS)).await;
     assert_eq!(live_nodes(&b).await, ["RaftNode00/n0"]);
 
@@ -187,7 +219,9 @@ async fn bad_heartbeats_are_refused_with_reasons() {
     .await
     .unwrap();
     let addr = ns.local_addr().to_string();
-    let mut c = client::connect(&addr, Duration::from_secs(1)).await.unwrap();
+    let mut c = client::connect(&addr, Duration::from_secs(1))
+        .await
+        .unwrap();
     let register = |hb: BrokerHeartbeat| wasmq_proto::wasmq::namesrv::RegisterBrokerRequest {
         broker: Some(hb),
     };
@@ -206,7 +240,11 @@ async fn bad_heartbeats_are_refused_with_reasons() {
     bad.topics[0].name = "bad topic".into();
     let invalid = c.register_broker(register(bad)).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
-    assert!(invalid.message().contains("bad topic"), "{}", invalid.message());
+    assert!(
+        invalid.message().contains("bad topic"),
+        "{}",
+        invalid.message()
+    );
     let missing = c
         .register_broker(wasmq_proto::wasmq::namesrv::RegisterBrokerRequest { broker: None })
         .await

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use wasmq_proto::wasmq::admin::{
-    BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse,
-    ConsumerProgressResponse, Message, PluginListResponse, PluginReloadResponse,
-    SendMessageRequest, SendMessageResponse, TopicConfig, TopicStatusResponse,
-    TransferLeaderResponse, UpdateTopicResponse,
+    BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse, ConsumerProgressResponse,
+    Message, PluginListResponse, PluginReloadResponse, SendMessageRequest, SendMessageResponse,
+    TopicConfig, TopicStatusResponse, TransferLeaderResponse, UpdateTopicResponse,
 };
 
 /// What went wrong, in terms a remote operator can act on. Maps 1:1 to gRPC codes.

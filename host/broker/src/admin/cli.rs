@@ -22,7 +22,11 @@ use super::service::{CONSUME_COUNT_MAX, LEADER_ADDR_METADATA};
 use crate::namesrv::client as ns_client;
 
 #[derive(Parser, Debug)]
-#[command(name = "mqadmin", version, about = "wasmq admin tool (RocketMQ mqadmin commands)")]
+#[command(
+    name = "mqadmin",
+    version,
+    about = "wasmq admin tool (RocketMQ mqadmin commands)"
+)]
 pub struct Cli {
     /// Print JSON instead of a table (for scripts).
     #[arg(long, global = true)]
@@ -285,7 +289,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let text = ctx.render(&report, output::reload_text);
             if !report.failed.is_empty() {
                 out.write_all(text.as_bytes())?;
-                bail!("{} plugin(s) failed to load on {broker_addr}", report.failed.len());
+                bail!(
+                    "{} plugin(s) failed to load on {broker_addr}",
+                    report.failed.len()
+                );
             }
             text
         }
@@ -377,8 +384,9 @@ impl Ctx {
             match call(client).await {
                 Ok(answer) => return Ok((addr.clone(), answer.into_inner())),
                 // A definite answer (e.g. topic not found) is not retried elsewhere.
-                Err(s) if s.code() != tonic::Code::Unavailable
-                    && s.code() != tonic::Code::DeadlineExceeded =>
+                Err(s)
+                    if s.code() != tonic::Code::Unavailable
+                        && s.code() != tonic::Code::DeadlineExceeded =>
                 {
                     return Err(rpc_error("name server query", addr, s));
                 }
@@ -426,7 +434,10 @@ impl Ctx {
         }
     }
 
-    async fn cluster_info(&self, n: &NamesrvArg) -> Result<(String, pb_ns::GetClusterInfoResponse)> {
+    async fn cluster_info(
+        &self,
+        n: &NamesrvArg,
+    ) -> Result<(String, pb_ns::GetClusterInfoResponse)> {
         self.ask_namesrv(n, |mut c| async move {
             c.get_cluster_info(pb_ns::GetClusterInfoRequest {}).await
         })

@@ -112,7 +112,11 @@ impl CoreAdmin {
         if max_offset == 0 {
             return 0;
         }
-        match self.core.read(topic, queue_id, max_offset - 1, 1, u64::MAX).await {
+        match self
+            .core
+            .read(topic, queue_id, max_offset - 1, 1, u64::MAX)
+            .await
+        {
             Ok(mut ms) => ms.pop().map_or(0, |m| ms_i64(m.store_timestamp_ms)),
             Err(_) => 0,
         }
@@ -194,7 +198,9 @@ impl AdminBackend for CoreAdmin {
                 queue_id: q.queue_id,
                 min_offset: q.min_offset,
                 max_offset: q.max_offset,
-                last_update_timestamp_ms: self.last_store_time(topic, q.queue_id, q.max_offset).await,
+                last_update_timestamp_ms: self
+                    .last_store_time(topic, q.queue_id, q.max_offset)
+                    .await,
             });
         }
         Ok(pb::TopicStatusResponse {
@@ -203,7 +209,10 @@ impl AdminBackend for CoreAdmin {
         })
     }
 
-    async fn send_message(&self, r: pb::SendMessageRequest) -> AdminResult<pb::SendMessageResponse> {
+    async fn send_message(
+        &self,
+        r: pb::SendMessageRequest,
+    ) -> AdminResult<pb::SendMessageResponse> {
         let message_id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
         let outcome = self
             .core
@@ -237,19 +246,35 @@ impl AdminBackend for CoreAdmin {
         &self,
         r: pb::ConsumeMessageRequest,
     ) -> AdminResult<pb::ConsumeMessageResponse> {
-        let min_offset = self.core.min_offset(&r.topic, r.queue_id).await.map_err(admin_error)?;
-        let max_offset = self.core.max_offset(&r.topic, r.queue_id).await.map_err(admin_error)?;
+        let min_offset = self
+            .core
+            .min_offset(&r.topic, r.queue_id)
+            .await
+            .map_err(admin_error)?;
+        let max_offset = self
+            .core
+            .max_offset(&r.topic, r.queue_id)
+            .await
+            .map_err(admin_error)?;
         let messages = if r.offset >= max_offset {
             Vec::new()
         } else {
             self.core
-                .read(&r.topic, r.queue_id, r.offset, r.max_count, CONSUME_BYTES_MAX)
+                .read(
+                    &r.topic,
+                    r.queue_id,
+                    r.offset,
+                    r.max_count,
+                    CONSUME_BYTES_MAX,
+                )
                 .await
                 .map_err(admin_error)?
         };
         let next_offset = messages
             .last()
-            .map_or(r.offset.max(min_offset).min(max_offset), |m| m.queue_offset + 1);
+            .map_or(r.offset.max(min_offset).min(max_offset), |m| {
+                m.queue_offset + 1
+            });
         Ok(pb::ConsumeMessageResponse {
             messages: messages.into_iter().map(message).collect(),
             next_offset,
@@ -277,7 +302,13 @@ impl AdminBackend for CoreAdmin {
                     }
                     let batch = match self
                         .core
-                        .read(&topic.topic, queue_id, offset, QUERY_SCAN_BATCH, CONSUME_BYTES_MAX)
+                        .read(
+                            &topic.topic,
+                            queue_id,
+                            offset,
+                            QUERY_SCAN_BATCH,
+                            CONSUME_BYTES_MAX,
+                        )
                         .await
                     {
                         Ok(batch) => batch,
@@ -336,7 +367,11 @@ impl AdminBackend for CoreAdmin {
                 kind: p.kind.as_str().to_string(),
                 topics: p.topics,
                 groups: Vec::new(),
-                order: i32::try_from(p.order).unwrap_or(if p.order < 0 { i32::MIN } else { i32::MAX }),
+                order: i32::try_from(p.order).unwrap_or(if p.order < 0 {
+                    i32::MIN
+                } else {
+                    i32::MAX
+                }),
                 on_error: p.on_error.as_str().to_string(),
                 digest: p.sha256,
                 loaded_at_ms: p
@@ -422,7 +457,10 @@ impl AdminBackend for CoreAdmin {
             Ok(Err(ReplicationError::NotLeader { leader_id })) => {
                 return Err(AdminError::NotLeader {
                     leader: leader_id.and_then(|id| {
-                        members.iter().find(|(m, _)| *m == id).map(|(_, e)| e.clone())
+                        members
+                            .iter()
+                            .find(|(m, _)| *m == id)
+                            .map(|(_, e)| e.clone())
                     }),
                 });
             }

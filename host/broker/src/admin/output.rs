@@ -247,7 +247,10 @@ impl Row for UpdateTopicRow {
     }
 }
 
-pub fn update_topic_row(broker_addr: &str, answer: &pb_admin::UpdateTopicResponse) -> UpdateTopicRow {
+pub fn update_topic_row(
+    broker_addr: &str,
+    answer: &pb_admin::UpdateTopicResponse,
+) -> UpdateTopicRow {
     let topic = answer.topic.clone().unwrap_or_default();
     UpdateTopicRow {
         broker_addr: broker_addr.to_string(),
@@ -273,7 +276,13 @@ pub struct TopicStatusRow {
 
 impl Row for TopicStatusRow {
     fn headers() -> &'static [&'static str] {
-        &["Broker Name", "QID", "Min Offset", "Max Offset", "Last Updated"]
+        &[
+            "Broker Name",
+            "QID",
+            "Min Offset",
+            "Max Offset",
+            "Last Updated",
+        ]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -398,7 +407,15 @@ pub struct MessageRow {
 
 impl Row for MessageRow {
     fn headers() -> &'static [&'static str] {
-        &["MsgId", "QID", "Offset", "Tag", "Keys", "Store Time", "Body"]
+        &[
+            "MsgId",
+            "QID",
+            "Offset",
+            "Tag",
+            "Keys",
+            "Store Time",
+            "Body",
+        ]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -428,7 +445,11 @@ pub fn message_row(m: &pb_admin::Message) -> MessageRow {
         queue_offset: m.queue_offset,
         tag: m.tag.clone(),
         keys: m.keys.clone(),
-        properties: m.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        properties: m
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         born_timestamp_ms: m.born_timestamp_ms,
         store_timestamp_ms: m.store_timestamp_ms,
         born_host: m.born_host.clone(),
@@ -441,7 +462,11 @@ pub fn message_row(m: &pb_admin::Message) -> MessageRow {
 
 /// queryMsgById prints one message as `Key: value` lines, like RocketMQ.
 pub fn message_details(m: &MessageRow) -> String {
-    let mut props: Vec<String> = m.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut props: Vec<String> = m
+        .properties
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     props.sort();
     let lines = [
         ("Topic", m.topic.clone()),
@@ -457,9 +482,9 @@ pub fn message_details(m: &MessageRow) -> String {
         ("Body Size", m.body_size.to_string()),
         ("Message Body", m.body.clone()),
     ];
-    let mut out = format!("{:<16} {}\n", "OffsetID:", m.message_id);
+    let mut out = format!("{:<16} {}\n", "MsgId:", m.message_id);
     for (k, v) in lines {
-        out.push_str(&format!("{:<16} {}\n", format!("{k}:"), v).trim_end().to_string());
+        out.push_str(format!("{:<16} {v}", format!("{k}:")).trim_end());
         out.push('\n');
     }
     out
@@ -481,7 +506,15 @@ pub struct ProgressRow {
 
 impl Row for ProgressRow {
     fn headers() -> &'static [&'static str] {
-        &["Group", "Topic", "Broker Name", "QID", "Broker Offset", "Consumer Offset", "Diff"]
+        &[
+            "Group",
+            "Topic",
+            "Broker Name",
+            "QID",
+            "Broker Offset",
+            "Consumer Offset",
+            "Diff",
+        ]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -521,15 +554,23 @@ pub struct ProgressReport {
 
 pub fn progress_report(mut queues: Vec<ProgressRow>) -> ProgressReport {
     queues.sort_by(|a, b| {
-        (&a.group, &a.topic, &a.broker_name, a.queue_id)
-            .cmp(&(&b.group, &b.topic, &b.broker_name, b.queue_id))
+        (&a.group, &a.topic, &a.broker_name, a.queue_id).cmp(&(
+            &b.group,
+            &b.topic,
+            &b.broker_name,
+            b.queue_id,
+        ))
     });
     let diff_total = queues.iter().map(|q| q.diff).sum();
     ProgressReport { queues, diff_total }
 }
 
 pub fn progress_text(report: &ProgressReport) -> String {
-    format!("{}\nDiff Total: {}\n", table(&report.queues), report.diff_total)
+    format!(
+        "{}\nDiff Total: {}\n",
+        table(&report.queues),
+        report.diff_total
+    )
 }
 
 // ---- brokerStatus -----------------------------------------------------------------------
@@ -703,7 +744,9 @@ pub struct PluginRow {
 
 impl Row for PluginRow {
     fn headers() -> &'static [&'static str] {
-        &["Name", "Kind", "Order", "Topics", "Groups", "OnError", "Digest", "Calls", "Errors"]
+        &[
+            "Name", "Kind", "Order", "Topics", "Groups", "OnError", "Digest", "Calls", "Errors",
+        ]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -750,7 +793,13 @@ pub struct ReloadReport {
 }
 
 pub fn reload_text(r: &ReloadReport) -> String {
-    let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
     let mut out = format!(
         "plugin reload on {}: loaded {}, removed {}, failed {}\n",
         r.addr,
@@ -827,7 +876,10 @@ DefaultCluster  RaftNode00    n1    127.0.0.1:10911  0.1.0     FOLLOWER  7      
 
     #[test]
     fn empty_table_has_header_only() {
-        assert_eq!(table::<TopicListRow>(&[]), "#Topic  #Cluster Name  #Broker Name\n");
+        assert_eq!(
+            table::<TopicListRow>(&[]),
+            "#Topic  #Cluster Name  #Broker Name\n"
+        );
     }
 
     #[test]
@@ -838,7 +890,7 @@ DefaultCluster  RaftNode00    n1    127.0.0.1:10911  0.1.0     FOLLOWER  7      
             body: body.clone().into_bytes(),
             ..Default::default()
         });
-        let text = table(&[row.clone()]);
+        let text = table(std::slice::from_ref(&row));
         let data_line = text.lines().nth(1).unwrap();
         assert!(data_line.ends_with('…'), "{data_line}");
         assert!(data_line.contains("line1 line2"), "{data_line}");

@@ -12,9 +12,9 @@ use wasmq_proto::wasmq::admin::{
     BrokerStatusRequest, BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse,
     ConsumerProgressRequest, ConsumerProgressResponse, PluginListRequest, PluginListResponse,
     PluginReloadRequest, PluginReloadResponse, QueryMessageByIdRequest, QueryMessageByIdResponse,
-    SendMessageRequest, SendMessageResponse, ShutdownRequest, ShutdownResponse,
-    TopicStatusRequest, TopicStatusResponse, TransferLeaderRequest, TransferLeaderResponse,
-    UpdateTopicRequest, UpdateTopicResponse,
+    SendMessageRequest, SendMessageResponse, ShutdownRequest, ShutdownResponse, TopicStatusRequest,
+    TopicStatusResponse, TransferLeaderRequest, TransferLeaderResponse, UpdateTopicRequest,
+    UpdateTopicResponse,
 };
 
 use super::backend::{AdminBackend, AdminError};
@@ -87,7 +87,11 @@ impl Admin for AdminService {
         &self,
         _request: Request<BrokerStatusRequest>,
     ) -> Result<Response<BrokerStatusResponse>, Status> {
-        self.backend.broker_status().await.map(Response::new).map_err(status)
+        self.backend
+            .broker_status()
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn update_topic(
@@ -117,7 +121,11 @@ impl Admin for AdminService {
         }
         info!(topic = %topic.name, read = topic.read_queue_nums, write = topic.write_queue_nums,
             perm = topic.perm, "admin: update topic");
-        self.backend.update_topic(topic).await.map(Response::new).map_err(status)
+        self.backend
+            .update_topic(topic)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn topic_status(
@@ -126,7 +134,11 @@ impl Admin for AdminService {
     ) -> Result<Response<TopicStatusResponse>, Status> {
         let topic = request.into_inner().topic;
         check_name("topic", &topic)?;
-        self.backend.topic_status(&topic).await.map(Response::new).map_err(status)
+        self.backend
+            .topic_status(&topic)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn send_message(
@@ -151,7 +163,11 @@ impl Admin for AdminService {
                 "tag and keys are limited to {NAME_BYTES_MAX} bytes each"
             )));
         }
-        self.backend.send_message(r).await.map(Response::new).map_err(status)
+        self.backend
+            .send_message(r)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn consume_message(
@@ -168,7 +184,10 @@ impl Admin for AdminService {
         }
         let max_count = r.max_count as usize;
         let response = self.backend.consume_message(r).await.map_err(status)?;
-        assert!(response.messages.len() <= max_count, "backend returned too many messages");
+        assert!(
+            response.messages.len() <= max_count,
+            "backend returned too many messages"
+        );
         Ok(Response::new(response))
     }
 
@@ -178,7 +197,11 @@ impl Admin for AdminService {
     ) -> Result<Response<QueryMessageByIdResponse>, Status> {
         let id = request.into_inner().message_id;
         check_name("message id", &id)?;
-        let message = self.backend.query_message_by_id(&id).await.map_err(status)?;
+        let message = self
+            .backend
+            .query_message_by_id(&id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(QueryMessageByIdResponse { message }))
     }
 
@@ -190,14 +213,22 @@ impl Admin for AdminService {
         if group.len() > NAME_BYTES_MAX {
             return Err(Status::invalid_argument("group name too long"));
         }
-        self.backend.consumer_progress(&group).await.map(Response::new).map_err(status)
+        self.backend
+            .consumer_progress(&group)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn plugin_list(
         &self,
         _request: Request<PluginListRequest>,
     ) -> Result<Response<PluginListResponse>, Status> {
-        self.backend.plugin_list().await.map(Response::new).map_err(status)
+        self.backend
+            .plugin_list()
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn plugin_reload(
@@ -205,7 +236,11 @@ impl Admin for AdminService {
         _request: Request<PluginReloadRequest>,
     ) -> Result<Response<PluginReloadResponse>, Status> {
         info!("admin: plugin reload");
-        self.backend.plugin_reload().await.map(Response::new).map_err(status)
+        self.backend
+            .plugin_reload()
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn transfer_leader(

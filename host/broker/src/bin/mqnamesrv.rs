@@ -81,7 +81,10 @@ async fn main() -> Result<()> {
         _ = requested.wait_for(|s| *s) => info!("shutdown RPC: shutting down"),
     }
     server.shutdown();
-    let result = server.wait().await.context("name server stopped with an error");
+    let result = server
+        .wait()
+        .await
+        .context("name server stopped with an error");
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }

@@ -15,7 +15,11 @@ use wasmq_proto::wasmq::namesrv::ShutdownRequest as NamesrvShutdown;
 use wasmq_proto::wasmq::namesrv::name_server_client::NameServerClient;
 
 #[derive(Parser, Debug)]
-#[command(name = "mqshutdown", version, about = "stop a local wasmq broker or name server")]
+#[command(
+    name = "mqshutdown",
+    version,
+    about = "stop a local wasmq broker or name server"
+)]
 struct Args {
     #[command(subcommand)]
     target: Target,
@@ -53,7 +57,10 @@ fn read_pid(path: &Path) -> Result<libc::pid_t> {
         .parse()
         .with_context(|| format!("pid file {} does not hold a pid: {text:?}", path.display()))?;
     if pid <= 1 {
-        bail!("pid file {} holds {pid}, not a process to stop", path.display());
+        bail!(
+            "pid file {} holds {pid}, not a process to stop",
+            path.display()
+        );
     }
     Ok(pid)
 }
@@ -109,7 +116,10 @@ async fn stop_by_pid(path: &Path, expected: &str, wait: Duration) -> Result<()> 
     let deadline = Instant::now() + wait;
     while alive(pid) && check_command(pid, expected).is_ok() {
         if Instant::now() >= deadline {
-            bail!("{expected} pid {pid} still running {} ms after SIGTERM", wait.as_millis());
+            bail!(
+                "{expected} pid {pid} still running {} ms after SIGTERM",
+                wait.as_millis()
+            );
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -127,7 +137,10 @@ async fn wait_port_closed(addr: &str, what: &str, wait: Duration) -> Result<()> 
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("{what} at {addr} still accepts connections {} ms after shutdown", wait.as_millis());
+            bail!(
+                "{what} at {addr} still accepts connections {} ms after shutdown",
+                wait.as_millis()
+            );
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -136,9 +149,18 @@ async fn wait_port_closed(addr: &str, what: &str, wait: Duration) -> Result<()> 
 async fn run(args: Args) -> Result<()> {
     let wait = Duration::from_millis(args.wait_ms);
     match args.target {
-        Target::Broker { pid_file: Some(path), .. } => stop_by_pid(&path, "mqbroker", wait).await,
-        Target::Namesrv { pid_file: Some(path), .. } => stop_by_pid(&path, "mqnamesrv", wait).await,
-        Target::Broker { addr, pid_file: None } => {
+        Target::Broker {
+            pid_file: Some(path),
+            ..
+        } => stop_by_pid(&path, "mqbroker", wait).await,
+        Target::Namesrv {
+            pid_file: Some(path),
+            ..
+        } => stop_by_pid(&path, "mqnamesrv", wait).await,
+        Target::Broker {
+            addr,
+            pid_file: None,
+        } => {
             let channel = ns_client::endpoint(&addr, RPC_TIMEOUT)?
                 .connect()
                 .await
@@ -149,7 +171,10 @@ async fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("broker {addr} refused shutdown"))?;
             wait_port_closed(&addr, "broker", wait).await
         }
-        Target::Namesrv { addr, pid_file: None } => {
+        Target::Namesrv {
+            addr,
+            pid_file: None,
+        } => {
             let mut client: NameServerClient<_> = ns_client::connect(&addr, RPC_TIMEOUT)
                 .await
                 .with_context(|| format!("cannot reach name server {addr}"))?;

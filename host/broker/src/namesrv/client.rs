@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 use wasmq_proto::wasmq::namesrv::name_server_client::NameServerClient;
-use wasmq_proto::wasmq::namesrv::{BrokerHeartbeat, RegisterBrokerRequest, UnregisterBrokerRequest};
+use wasmq_proto::wasmq::namesrv::{
+    BrokerHeartbeat, RegisterBrokerRequest, UnregisterBrokerRequest,
+};
 
 /// The broker heartbeat period RocketMQ-on-DLedger setups expect (name server expiry is 3×).
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
@@ -77,7 +79,11 @@ pub fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ClientError> 
         });
     }
     Endpoint::from_shared(uri)
-        .map(|e| e.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
+        .map(|e| {
+            e.connect_timeout(timeout)
+                .timeout(timeout)
+                .tcp_nodelay(true)
+        })
         .map_err(|e| ClientError::BadAddress {
             addr: addr.into(),
             reason: e.to_string(),
@@ -89,13 +95,14 @@ pub async fn connect(
     addr: &str,
     timeout: Duration,
 ) -> Result<NameServerClient<Channel>, ClientError> {
-    let channel = endpoint(addr, timeout)?
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.into(),
-            source,
-        })?;
+    let channel =
+        endpoint(addr, timeout)?
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.into(),
+                source,
+            })?;
     Ok(NameServerClient::new(channel))
 }
 
@@ -191,7 +198,7 @@ async fn heartbeat_loop<F>(
                 failures = 0;
             }
             Err(status) => {
-                if failures % FAILURE_LOG_EVERY_TICKS == 0 {
+                if failures.is_multiple_of(FAILURE_LOG_EVERY_TICKS) {
                     warn!(namesrv = %addr, code = ?status.code(), error = %status.message(),
                         failures, "heartbeat to name server failed");
                 } else {
@@ -210,7 +217,9 @@ async fn heartbeat_loop<F>(
         });
         match tokio::time::timeout(UNREGISTER_TIMEOUT, goodbye).await {
             Ok(Ok(_)) => info!(namesrv = %addr, "unregistered from name server"),
-            Ok(Err(status)) => debug!(namesrv = %addr, error = %status.message(), "unregister failed"),
+            Ok(Err(status)) => {
+                debug!(namesrv = %addr, error = %status.message(), "unregister failed")
+            }
             Err(_) => debug!(namesrv = %addr, "unregister timed out"),
         }
     }

@@ -48,9 +48,15 @@ impl Default for NamesrvConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parse {path}: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
@@ -90,7 +96,8 @@ impl NamesrvConfig {
                 self.broker_expiry_ms
             )));
         }
-        if self.expiry_sweep_interval_ms == 0 || self.expiry_sweep_interval_ms > self.broker_expiry_ms
+        if self.expiry_sweep_interval_ms == 0
+            || self.expiry_sweep_interval_ms > self.broker_expiry_ms
         {
             return Err(ConfigError::Invalid(format!(
                 "expirySweepIntervalMs = {} must be in [1, brokerExpiryMs = {}]",

@@ -23,7 +23,10 @@ pub async fn run(ctx: BrokerContext) {
     }
     let core = ctx.core.clone();
     let raft_addr = if ctx.config.enable_d_leger_commit_log {
-        ctx.config.dledger_self().map(|p| p.address).unwrap_or_default()
+        ctx.config
+            .dledger_self()
+            .map(|p| p.address)
+            .unwrap_or_default()
     } else {
         String::new()
     };

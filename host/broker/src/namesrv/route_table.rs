@@ -162,7 +162,10 @@ impl RouteTable {
         }
         match Role::try_from(hb.role) {
             Ok(Role::Unspecified) | Err(_) => {
-                return Err(RegisterError::Invalid(format!("role {} is not valid", hb.role)));
+                return Err(RegisterError::Invalid(format!(
+                    "role {} is not valid",
+                    hb.role
+                )));
             }
             Ok(_) => {}
         }
@@ -385,9 +388,18 @@ mod tests {
     fn node_expires_after_missed_heartbeats_and_route_follows() {
         let mut t = table();
         let t0 = Instant::now();
-        assert!(t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t0).unwrap());
-        assert!(t.register(heartbeat("g0", "n1", Role::Follower, &[("T", 8)]), t0).unwrap());
-        assert!(t.register(heartbeat("g1", "n0", Role::Leader, &[("T", 4)]), t0).unwrap());
+        assert!(
+            t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t0)
+                .unwrap()
+        );
+        assert!(
+            t.register(heartbeat("g0", "n1", Role::Follower, &[("T", 8)]), t0)
+                .unwrap()
+        );
+        assert!(
+            t.register(heartbeat("g1", "n0", Role::Leader, &[("T", 4)]), t0)
+                .unwrap()
+        );
 
         let route = t.route("T", t0 + Duration::from_secs(1)).unwrap();
         assert_eq!(route.queues.len(), 2);
@@ -397,7 +409,10 @@ mod tests {
 
         // g0/n0 keeps heartbeating, the others stop.
         let t1 = t0 + Duration::from_millis(2500);
-        assert!(!t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t1).unwrap());
+        assert!(
+            !t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t1)
+                .unwrap()
+        );
         let t2 = t0 + Duration::from_millis(3000);
         let route = t.route("T", t2).unwrap();
         assert_eq!(route.queues.len(), 1, "g1 expired: {route:?}");
@@ -428,7 +443,8 @@ mod tests {
         t.register(stale, now).unwrap();
         t.register(fresh, now).unwrap();
         assert_eq!(t.route("T", now).unwrap().queues[0].write_queue_nums, 16);
-        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now).unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now)
+            .unwrap();
         assert_eq!(t.route("T", now).unwrap().queues[0].write_queue_nums, 8);
         assert!(t.route("Other", now).is_none());
     }
@@ -437,7 +453,8 @@ mod tests {
     fn unregister_removes_at_once() {
         let mut t = table();
         let now = Instant::now();
-        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now).unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now)
+            .unwrap();
         let key = NodeKey {
             cluster_name: "DefaultCluster".into(),
             broker_name: "g0".into(),
@@ -457,26 +474,40 @@ mod tests {
         };
         let mut t = RouteTable::new(limits, Duration::from_secs(3));
         let now = Instant::now();
-        t.register(heartbeat("g0", "n0", Role::Leader, &[]), now).unwrap();
-        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now).unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[]), now)
+            .unwrap();
+        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now)
+            .unwrap();
         assert_eq!(
             t.register(heartbeat("g0", "n2", Role::Follower, &[]), now),
             Err(RegisterError::TooManyBrokers { brokers_max: 2 })
         );
         // Refreshing a known node is always allowed.
-        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now).unwrap();
+        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now)
+            .unwrap();
         // Once a node lapses, its slot is reused.
         let later = now + Duration::from_secs(3);
-        t.register(heartbeat("g0", "n0", Role::Leader, &[]), later).unwrap();
-        t.register(heartbeat("g0", "n2", Role::Follower, &[]), later).unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[]), later)
+            .unwrap();
+        t.register(heartbeat("g0", "n2", Role::Follower, &[]), later)
+            .unwrap();
         assert_eq!(t.len(), 2);
 
         assert!(matches!(
-            t.register(heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("B", 1), ("C", 1)]), later),
-            Err(RegisterError::TooManyTopics { count: 3, topics_max: 2 })
+            t.register(
+                heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("B", 1), ("C", 1)]),
+                later
+            ),
+            Err(RegisterError::TooManyTopics {
+                count: 3,
+                topics_max: 2
+            })
         ));
         assert!(matches!(
-            t.register(heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("A", 2)]), later),
+            t.register(
+                heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("A", 2)]),
+                later
+            ),
             Err(RegisterError::Invalid(_))
         ));
         assert!(matches!(
@@ -493,15 +524,23 @@ mod tests {
         ));
         let mut no_addr = heartbeat("g0", "n0", Role::Leader, &[]);
         no_addr.client_addr.clear();
-        assert!(matches!(t.register(no_addr, later), Err(RegisterError::Invalid(_))));
+        assert!(matches!(
+            t.register(no_addr, later),
+            Err(RegisterError::Invalid(_))
+        ));
     }
 
     #[test]
     fn topic_list_merges_groups() {
         let mut t = table();
         let now = Instant::now();
-        t.register(heartbeat("g0", "n0", Role::Leader, &[("B", 1), ("A", 1)]), now).unwrap();
-        t.register(heartbeat("g1", "n0", Role::Leader, &[("A", 1)]), now).unwrap();
+        t.register(
+            heartbeat("g0", "n0", Role::Leader, &[("B", 1), ("A", 1)]),
+            now,
+        )
+        .unwrap();
+        t.register(heartbeat("g1", "n0", Role::Leader, &[("A", 1)]), now)
+            .unwrap();
         let list = t.topic_list(now);
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].name, "A");

@@ -146,7 +146,10 @@ impl NameServer for NameServerService {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("name server transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("name server task panicked: {0}")]
