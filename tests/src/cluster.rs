@@ -275,6 +275,10 @@ impl Cluster {
         // Small segments: tests cross segment boundaries and keep the disk footprint small.
         writeln!(t, "mappedFileSizeCommitLog = {COMMIT_LOG_SEGMENT_BYTES}").unwrap();
         writeln!(t, "maxMessageSize = {MESSAGE_BYTES_MAX}").unwrap();
+        // Disk-pressure retention deletes old segments, consumed or not (RocketMQ semantics),
+        // once the filesystem is this full; CI disks (root-reserved blocks count as used) can
+        // sit above the default 75 %. These tests are about crashes, not disk pressure.
+        writeln!(t, "diskMaxUsedSpaceRatio = 95").unwrap();
         writeln!(t, "autoCreateTopicEnable = true").unwrap();
         writeln!(t, "defaultTopicQueueNums = {DEFAULT_TOPIC_QUEUES}").unwrap();
         writeln!(t, "enableDLegerCommitLog = {replicated}").unwrap();
