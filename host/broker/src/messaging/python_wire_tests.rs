@@ -58,7 +58,7 @@ async fn serve_fake(setup: impl FnOnce(&FakeBackend)) -> (std::net::SocketAddr, 
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
             .await
             .unwrap();
     });
