@@ -116,6 +116,9 @@ impl CheckReport {
     }
 }
 
+/// queue id → (offset, body) in read order.
+type QueuesOfReplica<'a> = BTreeMap<u32, Vec<(u64, &'a [u8])>>;
+
 /// Runs every check; see the module comment.
 pub fn check(attempted: &HashSet<Vec<u8>>, acked: &[AckedSend], replicas: &[ReplicaRead]) -> CheckReport {
     let mut report = CheckReport {
@@ -129,17 +132,15 @@ pub fn check(attempted: &HashSet<Vec<u8>>, acked: &[AckedSend], replicas: &[Repl
     // 1. Consistent acks: where the ack named its queue, no two acks share a (queue, offset).
     let mut acked_at: HashMap<(u32, u64), &AckedSend> = HashMap::with_capacity(acked.len());
     for a in acked {
-        if let Some(queue_id) = a.queue_id {
-            if let Some(prev) = acked_at.insert((queue_id, a.offset), a) {
-                if prev.body != a.body {
+        if let Some(queue_id) = a.queue_id
+            && let Some(prev) = acked_at.insert((queue_id, a.offset), a)
+                && prev.body != a.body {
                     report.push(Violation::ConflictingAcks { queue_id, offset: a.offset });
                 }
-            }
-        }
     }
 
     // 3–5. Per replica.
-    let mut per_replica_queues: Vec<BTreeMap<u32, Vec<(u64, &[u8])>>> = Vec::with_capacity(replicas.len());
+    let mut per_replica_queues: Vec<QueuesOfReplica<'_>> = Vec::with_capacity(replicas.len());
     // Queue each acked send was found in (on the first replica that has it), for the order check.
     let mut found_queue: HashMap<&[u8], u32> = HashMap::with_capacity(acked.len());
     for replica in replicas {

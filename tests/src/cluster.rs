@@ -398,17 +398,15 @@ impl Cluster {
     /// Checks that no process we started has exited on its own (a crash is a failure, not
     /// a fault we injected).
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(p) = self.namesrv.as_mut() {
-            if let Some(status) = p.child.try_wait()? {
+        if let Some(p) = self.namesrv.as_mut()
+            && let Some(status) = p.child.try_wait()? {
                 bail!("name server exited by itself: {status}\n{}", tail(&self.namesrv_log, LOG_TAIL_LINES));
             }
-        }
         for n in &mut self.nodes {
-            if let Some(p) = n.proc.as_mut() {
-                if let Some(status) = p.child.try_wait()? {
+            if let Some(p) = n.proc.as_mut()
+                && let Some(status) = p.child.try_wait()? {
                     bail!("broker {} exited by itself: {status}\n{}", n.id, tail(&n.log_path, LOG_TAIL_LINES));
                 }
-            }
         }
         Ok(())
     }
@@ -494,10 +492,8 @@ impl Cluster {
         let calls = (0..self.nodes.len())
             .filter(|&i| self.is_running(i) && !self.is_stopped(i))
             .map(|i| self.status(i));
-        for r in futures::future::join_all(calls).await {
-            if let Ok(s) = r {
-                out.push(s);
-            }
+        for s in futures::future::join_all(calls).await.into_iter().flatten() {
+            out.push(s);
         }
         out
     }
@@ -675,11 +671,10 @@ impl Cluster {
         if let Some(p) = self.namesrv.take() {
             let _ = p.kill9();
         }
-        if std::env::var_os("WASMQ_KEEP_DIR").is_some() {
-            if let Some(dir) = self.dir.take() {
+        if std::env::var_os("WASMQ_KEEP_DIR").is_some()
+            && let Some(dir) = self.dir.take() {
                 eprintln!("kept cluster dir {}", dir.keep().display());
             }
-        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Invariants observed while faults run:
 //! - at most one leader per term (from every node's own status and the name server's table);
 //! - consumer offsets never go backwards (per node between restarts, and at the end every
-//!   node holds at least the highest offset any node ever reported);
-//! plus a consumer that receives and acks continuously, and checks it only gets bodies that
+//!   node holds at least the highest offset any node ever reported).
+//!
+//! Plus a consumer that receives and acks continuously, and checks it only gets bodies that
 //! were sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -81,15 +82,14 @@ impl Observations {
             for q in progress {
                 let key = (q.group.clone(), q.topic.clone(), q.queue_id);
                 let last = self.last_offsets.entry(node_key.clone()).or_default().insert(key.clone(), q.consumer_offset);
-                if let Some(last) = last {
-                    if q.consumer_offset < last {
+                if let Some(last) = last
+                    && q.consumer_offset < last {
                         let v = format!(
                             "consumer offset went backwards on {} (restart {}): {key:?} {last} -> {}",
                             node_key.0, node_key.1, q.consumer_offset
                         );
                         self.violation(v);
                     }
-                }
                 let max = self.max_offsets.entry(key).or_insert(0);
                 *max = (*max).max(q.consumer_offset);
             }

@@ -149,11 +149,10 @@ impl NatsConn {
         let answer = self.request(&format!("$JS.API.STREAM.DELETE.{name}"), b"").await?;
         let v: serde_json::Value = serde_json::from_slice(&answer).context("stream delete answer is not JSON")?;
         // 10059: stream not found; deleting a missing stream is fine.
-        if let Some(err) = v.get("error") {
-            if err.get("err_code").and_then(|c| c.as_u64()) != Some(10059) {
+        if let Some(err) = v.get("error")
+            && err.get("err_code").and_then(|c| c.as_u64()) != Some(10059) {
                 bail!("stream delete failed: {err}");
             }
-        }
         Ok(())
     }
 }
