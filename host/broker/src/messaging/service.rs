@@ -184,6 +184,30 @@ fn endpoints(route: &RouteInfo) -> Result<v2::Endpoints, v2::Status> {
     Ok(v2::Endpoints { scheme: scheme as i32, addresses })
 }
 
+/// Answers to clients name ONE address per broker: the member the client reached (it
+/// forwards leader-only RPCs to the leader), else the leader. Why not every member: the
+/// official clients turn several addresses into one gRPC target `ipv4:a,b,c`, and send it
+/// as the HTTP/2 `:authority`, which hyper/h2 (tonic's server) rejects with RST_STREAM
+/// PROTOCOL_ERROR before any handler runs. Pinning to the reached member also keeps a
+/// client that was pointed at a surviving member working when the leader dies.
+fn pin_endpoints<'a>(queues: impl Iterator<Item = &'a mut v2::MessageQueue>, reached: Option<std::net::SocketAddr>) {
+    for queue in queues {
+        let Some(endpoints) = queue.broker.as_mut().and_then(|b| b.endpoints.as_mut()) else { continue };
+        let reached_index = reached.and_then(|addr| {
+            endpoints
+                .addresses
+                .iter()
+                .position(|a| a.port == i32::from(addr.port()) && a.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == addr.ip()))
+        });
+        // Leader first otherwise (see `endpoints`).
+        let keep = reached_index.unwrap_or(0);
+        if endpoints.addresses.len() > 1 {
+            let chosen = endpoints.addresses.swap_remove(keep);
+            endpoints.addresses = vec![chosen];
+        }
+    }
+}
+
 fn message_queues(topic: &TopicInfo, namespace: &str, route: &RouteInfo) -> Result<Vec<v2::MessageQueue>, v2::Status> {
     let broker = v2::Broker { name: route.broker_name.clone(), id: 0, endpoints: Some(endpoints(route)?) };
     let count = topic.read_queue_count.max(topic.write_queue_count);
@@ -796,7 +820,11 @@ fn unsupported<T: WithStatus>(what: &str) -> RpcResult<T> {
 impl MessagingService for Messaging {
     async fn query_route(&self, request: Request<v2::QueryRouteRequest>) -> RpcResult<v2::QueryRouteResponse> {
         require_client_id!(request, v2::QueryRouteResponse);
-        let local = self.query_route_impl(request.get_ref().clone()).await;
+        let reached = request.local_addr();
+        let local = self.query_route_impl(request.get_ref().clone()).await.map(|mut answer| {
+            pin_endpoints(answer.message_queues.iter_mut(), reached);
+            answer
+        });
         match local {
             Err(s) if s.code == Code::TopicNotFound as i32 => {
                 // A follower may lag behind a topic just created, and only the leader
@@ -840,7 +868,11 @@ impl MessagingService for Messaging {
 
     async fn query_assignment(&self, request: Request<v2::QueryAssignmentRequest>) -> RpcResult<v2::QueryAssignmentResponse> {
         require_client_id!(request, v2::QueryAssignmentResponse);
-        let local = self.query_assignment_impl(request.get_ref().clone()).await;
+        let reached = request.local_addr();
+        let local = self.query_assignment_impl(request.get_ref().clone()).await.map(|mut answer| {
+            pin_endpoints(answer.assignments.iter_mut().filter_map(|a| a.message_queue.as_mut()), reached);
+            answer
+        });
         match local {
             Err(s) if s.code == Code::TopicNotFound as i32 => {
                 // As for QueryRoute: the leader may know a topic this follower has not applied yet.
