@@ -57,7 +57,15 @@ struct Load {
 }
 
 /// Sends until `stop` or `deadline`; a failed attempt moves to the next endpoint.
-async fn producer(id: u32, endpoints: Vec<String>, topic: String, body_bytes: usize, pace: Duration, deadline: Instant, load: Arc<Load>) {
+async fn producer(
+    id: u32,
+    endpoints: Vec<String>,
+    topic: String,
+    body_bytes: usize,
+    pace: Duration,
+    deadline: Instant,
+    load: Arc<Load>,
+) {
     let rpc_timeout = Duration::from_millis(RPC_TIMEOUT_MS);
     let mut clients: Vec<MqClient> =
         endpoints.iter().map(|e| MqClient::connect_lazy(e, rpc_timeout).expect("valid endpoint")).collect();
@@ -95,9 +103,19 @@ async fn producer(id: u32, endpoints: Vec<String>, topic: String, body_bytes: us
     }
 }
 
-fn spawn(n: u32, endpoints: &[String], topic: &str, body_bytes: usize, pace: Duration, deadline: Instant, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn(
+    n: u32,
+    endpoints: &[String],
+    topic: &str,
+    body_bytes: usize,
+    pace: Duration,
+    deadline: Instant,
+    load: &Arc<Load>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..n)
-        .map(|id| tokio::spawn(producer(id, endpoints.to_vec(), topic.to_string(), body_bytes, pace, deadline, load.clone())))
+        .map(|id| {
+            tokio::spawn(producer(id, endpoints.to_vec(), topic.to_string(), body_bytes, pace, deadline, load.clone()))
+        })
         .collect()
 }
 
@@ -118,7 +136,9 @@ fn parse_args() -> Result<Args> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--kills" => args.kills = it.next().context("--kills N")?.parse().context("--kills N")?,
-            "--budget-s" => args.budget = Duration::from_secs(it.next().context("--budget-s S")?.parse().context("--budget-s S")?),
+            "--budget-s" => {
+                args.budget = Duration::from_secs(it.next().context("--budget-s S")?.parse().context("--budget-s S")?)
+            }
             // `cargo bench` passes `--bench`; other flags are not ours.
             _ => {}
         }
@@ -131,7 +151,15 @@ fn parse_args() -> Result<Args> {
 async fn throughput(endpoints: &[String], topic: &str) -> Result<(f64, u64)> {
     let load = Arc::new(Load::default());
     let started = Instant::now();
-    let handles = spawn(THROUGHPUT_PRODUCERS, endpoints, topic, THROUGHPUT_BODY_BYTES, Duration::ZERO, started + THROUGHPUT_WINDOW, &load);
+    let handles = spawn(
+        THROUGHPUT_PRODUCERS,
+        endpoints,
+        topic,
+        THROUGHPUT_BODY_BYTES,
+        Duration::ZERO,
+        started + THROUGHPUT_WINDOW,
+        &load,
+    );
     for h in handles {
         h.await?;
     }
@@ -158,14 +186,23 @@ async fn run(group: &mut Cluster, args: &Args, run_deadline: Instant) -> Result<
     let mut tp_endpoints = endpoints(group);
     tp_endpoints.rotate_left(leader);
     let (replicated_tps, replicated_failed) = throughput(&tp_endpoints[..1], "BenchThroughput").await?;
-    println!("replicated throughput: {replicated_tps:.0} msg/s ({THROUGHPUT_PRODUCERS} producers, {THROUGHPUT_BODY_BYTES} B, {THROUGHPUT_WINDOW:?}, {replicated_failed} failed attempts)");
+    println!(
+        "replicated throughput: {replicated_tps:.0} msg/s ({THROUGHPUT_PRODUCERS} producers, {THROUGHPUT_BODY_BYTES} B, {THROUGHPUT_WINDOW:?}, {replicated_failed} failed attempts)"
+    );
 
     // Steady load for the kills.
     let load = Arc::new(Load::default());
-    let handles = spawn(STEADY_PRODUCERS, &endpoints(group), "BenchFailover", STEADY_BODY_BYTES, Duration::from_millis(STEADY_PACE_MS), run_deadline, &load);
+    let handles = spawn(
+        STEADY_PRODUCERS,
+        &endpoints(group),
+        "BenchFailover",
+        STEADY_BODY_BYTES,
+        Duration::from_millis(STEADY_PACE_MS),
+        run_deadline,
+        &load,
+    );
     tokio::time::sleep(Duration::from_millis(BASELINE_WINDOW_MS)).await;
-    let baseline: Vec<f64> =
-        load.acks.lock().await.iter().map(|a| (a.acked - a.started).as_secs_f64() * 1e3).collect();
+    let baseline: Vec<f64> = load.acks.lock().await.iter().map(|a| (a.acked - a.started).as_secs_f64() * 1e3).collect();
     ensure!(!baseline.is_empty(), "no ack in the {BASELINE_WINDOW_MS} ms baseline window");
     let baseline_median_ms = median_ms(baseline.clone());
     println!(
@@ -194,7 +231,8 @@ async fn run(group: &mut Cluster, args: &Args, run_deadline: Instant) -> Result<
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        let (new_leader, new_term) = group.wait_for_leader_among(LEADER_TIMEOUT, &others(group.nodes.len(), leader)).await?;
+        let (new_leader, new_term) =
+            group.wait_for_leader_among(LEADER_TIMEOUT, &others(group.nodes.len(), leader)).await?;
         let election_seen_ms = killed_at.elapsed().as_secs_f64() * 1e3;
         ensure!(new_term > term, "new leader n{new_leader} term {new_term} not above {term}");
 
@@ -240,9 +278,19 @@ async fn run(group: &mut Cluster, args: &Args, run_deadline: Instant) -> Result<
     println!("standalone throughput: {standalone_tps:.0} msg/s ({standalone_failed} failed attempts)");
 
     println!("===== failover_bench summary");
-    println!("kills: {} (victims {victims:?}), acked {} sends, {} failed attempts under steady load", kills.len(), load.acked_count.load(Ordering::Relaxed), load.failed_count.load(Ordering::Relaxed));
-    println!("kill → first ack: median {med:.0} ms, max {max:.0} ms (each: {:?})", failover.iter().map(|f| f.round() as u64).collect::<Vec<_>>());
-    println!("kill → new leader seen by status polling: median {election_med:.0} ms; restart → caught up: median {catch_up_med:.0} ms");
+    println!(
+        "kills: {} (victims {victims:?}), acked {} sends, {} failed attempts under steady load",
+        kills.len(),
+        load.acked_count.load(Ordering::Relaxed),
+        load.failed_count.load(Ordering::Relaxed)
+    );
+    println!(
+        "kill → first ack: median {med:.0} ms, max {max:.0} ms (each: {:?})",
+        failover.iter().map(|f| f.round() as u64).collect::<Vec<_>>()
+    );
+    println!(
+        "kill → new leader seen by status polling: median {election_med:.0} ms; restart → caught up: median {catch_up_med:.0} ms"
+    );
     println!(
         "baseline: election timeout {ELECTION_TIMEOUT_MIN_MS}..{ELECTION_TIMEOUT_MAX_MS} ms; send latency median {baseline_median_ms:.2} ms → failover median = {:.1}× election timeout max, {:.0}× send latency",
         med / ELECTION_TIMEOUT_MAX_MS as f64,
