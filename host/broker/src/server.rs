@@ -185,7 +185,15 @@ pub async fn start(
         .await
         .with_context(|| format!("bind client listener on {addr}"))?;
     let local_addr = listener.local_addr()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY: small gRPC frames (acks, pop answers) otherwise wait on Nagle + delayed
+    // ACK; measured on the forwarded Python round trip: 14.9 s -> 7.4 s for 1000 messages.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        })
+    });
     let mut stop_rx = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
