@@ -49,17 +49,52 @@ pub struct ReplicaRead {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
-    ConflictingAcks { queue_id: u32, offset: u64 },
-    SendOrder { producer: u32, queue_id: u32, seq_earlier: u64, seq_later: u64 },
-    ReadOrder { replica: String, queue_id: u32, offset_before: u64, offset_after: u64 },
+    ConflictingAcks {
+        queue_id: u32,
+        offset: u64,
+    },
+    SendOrder {
+        producer: u32,
+        queue_id: u32,
+        seq_earlier: u64,
+        seq_later: u64,
+    },
+    ReadOrder {
+        replica: String,
+        queue_id: u32,
+        offset_before: u64,
+        offset_after: u64,
+    },
     /// An acknowledged send is not on this replica.
-    Missing { replica: String, producer: u32, seq: u64, offset: u64 },
+    Missing {
+        replica: String,
+        producer: u32,
+        seq: u64,
+        offset: u64,
+    },
     /// An acknowledged send is at another (queue, offset) than the ack said.
-    WrongPlace { replica: String, acked: (Option<u32>, u64), found: (u32, u64) },
+    WrongPlace {
+        replica: String,
+        acked: (Option<u32>, u64),
+        found: (u32, u64),
+    },
     /// One body stored twice: (queue, offset) of both copies.
-    Duplicate { replica: String, first: (u32, u64), again: (u32, u64) },
-    NeverSent { replica: String, queue_id: u32, offset: u64 },
-    ReplicasDiffer { replica_a: String, replica_b: String, queue_id: u32, detail: String },
+    Duplicate {
+        replica: String,
+        first: (u32, u64),
+        again: (u32, u64),
+    },
+    NeverSent {
+        replica: String,
+        queue_id: u32,
+        offset: u64,
+    },
+    ReplicasDiffer {
+        replica_a: String,
+        replica_b: String,
+        queue_id: u32,
+        detail: String,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -134,9 +169,10 @@ pub fn check(attempted: &HashSet<Vec<u8>>, acked: &[AckedSend], replicas: &[Repl
     for a in acked {
         if let Some(queue_id) = a.queue_id
             && let Some(prev) = acked_at.insert((queue_id, a.offset), a)
-                && prev.body != a.body {
-                    report.push(Violation::ConflictingAcks { queue_id, offset: a.offset });
-                }
+            && prev.body != a.body
+        {
+            report.push(Violation::ConflictingAcks { queue_id, offset: a.offset });
+        }
     }
 
     // 3–5. Per replica.
@@ -293,10 +329,7 @@ mod tests {
     }
 
     fn replicas(messages: Vec<ReadMessage>) -> Vec<ReplicaRead> {
-        ["n0", "n1", "n2"]
-            .iter()
-            .map(|n| ReplicaRead { replica: n.to_string(), messages: messages.clone() })
-            .collect()
+        ["n0", "n1", "n2"].iter().map(|n| ReplicaRead { replica: n.to_string(), messages: messages.clone() }).collect()
     }
 
     #[test]
@@ -344,7 +377,9 @@ mod tests {
         msgs[0].body = acks[1].body.clone();
         msgs[1].body = acks[0].body.clone();
         let r = check(&attempted, &acks, &replicas(msgs));
-        assert!(r.violations.iter().any(|v| matches!(v, Violation::WrongPlace { acked: (Some(0), 0), found: (0, 1), .. })));
+        assert!(
+            r.violations.iter().any(|v| matches!(v, Violation::WrongPlace { acked: (Some(0), 0), found: (0, 1), .. }))
+        );
 
         // Without queue ids in the acks, a message in the wrong queue is still caught by offset.
         let mut unnamed = acks.clone();
@@ -354,7 +389,9 @@ mod tests {
         msgs.retain(|m| !(m.queue_id == 1 && m.offset == 1));
         msgs.push(ReadMessage { queue_id: 0, offset: 3, body: acks[4].body.clone() });
         let r = check(&attempted, &unnamed, &replicas(msgs));
-        assert!(r.violations.iter().any(|v| matches!(v, Violation::WrongPlace { acked: (None, 1), found: (0, 3), .. })));
+        assert!(
+            r.violations.iter().any(|v| matches!(v, Violation::WrongPlace { acked: (None, 1), found: (0, 3), .. }))
+        );
 
         // Gap in offsets.
         let mut msgs = base.clone();

@@ -399,14 +399,16 @@ impl Cluster {
     /// a fault we injected).
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(p) = self.namesrv.as_mut()
-            && let Some(status) = p.child.try_wait()? {
-                bail!("name server exited by itself: {status}\n{}", tail(&self.namesrv_log, LOG_TAIL_LINES));
-            }
+            && let Some(status) = p.child.try_wait()?
+        {
+            bail!("name server exited by itself: {status}\n{}", tail(&self.namesrv_log, LOG_TAIL_LINES));
+        }
         for n in &mut self.nodes {
             if let Some(p) = n.proc.as_mut()
-                && let Some(status) = p.child.try_wait()? {
-                    bail!("broker {} exited by itself: {status}\n{}", n.id, tail(&n.log_path, LOG_TAIL_LINES));
-                }
+                && let Some(status) = p.child.try_wait()?
+            {
+                bail!("broker {} exited by itself: {status}\n{}", n.id, tail(&n.log_path, LOG_TAIL_LINES));
+            }
         }
         Ok(())
     }
@@ -489,9 +491,8 @@ impl Cluster {
     /// Status of every running, not stopped node that answers in time.
     pub async fn statuses(&self) -> Vec<NodeStatus> {
         let mut out = Vec::with_capacity(self.nodes.len());
-        let calls = (0..self.nodes.len())
-            .filter(|&i| self.is_running(i) && !self.is_stopped(i))
-            .map(|i| self.status(i));
+        let calls =
+            (0..self.nodes.len()).filter(|&i| self.is_running(i) && !self.is_stopped(i)).map(|i| self.status(i));
         for s in futures::future::join_all(calls).await.into_iter().flatten() {
             out.push(s);
         }
@@ -513,15 +514,10 @@ impl Cluster {
         loop {
             let statuses: Vec<NodeStatus> =
                 self.statuses().await.into_iter().filter(|s| candidates.contains(&s.index)).collect();
-            let leaders: Vec<&NodeStatus> = statuses
-                .iter()
-                .filter(|s| matches!(s.role, admin::Role::Leader | admin::Role::Standalone))
-                .collect();
+            let leaders: Vec<&NodeStatus> =
+                statuses.iter().filter(|s| matches!(s.role, admin::Role::Leader | admin::Role::Standalone)).collect();
             if let [leader] = leaders.as_slice() {
-                let agree = statuses
-                    .iter()
-                    .filter(|s| s.term == leader.term && s.leader_id == leader.node_id)
-                    .count();
+                let agree = statuses.iter().filter(|s| s.term == leader.term && s.leader_id == leader.node_id).count();
                 let needed = if self.nodes.len() == 1 { 1 } else { majority };
                 if agree >= needed || (leader.role == admin::Role::Standalone) {
                     return Ok((leader.index, leader.term));
@@ -672,9 +668,10 @@ impl Cluster {
             let _ = p.kill9();
         }
         if std::env::var_os("WASMQ_KEEP_DIR").is_some()
-            && let Some(dir) = self.dir.take() {
-                eprintln!("kept cluster dir {}", dir.keep().display());
-            }
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("kept cluster dir {}", dir.keep().display());
+        }
     }
 }
 

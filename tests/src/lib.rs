@@ -20,9 +20,7 @@ pub mod readback;
 /// Test logs to stderr (captured by the test harness unless `--nocapture`), `RUST_LOG` wins.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_test_writer()
         .try_init();
 }

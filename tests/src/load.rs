@@ -51,11 +51,8 @@ pub struct LoadState {
 
 /// One producer: `spec.messages` sequential sends, each retried until acknowledged.
 pub async fn run_producer(id: u32, spec: ProducerSpec, state: Arc<LoadState>) {
-    let mut clients: Vec<MqClient> = spec
-        .endpoints
-        .iter()
-        .map(|e| MqClient::connect_lazy(e, spec.rpc_timeout).expect("valid endpoint"))
-        .collect();
+    let mut clients: Vec<MqClient> =
+        spec.endpoints.iter().map(|e| MqClient::connect_lazy(e, spec.rpc_timeout).expect("valid endpoint")).collect();
     let mut current = id as usize % clients.len();
     'messages: for seq in 0..spec.messages {
         for attempt in 0..ATTEMPTS_PER_MESSAGE_MAX {
@@ -96,10 +93,12 @@ pub async fn run_producer(id: u32, spec: ProducerSpec, state: Arc<LoadState>) {
 }
 
 /// Starts `producers` producers; returns their handles.
-pub fn spawn_producers(producers: u32, spec: &ProducerSpec, state: &Arc<LoadState>) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..producers)
-        .map(|id| tokio::spawn(run_producer(id, spec.clone(), state.clone())))
-        .collect()
+pub fn spawn_producers(
+    producers: u32,
+    spec: &ProducerSpec,
+    state: &Arc<LoadState>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..producers).map(|id| tokio::spawn(run_producer(id, spec.clone(), state.clone()))).collect()
 }
 
 /// Waits until `count` sends are acknowledged or `timeout` passes; returns the count reached.

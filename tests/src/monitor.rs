@@ -81,15 +81,17 @@ impl Observations {
             let node_key = (cluster.nodes[i].id.clone(), cluster.nodes[i].restarts);
             for q in progress {
                 let key = (q.group.clone(), q.topic.clone(), q.queue_id);
-                let last = self.last_offsets.entry(node_key.clone()).or_default().insert(key.clone(), q.consumer_offset);
+                let last =
+                    self.last_offsets.entry(node_key.clone()).or_default().insert(key.clone(), q.consumer_offset);
                 if let Some(last) = last
-                    && q.consumer_offset < last {
-                        let v = format!(
-                            "consumer offset went backwards on {} (restart {}): {key:?} {last} -> {}",
-                            node_key.0, node_key.1, q.consumer_offset
-                        );
-                        self.violation(v);
-                    }
+                    && q.consumer_offset < last
+                {
+                    let v = format!(
+                        "consumer offset went backwards on {} (restart {}): {key:?} {last} -> {}",
+                        node_key.0, node_key.1, q.consumer_offset
+                    );
+                    self.violation(v);
+                }
                 let max = self.max_offsets.entry(key).or_insert(0);
                 *max = (*max).max(q.consumer_offset);
             }
@@ -182,15 +184,12 @@ pub async fn run_consumer(
     stats: Arc<ConsumeStats>,
     deadline: Instant,
 ) {
-    let mut clients: Vec<MqClient> = endpoints
-        .iter()
-        .map(|e| MqClient::connect_lazy(e, Duration::from_secs(3)).expect("valid endpoint"))
-        .collect();
+    let mut clients: Vec<MqClient> =
+        endpoints.iter().map(|e| MqClient::connect_lazy(e, Duration::from_secs(3)).expect("valid endpoint")).collect();
     let mut current = 0;
     while Instant::now() < deadline && !load.stop.load(Ordering::Relaxed) {
-        let got = clients[current]
-            .receive(&group, &topic, 32, Duration::from_secs(15), Duration::from_millis(500))
-            .await;
+        let got =
+            clients[current].receive(&group, &topic, 32, Duration::from_secs(15), Duration::from_millis(500)).await;
         match got {
             Ok(batch) if batch.is_empty() => {}
             Ok(batch) => {

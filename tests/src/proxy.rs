@@ -77,8 +77,7 @@ impl LinkProxy {
         ensure!(target_addr.ip().is_loopback(), "proxy target {target_addr} is not loopback");
         let listener = TcpListener::bind("127.0.0.1:0").await.context("bind proxy listener")?;
         let listen_addr = listener.local_addr()?;
-        let (control, control_rx) =
-            watch::channel(LinkControl { mode: LinkMode::Pass, generation: 0 });
+        let (control, control_rx) = watch::channel(LinkControl { mode: LinkMode::Pass, generation: 0 });
         let stats = Arc::new(LinkStats::default());
         let accept_task = tokio::spawn(accept_loop(listener, target_addr, control_rx, stats.clone()));
         Ok(Self { listen_addr, target_addr, control, stats, accept_task })
@@ -333,12 +332,7 @@ impl ProxyMesh {
     }
 
     pub fn bytes_forwarded_total(&self) -> u64 {
-        self.links
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|l| l.stats().bytes_forwarded.load(Ordering::Relaxed))
-            .sum()
+        self.links.iter().flatten().flatten().map(|l| l.stats().bytes_forwarded.load(Ordering::Relaxed)).sum()
     }
 }
 

@@ -82,7 +82,11 @@ pub async fn create_topic(cluster: &Cluster, via: usize, topic: &str, queues: u3
             // A broker build without the admin service: test configs enable auto-creation
             // with the same queue count (`cluster::DEFAULT_TOPIC_QUEUES`), the first send creates it.
             Err(e) if format!("{e:#}").contains("Unimplemented") => {
-                ensure!(queues == crate::cluster::DEFAULT_TOPIC_QUEUES, "auto-created topics have {} queues", crate::cluster::DEFAULT_TOPIC_QUEUES);
+                ensure!(
+                    queues == crate::cluster::DEFAULT_TOPIC_QUEUES,
+                    "auto-created topics have {} queues",
+                    crate::cluster::DEFAULT_TOPIC_QUEUES
+                );
                 eprintln!("note: mqadmin updateTopic is unimplemented by this broker; {topic} will be auto-created");
                 return Ok(());
             }

@@ -32,7 +32,12 @@ pub fn endpoints(cluster: &Cluster) -> Vec<String> {
 /// producers run, each replica is checked on its own against the acks logged *before* the
 /// read (later acks may or may not be in it), and attempts logged up to *after* the read
 /// (so nothing read counts as never sent).
-pub async fn check_replicas(cluster: &Cluster, state: &Arc<LoadState>, topic: &str, quiescent: bool) -> Result<CheckReport> {
+pub async fn check_replicas(
+    cluster: &Cluster,
+    state: &Arc<LoadState>,
+    topic: &str,
+    quiescent: bool,
+) -> Result<CheckReport> {
     check_replicas_report(cluster, state, topic, quiescent).await?.into_result()
 }
 
@@ -65,12 +70,7 @@ pub async fn check_replicas_report(
         }
         merged
     };
-    eprintln!(
-        "{} failed_attempts={} abandoned={}",
-        report.summary(),
-        log.failed_attempts,
-        log.abandoned
-    );
+    eprintln!("{} failed_attempts={} abandoned={}", report.summary(), log.failed_attempts, log.abandoned);
     Ok(report)
 }
 

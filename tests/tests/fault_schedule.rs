@@ -179,7 +179,12 @@ async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<(
         repair(cluster, fault).await?;
         observe_until(cluster, &mut obs, Instant::now() + settle).await;
         cluster.check_alive()?;
-        leader_hint = cluster.statuses().await.into_iter().find(|s| s.role == wasmq_proto::wasmq::admin::Role::Leader).map(|s| s.index);
+        leader_hint = cluster
+            .statuses()
+            .await
+            .into_iter()
+            .find(|s| s.role == wasmq_proto::wasmq::admin::Role::Leader)
+            .map(|s| s.index);
     }
 
     // Repair everything, let the load finish, and check.

@@ -72,9 +72,8 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
                 }
                 let body = make_body(PROBE_PRODUCER, seq, 0, 64);
                 state.log.lock().await.attempted.insert(body.clone());
-                let sent = client
-                    .send(&Outgoing { topic: TOPIC, body: &body, tag: None, keys: &[], queue_id: None })
-                    .await;
+                let sent =
+                    client.send(&Outgoing { topic: TOPIC, body: &body, tag: None, keys: &[], queue_id: None }).await;
                 match sent {
                     Ok(r) => {
                         acks += 1;

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::transport::{Channel, Endpoint};
-use wasmq_proto::apache::rocketmq::v2::{
-    self as v2, Code, messaging_service_client::MessagingServiceClient,
-};
+use wasmq_proto::apache::rocketmq::v2::{self as v2, Code, messaging_service_client::MessagingServiceClient};
 
 /// Largest batch one receive/pull asks for (the broker has its own cap too).
 pub const BATCH_MAX: i32 = 256;
@@ -67,7 +65,8 @@ pub struct Delivered {
 
 impl Delivered {
     fn from_message(m: v2::Message) -> ClientResult<Self> {
-        let sp = m.system_properties.ok_or_else(|| ClientError::Malformed("message without system properties".into()))?;
+        let sp =
+            m.system_properties.ok_or_else(|| ClientError::Malformed("message without system properties".into()))?;
         let offset = sp.queue_offset.ok_or_else(|| ClientError::Malformed("message without queue offset".into()))?;
         Ok(Delivered {
             message_id: sp.message_id,
@@ -179,9 +178,11 @@ impl MqClient {
             system_properties: Some(system_properties),
             body: m.body.to_vec(),
         };
-        let r = self.inner.send_message(self.request(v2::SendMessageRequest { messages: vec![msg] })).await?.into_inner();
+        let r =
+            self.inner.send_message(self.request(v2::SendMessageRequest { messages: vec![msg] })).await?.into_inner();
         check(r.status.as_ref())?;
-        let entry = r.entries.into_iter().next().ok_or_else(|| ClientError::Malformed("no send result entry".into()))?;
+        let entry =
+            r.entries.into_iter().next().ok_or_else(|| ClientError::Malformed("no send result entry".into()))?;
         check(entry.status.as_ref())?;
         let offset = u64::try_from(entry.offset).map_err(|_| ClientError::Malformed("negative offset".into()))?;
         Ok(SendReceipt { message_id: entry.message_id, queue_id: m.queue_id.unwrap_or(0), offset })
@@ -203,7 +204,10 @@ impl MqClient {
             // A simple consumer names one of the topic's queues (from its assignment); wasmq pops
             // every readable queue of the topic whichever it names, and queue 0 always exists.
             message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: 0, ..Default::default() }),
-            filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
+            filter_expression: Some(v2::FilterExpression {
+                r#type: v2::FilterType::Tag as i32,
+                expression: "*".into(),
+            }),
             batch_size: batch,
             invisible_duration: Some(duration(invisible)),
             auto_renew: false,
@@ -267,7 +271,10 @@ impl MqClient {
             }),
             offset: offset as i64,
             batch_size: batch,
-            filter_expression: Some(v2::FilterExpression { r#type: v2::FilterType::Tag as i32, expression: "*".into() }),
+            filter_expression: Some(v2::FilterExpression {
+                r#type: v2::FilterType::Tag as i32,
+                expression: "*".into(),
+            }),
             long_polling_timeout: Some(duration(Duration::ZERO)),
         };
         let mut stream = self.inner.pull_message(self.request(req)).await?.into_inner();
@@ -290,9 +297,18 @@ impl MqClient {
 
     /// QueryOffset: the first (`Beginning`) or one-past-last (`End`) offset of a queue, as
     /// the answering node's own store has it.
-    pub async fn query_offset(&mut self, topic: &str, queue_id: u32, policy: v2::QueryOffsetPolicy) -> ClientResult<u64> {
+    pub async fn query_offset(
+        &mut self,
+        topic: &str,
+        queue_id: u32,
+        policy: v2::QueryOffsetPolicy,
+    ) -> ClientResult<u64> {
         let req = v2::QueryOffsetRequest {
-            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: queue_id as i32, ..Default::default() }),
+            message_queue: Some(v2::MessageQueue {
+                topic: Some(resource(topic)),
+                id: queue_id as i32,
+                ..Default::default()
+            }),
             query_offset_policy: policy as i32,
             timestamp: None,
         };
@@ -304,7 +320,11 @@ impl MqClient {
     pub async fn get_offset(&mut self, group: &str, topic: &str, queue_id: u32) -> ClientResult<i64> {
         let req = v2::GetOffsetRequest {
             group: Some(resource(group)),
-            message_queue: Some(v2::MessageQueue { topic: Some(resource(topic)), id: queue_id as i32, ..Default::default() }),
+            message_queue: Some(v2::MessageQueue {
+                topic: Some(resource(topic)),
+                id: queue_id as i32,
+                ..Default::default()
+            }),
         };
         let r = self.inner.get_offset(self.request(req)).await?.into_inner();
         check(r.status.as_ref())?;

@@ -66,9 +66,12 @@ impl NatsConn {
 
     async fn read_line(&mut self) -> Result<String> {
         self.line.clear();
-        let n = tokio::time::timeout(self.timeout, (&mut self.reader).take(LINE_BYTES_MAX as u64).read_line(&mut self.line))
-            .await
-            .context("timed out waiting for the server")??;
+        let n = tokio::time::timeout(
+            self.timeout,
+            (&mut self.reader).take(LINE_BYTES_MAX as u64).read_line(&mut self.line),
+        )
+        .await
+        .context("timed out waiting for the server")??;
         ensure!(n > 0, "connection closed by server");
         ensure!(self.line.ends_with("\r\n"), "protocol line too long or cut: {} bytes", n);
         Ok(self.line.trim_end_matches("\r\n").to_string())
@@ -150,17 +153,18 @@ impl NatsConn {
         let v: serde_json::Value = serde_json::from_slice(&answer).context("stream delete answer is not JSON")?;
         // 10059: stream not found; deleting a missing stream is fine.
         if let Some(err) = v.get("error")
-            && err.get("err_code").and_then(|c| c.as_u64()) != Some(10059) {
-                bail!("stream delete failed: {err}");
-            }
+            && err.get("err_code").and_then(|c| c.as_u64()) != Some(10059)
+        {
+            bail!("stream delete failed: {err}");
+        }
         Ok(())
     }
 }
 
 /// `{"stream":"S","seq":N}` or `{"error":{"code":..,"description":..}}`.
 pub fn parse_pub_ack(ack: &[u8]) -> Result<u64> {
-    let v: serde_json::Value =
-        serde_json::from_slice(ack).with_context(|| format!("publish ack is not JSON: {:?}", String::from_utf8_lossy(ack)))?;
+    let v: serde_json::Value = serde_json::from_slice(ack)
+        .with_context(|| format!("publish ack is not JSON: {:?}", String::from_utf8_lossy(ack)))?;
     if let Some(err) = v.get("error") {
         bail!("publish rejected: {err}");
     }

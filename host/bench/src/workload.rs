@@ -179,11 +179,8 @@ async fn wasmq_producer(
     budget: &AtomicU64,
     deadline: Instant,
 ) -> Result<Histogram<u64>> {
-    let mut clients = w
-        .endpoints
-        .iter()
-        .map(|e| MqClient::connect_lazy(e, w.timeout))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut clients =
+        w.endpoints.iter().map(|e| MqClient::connect_lazy(e, w.timeout)).collect::<Result<Vec<_>, _>>()?;
     // Spread producers over the endpoints; followers forward to the leader.
     let mut current = id as usize % clients.len();
     let mut hist = new_histogram();

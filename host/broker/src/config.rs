@@ -225,25 +225,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}: file is {size_bytes} bytes, more than the {max_bytes}-byte limit")]
-    TooBig {
-        path: PathBuf,
-        size_bytes: u64,
-        max_bytes: u64,
-    },
+    TooBig { path: PathBuf, size_bytes: u64, max_bytes: u64 },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}:{line}: unknown key `{key}`")]
-    UnknownKey {
-        path: PathBuf,
-        line: usize,
-        key: String,
-    },
+    UnknownKey { path: PathBuf, line: usize, key: String },
     #[error("{path}: key `{key}`: {message}")]
-    BadValue {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    BadValue { path: PathBuf, key: String, message: String },
 }
 
 /// One member of a DLedger group, parsed from `dLegerPeers`.
@@ -276,10 +264,7 @@ pub struct Loaded {
 /// Loads `path`: properties format if it ends in `.conf` or `.properties`, TOML otherwise.
 /// Does not validate (see [`BrokerConfig::validate`]).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
     let size_bytes = std::fs::metadata(path).map_err(io)?.len();
     if size_bytes > CONFIG_FILE_SIZE_MAX_BYTES {
         return Err(ConfigError::TooBig {
@@ -289,22 +274,14 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let is_properties = path
-        .extension()
-        .is_some_and(|e| e == "conf" || e == "properties");
-    if is_properties {
-        parse_properties(&text, path)
-    } else {
-        parse_toml(&text, path)
-    }
+    let is_properties = path.extension().is_some_and(|e| e == "conf" || e == "properties");
+    if is_properties { parse_properties(&text, path) } else { parse_toml(&text, path) }
 }
 
 /// Parses TOML text; `path` only names the source in errors.
 pub fn parse_toml(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?;
     from_table(table, path)
 }
 
@@ -338,23 +315,13 @@ pub fn parse_properties(text: &str, path: &Path) -> Result<Loaded, ConfigError> 
             continue;
         }
         let Some((_, kind)) = KEYS.iter().find(|(k, _)| *k == key) else {
-            return Err(ConfigError::UnknownKey {
-                path: path.to_path_buf(),
-                line: line_number,
-                key: key.to_string(),
-            });
+            return Err(ConfigError::UnknownKey { path: path.to_path_buf(), line: line_number, key: key.to_string() });
         };
-        let bad = |message: String| ConfigError::BadValue {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
+        let bad = |message: String| ConfigError::BadValue { path: path.to_path_buf(), key: key.to_string(), message };
         let typed = match kind {
             Kind::Str => toml::Value::String(value.to_string()),
             Kind::U64 => {
-                let n: u64 = value
-                    .parse()
-                    .map_err(|_| bad(format!("`{value}` is not a non-negative integer")))?;
+                let n: u64 = value.parse().map_err(|_| bad(format!("`{value}` is not a non-negative integer")))?;
                 let n = i64::try_from(n).map_err(|_| bad(format!("`{value}` is too large")))?;
                 toml::Value::Integer(n)
             }
@@ -365,10 +332,7 @@ pub fn parse_properties(text: &str, path: &Path) -> Result<Loaded, ConfigError> 
             },
             Kind::OneOf(choices) => {
                 if !choices.contains(&value) {
-                    return Err(bad(format!(
-                        "`{value}` is not one of {}",
-                        choices.join(", ")
-                    )));
+                    return Err(bad(format!("`{value}` is not one of {}", choices.join(", "))));
                 }
                 toml::Value::String(value.to_string())
             }
@@ -382,10 +346,7 @@ pub fn parse_properties(text: &str, path: &Path) -> Result<Loaded, ConfigError> 
 }
 
 fn unused_key_warning(path: &Path, key: &str) -> String {
-    format!(
-        "{}: key `{key}` is a RocketMQ setting wasmq does not use; ignored",
-        path.display()
-    )
+    format!("{}: key `{key}` is a RocketMQ setting wasmq does not use; ignored", path.display())
 }
 
 fn from_table(mut table: toml::Table, path: &Path) -> Result<Loaded, ConfigError> {
@@ -397,15 +358,8 @@ fn from_table(mut table: toml::Table, path: &Path) -> Result<Loaded, ConfigError
     }
     // Unknown keys are reported by name here rather than through serde, whose message for
     // `deny_unknown_fields` lists every expected field.
-    if let Some(key) = table
-        .keys()
-        .find(|k| !KEYS.iter().any(|(known, _)| known == k))
-    {
-        return Err(ConfigError::UnknownKey {
-            path: path.to_path_buf(),
-            line: 0,
-            key: key.clone(),
-        });
+    if let Some(key) = table.keys().find(|k| !KEYS.iter().any(|(known, _)| known == k)) {
+        return Err(ConfigError::UnknownKey { path: path.to_path_buf(), line: 0, key: key.clone() });
     }
     for (key, value) in &table {
         let (_, kind) = KEYS.iter().find(|(k, _)| k == key).expect("checked above");
@@ -415,13 +369,9 @@ fn from_table(mut table: toml::Table, path: &Path) -> Result<Loaded, ConfigError
             message,
         })?;
     }
-    let config: BrokerConfig =
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+    let config: BrokerConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(Loaded { config, warnings })
 }
 
@@ -434,9 +384,7 @@ fn check_value_kind(key: &str, kind: Kind, value: &toml::Value) -> Result<(), St
         (Kind::U64, toml::Value::Integer(n)) => Err(format!("{n} is negative")),
         (Kind::Bool, toml::Value::Boolean(_)) => Ok(()),
         (Kind::OneOf(choices), toml::Value::String(s)) if choices.contains(&s.as_str()) => Ok(()),
-        (Kind::OneOf(choices), toml::Value::String(s)) => {
-            Err(format!("`{s}` is not one of {}", choices.join(", ")))
-        }
+        (Kind::OneOf(choices), toml::Value::String(s)) => Err(format!("`{s}` is not one of {}", choices.join(", "))),
         (kind, value) => Err(format!(
             "expected {}, got {} `{value}`",
             match kind {
@@ -471,21 +419,13 @@ impl BrokerConfig {
 
     /// Client gRPC listen address.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        let ip: IpAddr = self
-            .broker_ip1
-            .parse()
-            .map_err(|_| format!("`{}` is not an IP address", self.broker_ip1))?;
+        let ip: IpAddr = self.broker_ip1.parse().map_err(|_| format!("`{}` is not an IP address", self.broker_ip1))?;
         Ok(SocketAddr::new(ip, self.listen_port))
     }
 
     /// `namesrvAddr` split on `;` (empty entries ignored).
     pub fn namesrv_addrs(&self) -> Vec<String> {
-        self.namesrv_addr
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
+        self.namesrv_addr.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
     }
 
     /// `dLegerPeers` parsed; empty when it is empty.
@@ -501,12 +441,7 @@ impl BrokerConfig {
     /// Client endpoint (`host:port`) of group member `id`: from `dLegerClientEndpoints`, or
     /// this node's own listen address.
     pub fn client_endpoint_of(&self, id: &str) -> Option<String> {
-        if let Some(p) = self
-            .dledger_client_endpoints()
-            .ok()?
-            .into_iter()
-            .find(|p| p.id == id)
-        {
+        if let Some(p) = self.dledger_client_endpoints().ok()?.into_iter().find(|p| p.id == id) {
             return Some(p.address);
         }
         (id == self.node_id()).then(|| format!("{}:{}", self.broker_ip1, self.listen_port))
@@ -514,19 +449,12 @@ impl BrokerConfig {
 
     /// This node's entry in `dLegerPeers` (only meaningful with DLedger enabled).
     pub fn dledger_self(&self) -> Option<DLedgerPeer> {
-        self.dledger_peers()
-            .ok()?
-            .into_iter()
-            .find(|p| p.id == self.d_leger_self_id)
+        self.dledger_peers().ok()?.into_iter().find(|p| p.id == self.d_leger_self_id)
     }
 
     /// Id this node reports in status: `dLegerSelfId`, or the broker name when standalone.
     pub fn node_id(&self) -> String {
-        if self.enable_d_leger_commit_log {
-            self.d_leger_self_id.clone()
-        } else {
-            self.broker_name.clone()
-        }
+        if self.enable_d_leger_commit_log { self.d_leger_self_id.clone() } else { self.broker_name.clone() }
     }
 
     /// Checks everything that can be checked before opening the store. `path` names the
@@ -537,10 +465,7 @@ impl BrokerConfig {
             key: key.to_string(),
             message,
         };
-        for (key, value) in [
-            ("brokerClusterName", &self.broker_cluster_name),
-            ("brokerName", &self.broker_name),
-        ] {
+        for (key, value) in [("brokerClusterName", &self.broker_cluster_name), ("brokerName", &self.broker_name)] {
             check_name(value).map_err(|m| bad(key, m))?;
         }
         let listen = self.listen_addr().map_err(|m| bad("brokerIP1", m))?;
@@ -549,10 +474,7 @@ impl BrokerConfig {
         }
         let namesrvs = self.namesrv_addrs();
         if namesrvs.len() > NAMESRV_ADDRS_MAX {
-            return Err(bad(
-                "namesrvAddr",
-                format!("{} addresses; at most {NAMESRV_ADDRS_MAX}", namesrvs.len()),
-            ));
+            return Err(bad("namesrvAddr", format!("{} addresses; at most {NAMESRV_ADDRS_MAX}", namesrvs.len())));
         }
         for addr in &namesrvs {
             parse_host_port(addr).map_err(|m| bad("namesrvAddr", m))?;
@@ -569,10 +491,7 @@ impl BrokerConfig {
         if self.max_message_size == 0 || self.max_message_size > MESSAGE_SIZE_MAX_BYTES {
             return Err(bad(
                 "maxMessageSize",
-                format!(
-                    "{} is outside 1..={MESSAGE_SIZE_MAX_BYTES}",
-                    self.max_message_size
-                ),
+                format!("{} is outside 1..={MESSAGE_SIZE_MAX_BYTES}", self.max_message_size),
             ));
         }
         // A message plus its record header must fit one segment.
@@ -603,23 +522,14 @@ impl BrokerConfig {
         if !(1..=SEND_CONCURRENCY_MAX).contains(&self.send_message_thread_pool_nums) {
             return Err(bad(
                 "sendMessageThreadPoolNums",
-                format!(
-                    "{} is outside 1..={SEND_CONCURRENCY_MAX}",
-                    self.send_message_thread_pool_nums
-                ),
+                format!("{} is outside 1..={SEND_CONCURRENCY_MAX}", self.send_message_thread_pool_nums),
             ));
         }
         if !(1..=1024).contains(&self.default_topic_queue_nums) {
-            return Err(bad(
-                "defaultTopicQueueNums",
-                format!("{} is outside 1..=1024", self.default_topic_queue_nums),
-            ));
+            return Err(bad("defaultTopicQueueNums", format!("{} is outside 1..=1024", self.default_topic_queue_nums)));
         }
         if !["trace", "debug", "info", "warn", "error"].contains(&self.log_level.as_str()) {
-            return Err(bad(
-                "logLevel",
-                format!("`{}` is not trace, debug, info, warn or error", self.log_level),
-            ));
+            return Err(bad("logLevel", format!("`{}` is not trace, debug, info, warn or error", self.log_level)));
         }
         self.validate_raft_timeouts(&bad)?;
 
@@ -631,52 +541,33 @@ impl BrokerConfig {
         let peers = self.dledger_peers().map_err(|m| bad("dLegerPeers", m))?;
         if self.enable_d_leger_commit_log {
             self.validate_dledger(&peers, &bad)?;
-            let me = peers
-                .iter()
-                .find(|p| p.id == self.d_leger_self_id)
-                .expect("checked by validate_dledger");
+            let me = peers.iter().find(|p| p.id == self.d_leger_self_id).expect("checked by validate_dledger");
             ports.push(("dLegerPeers (this node)", me.port));
         }
         for (i, (key_a, port_a)) in ports.iter().enumerate() {
             if let Some((key_b, _)) = ports[i + 1..].iter().find(|(_, p)| p == port_a) {
-                return Err(bad(
-                    key_a,
-                    format!("port {port_a} is also used by {key_b}"),
-                ));
+                return Err(bad(key_a, format!("port {port_a} is also used by {key_b}")));
             }
         }
 
         let root = self.store_root();
         check_store_dir(&root, store).map_err(|m| bad("storePathRootDir", m))?;
         if !self.store_path_commit_log.is_empty() {
-            check_store_dir(&self.commit_log_dir(), store)
-                .map_err(|m| bad("storePathCommitLog", m))?;
+            check_store_dir(&self.commit_log_dir(), store).map_err(|m| bad("storePathCommitLog", m))?;
         }
         if let Some(dir) = self.plugin_dir()
             && !dir.is_dir()
         {
-            return Err(bad(
-                "pluginDir",
-                format!("{} is not a directory", dir.display()),
-            ));
+            return Err(bad("pluginDir", format!("{} is not a directory", dir.display())));
         }
         Ok(())
     }
 
-    fn validate_raft_timeouts(
-        &self,
-        bad: &impl Fn(&str, String) -> ConfigError,
-    ) -> Result<(), ConfigError> {
+    fn validate_raft_timeouts(&self, bad: &impl Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
         let heartbeat = self.d_leger_heartbeat_interval_ms;
-        let (min, max) = (
-            self.d_leger_election_timeout_min_ms,
-            self.d_leger_election_timeout_max_ms,
-        );
+        let (min, max) = (self.d_leger_election_timeout_min_ms, self.d_leger_election_timeout_max_ms);
         if !(10..=60_000).contains(&heartbeat) {
-            return Err(bad(
-                "dLegerHeartbeatIntervalMs",
-                format!("{heartbeat} ms is outside 10..=60000"),
-            ));
+            return Err(bad("dLegerHeartbeatIntervalMs", format!("{heartbeat} ms is outside 10..=60000")));
         }
         // A follower must see a few heartbeats before it may time out, or a healthy leader
         // gets deposed by jitter.
@@ -701,17 +592,11 @@ impl BrokerConfig {
         bad: &impl Fn(&str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         if self.d_leger_group.is_empty() {
-            return Err(bad(
-                "dLegerGroup",
-                "required when enableDLegerCommitLog = true".into(),
-            ));
+            return Err(bad("dLegerGroup", "required when enableDLegerCommitLog = true".into()));
         }
         check_name(&self.d_leger_group).map_err(|m| bad("dLegerGroup", m))?;
         if peers.is_empty() {
-            return Err(bad(
-                "dLegerPeers",
-                "required when enableDLegerCommitLog = true".into(),
-            ));
+            return Err(bad("dLegerPeers", "required when enableDLegerCommitLog = true".into()));
         }
         if !peers.iter().any(|p| p.id == self.d_leger_self_id) {
             return Err(bad(
@@ -723,18 +608,11 @@ impl BrokerConfig {
                 ),
             ));
         }
-        let endpoints = self
-            .dledger_client_endpoints()
-            .map_err(|m| bad("dLegerClientEndpoints", m))?;
+        let endpoints = self.dledger_client_endpoints().map_err(|m| bad("dLegerClientEndpoints", m))?;
         if let Some(p) = endpoints.iter().find(|e| !peers.iter().any(|p| p.id == e.id)) {
-            return Err(bad(
-                "dLegerClientEndpoints",
-                format!("id `{}` is not one of the ids in dLegerPeers", p.id),
-            ));
+            return Err(bad("dLegerClientEndpoints", format!("id `{}` is not one of the ids in dLegerPeers", p.id)));
         }
-        if !self.preferred_leader_id.is_empty()
-            && !peers.iter().any(|p| p.id == self.preferred_leader_id)
-        {
+        if !self.preferred_leader_id.is_empty() && !peers.iter().any(|p| p.id == self.preferred_leader_id) {
             return Err(bad(
                 "preferredLeaderId",
                 format!("`{}` is not one of the ids in dLegerPeers", self.preferred_leader_id),
@@ -749,25 +627,18 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 127 {
         return Err(format!("`{name}` must be 1..=127 characters"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%'))) {
         return Err(format!("`{name}` contains `{c}`; allowed: A-Z a-z 0-9 - _ . %"));
     }
     Ok(())
 }
 
 fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{addr}` is not host:port"))?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("`{addr}` is not host:port"))?;
     if host.is_empty() {
         return Err(format!("`{addr}` has no host"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("`{addr}`: `{port}` is not a port number"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{addr}`: `{port}` is not a port number"))?;
     if port == 0 {
         return Err(format!("`{addr}`: port 0"));
     }
@@ -778,9 +649,7 @@ fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
 fn parse_peers(text: &str) -> Result<Vec<DLedgerPeer>, String> {
     let mut peers: Vec<DLedgerPeer> = Vec::new();
     for item in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, address) = item
-            .split_once('-')
-            .ok_or_else(|| format!("`{item}` is not `id-host:port`"))?;
+        let (id, address) = item.split_once('-').ok_or_else(|| format!("`{item}` is not `id-host:port`"))?;
         check_name(id).map_err(|m| format!("peer id {m}"))?;
         let (_, port) = parse_host_port(address)?;
         if peers.iter().any(|p| p.id == id) {
@@ -789,11 +658,7 @@ fn parse_peers(text: &str) -> Result<Vec<DLedgerPeer>, String> {
         if peers.iter().any(|p| p.address == address) {
             return Err(format!("address `{address}` appears twice"));
         }
-        peers.push(DLedgerPeer {
-            id: id.to_string(),
-            address: address.to_string(),
-            port,
-        });
+        peers.push(DLedgerPeer { id: id.to_string(), address: address.to_string(), port });
     }
     if peers.len() > DLEDGER_PEERS_MAX {
         return Err(format!("{} peers; at most {DLEDGER_PEERS_MAX}", peers.len()));
@@ -825,8 +690,7 @@ fn is_writable_dir(dir: &Path) -> bool {
 fn check_store_dir(dir: &Path, store: StoreCheck) -> Result<(), String> {
     match store {
         StoreCheck::Create => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             if !is_writable_dir(dir) {
                 return Err(format!("{} is not a writable directory", dir.display()));
             }
@@ -836,20 +700,13 @@ fn check_store_dir(dir: &Path, store: StoreCheck) -> Result<(), String> {
             let mut existing = dir;
             let mut seen = HashSet::new();
             while !existing.exists() {
-                existing = existing
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+                existing = existing.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 if !seen.insert(existing.to_path_buf()) {
                     break;
                 }
             }
             if !is_writable_dir(existing) {
-                return Err(format!(
-                    "{} is not a writable directory (checking {})",
-                    existing.display(),
-                    dir.display()
-                ));
+                return Err(format!("{} is not a writable directory (checking {})", existing.display(), dir.display()));
             }
         }
     }
@@ -912,8 +769,7 @@ mod tests {
 
     #[test]
     fn toml_dledger_config_parses() {
-        let loaded = toml_cfg(&dledger_toml("flushDiskType = \"SYNC_FLUSH\"\nbrokerIP1 = \"127.0.0.2\"\n"))
-            .unwrap();
+        let loaded = toml_cfg(&dledger_toml("flushDiskType = \"SYNC_FLUSH\"\nbrokerIP1 = \"127.0.0.2\"\n")).unwrap();
         let c = loaded.config;
         assert_eq!(c.flush_disk_type, FlushDiskType::SyncFlush);
         assert_eq!(c.broker_ip1, "127.0.0.2");
@@ -1014,10 +870,7 @@ mod tests {
             ("n0-127.0.0.1:40911;n1-127.0.0.1:40911", "appears twice"),
             ("n0-127.0.0.1:0", "port 0"),
         ] {
-            let text = dledger_toml("").replace(
-                "n0-127.0.0.1:40911;n1-127.0.0.1:40912;n2-127.0.0.1:40913",
-                peers,
-            );
+            let text = dledger_toml("").replace("n0-127.0.0.1:40911;n1-127.0.0.1:40912;n2-127.0.0.1:40913", peers);
             let c = toml_cfg(&text).unwrap().config;
             let e = err_text(valid(&c).err().unwrap());
             assert!(e.contains("dLegerPeers") && e.contains(needle), "{peers}: {e}");
@@ -1052,9 +905,7 @@ mod tests {
 
     #[test]
     fn raft_timeouts_are_checked() {
-        let text = dledger_toml(
-            "dLegerElectionTimeoutMinMs = 2000\ndLegerElectionTimeoutMaxMs = 1000\n",
-        );
+        let text = dledger_toml("dLegerElectionTimeoutMinMs = 2000\ndLegerElectionTimeoutMaxMs = 1000\n");
         let e = err_text(valid(&toml_cfg(&text).unwrap().config).err().unwrap());
         assert!(e.contains("dLegerElectionTimeoutMaxMs"), "{e}");
         let text = dledger_toml("dLegerHeartbeatIntervalMs = 500\n");

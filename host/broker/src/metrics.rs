@@ -23,16 +23,14 @@ use tokio::sync::watch;
 
 use crate::core::BrokerCore;
 use crate::messaging::backend::{
-    BackendError, BackendResult, FilterKind, MessagingBackend, OutgoingMessage, RouteInfo,
-    SendOutcome, StoredMessage, TopicInfo,
+    BackendError, BackendResult, FilterKind, MessagingBackend, OutgoingMessage, RouteInfo, SendOutcome, StoredMessage,
+    TopicInfo,
 };
 use crate::replication::Role;
 
 /// Upper bounds (microseconds) of the send latency histogram buckets; `+Inf` follows.
-pub const SEND_LATENCY_BUCKETS_US: [u64; 14] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 5_000_000,
-];
+pub const SEND_LATENCY_BUCKETS_US: [u64; 14] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
 /// Rates are averaged over this many seconds of 1 s samples.
 pub const RATE_WINDOW_S: usize = 10;
 /// Largest request head read; a scrape is one short GET.
@@ -42,15 +40,8 @@ const REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// Scrapes served at once; more wait in the accept queue.
 const CONNECTIONS_MAX: usize = 16;
 
-const ERROR_KINDS: [&str; 7] = [
-    "topic_not_found",
-    "message_too_large",
-    "not_leader",
-    "plugin_reject",
-    "bad_request",
-    "timeout",
-    "internal",
-];
+const ERROR_KINDS: [&str; 7] =
+    ["topic_not_found", "message_too_large", "not_leader", "plugin_reject", "bad_request", "timeout", "internal"];
 
 fn error_kind(e: &BackendError) -> usize {
     match e {
@@ -84,24 +75,15 @@ impl BrokerMetrics {
         Arc::new(BrokerMetrics::default())
     }
 
-    fn record_send(
-        &self,
-        elapsed: Duration,
-        body_bytes: usize,
-        result: &BackendResult<SendOutcome>,
-    ) {
+    fn record_send(&self, elapsed: Duration, body_bytes: usize, result: &BackendResult<SendOutcome>) {
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
-        let bucket = SEND_LATENCY_BUCKETS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(SEND_LATENCY_BUCKETS_US.len());
+        let bucket = SEND_LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(SEND_LATENCY_BUCKETS_US.len());
         self.send_latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.send_latency_sum_us.fetch_add(us, Ordering::Relaxed);
         match result {
             Ok(_) => {
                 self.sends_ok.fetch_add(1, Ordering::Relaxed);
-                self.send_bytes
-                    .fetch_add(body_bytes as u64, Ordering::Relaxed);
+                self.send_bytes.fetch_add(body_bytes as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 self.send_errors[error_kind(e)].fetch_add(1, Ordering::Relaxed);
@@ -111,22 +93,14 @@ impl BrokerMetrics {
 
     fn record_read(&self, messages: &[StoredMessage]) {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        self.messages_read
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.bytes_read.fetch_add(
-            messages.iter().map(|m| m.body.len() as u64).sum(),
-            Ordering::Relaxed,
-        );
+        self.messages_read.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.bytes_read.fetch_add(messages.iter().map(|m| m.body.len() as u64).sum(), Ordering::Relaxed);
     }
 
     /// Takes one rate sample (the sampler task calls this every second).
     pub fn sample_rates(&self, now: Instant) {
         let mut r = self.rates.lock();
-        r.push_back((
-            now,
-            self.sends_ok.load(Ordering::Relaxed),
-            self.messages_read.load(Ordering::Relaxed),
-        ));
+        r.push_back((now, self.sends_ok.load(Ordering::Relaxed), self.messages_read.load(Ordering::Relaxed)));
         while r.len() > RATE_WINDOW_S + 1 {
             r.pop_front();
         }
@@ -146,10 +120,7 @@ impl BrokerMetrics {
 
     /// Wraps a backend so that its sends and reads are counted here.
     pub fn wrap(self: &Arc<Self>, inner: Arc<dyn MessagingBackend>) -> Arc<dyn MessagingBackend> {
-        Arc::new(MeteredBackend {
-            inner,
-            metrics: self.clone(),
-        })
+        Arc::new(MeteredBackend { inner, metrics: self.clone() })
     }
 }
 
@@ -182,10 +153,7 @@ impl MessagingBackend for MeteredBackend {
         max_count: u32,
         max_bytes: u64,
     ) -> BackendResult<Vec<StoredMessage>> {
-        let result = self
-            .inner
-            .read(topic, queue_id, offset, max_count, max_bytes)
-            .await;
+        let result = self.inner.read(topic, queue_id, offset, max_count, max_bytes).await;
         if let Ok(messages) = &result {
             self.metrics.record_read(messages);
         }
@@ -204,27 +172,12 @@ impl MessagingBackend for MeteredBackend {
         after_offset: u64,
         timeout: Duration,
     ) -> BackendResult<u64> {
-        self.inner
-            .wait_for_new(topic, queue_id, after_offset, timeout)
-            .await
+        self.inner.wait_for_new(topic, queue_id, after_offset, timeout).await
     }
-    async fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> BackendResult<()> {
-        self.inner
-            .commit_offset(group, topic, queue_id, offset)
-            .await
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> BackendResult<()> {
+        self.inner.commit_offset(group, topic, queue_id, offset).await
     }
-    async fn consumer_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-    ) -> BackendResult<Option<u64>> {
+    async fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> BackendResult<Option<u64>> {
         self.inner.consumer_offset(group, topic, queue_id).await
     }
     async fn filter(
@@ -235,9 +188,7 @@ impl MessagingBackend for MeteredBackend {
         expression: &str,
         messages: &[StoredMessage],
     ) -> BackendResult<Vec<bool>> {
-        self.inner
-            .filter(group, topic, kind, expression, messages)
-            .await
+        self.inner.filter(group, topic, kind, expression, messages).await
     }
     fn leader_client_endpoint(&self) -> Option<String> {
         self.inner.leader_client_endpoint()
@@ -252,9 +203,7 @@ impl MessagingBackend for MeteredBackend {
 
 /// Escapes a label value (backslash, quote, newline), as the text format requires.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -274,58 +223,23 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
         "Messages stored and acknowledged through this broker's client service.",
     );
     let _ = writeln!(out, "wasmq_sends_total {}", load(&metrics.sends_ok));
-    header(
-        &mut out,
-        "wasmq_send_bytes_total",
-        "counter",
-        "Body bytes of acknowledged sends.",
-    );
+    header(&mut out, "wasmq_send_bytes_total", "counter", "Body bytes of acknowledged sends.");
     let _ = writeln!(out, "wasmq_send_bytes_total {}", load(&metrics.send_bytes));
-    header(
-        &mut out,
-        "wasmq_send_errors_total",
-        "counter",
-        "Failed sends by error kind.",
-    );
+    header(&mut out, "wasmq_send_errors_total", "counter", "Failed sends by error kind.");
     for (i, kind) in ERROR_KINDS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "wasmq_send_errors_total{{kind=\"{kind}\"}} {}",
-            load(&metrics.send_errors[i])
-        );
+        let _ = writeln!(out, "wasmq_send_errors_total{{kind=\"{kind}\"}} {}", load(&metrics.send_errors[i]));
     }
-    header(
-        &mut out,
-        "wasmq_send_latency_seconds",
-        "histogram",
-        "Time from send request to commit (or error).",
-    );
+    header(&mut out, "wasmq_send_latency_seconds", "histogram", "Time from send request to commit (or error).");
     let mut cumulative = 0u64;
     for (i, bound_us) in SEND_LATENCY_BUCKETS_US.iter().enumerate() {
         cumulative += load(&metrics.send_latency[i]);
-        let _ = writeln!(
-            out,
-            "wasmq_send_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound_us as f64 / 1e6
-        );
+        let _ = writeln!(out, "wasmq_send_latency_seconds_bucket{{le=\"{}\"}} {cumulative}", *bound_us as f64 / 1e6);
     }
     cumulative += load(&metrics.send_latency[SEND_LATENCY_BUCKETS_US.len()]);
-    let _ = writeln!(
-        out,
-        "wasmq_send_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let _ = writeln!(
-        out,
-        "wasmq_send_latency_seconds_sum {}",
-        load(&metrics.send_latency_sum_us) as f64 / 1e6
-    );
+    let _ = writeln!(out, "wasmq_send_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "wasmq_send_latency_seconds_sum {}", load(&metrics.send_latency_sum_us) as f64 / 1e6);
     let _ = writeln!(out, "wasmq_send_latency_seconds_count {cumulative}");
-    header(
-        &mut out,
-        "wasmq_reads_total",
-        "counter",
-        "Queue reads served (pop / pull batches).",
-    );
+    header(&mut out, "wasmq_reads_total", "counter", "Queue reads served (pop / pull batches).");
     let _ = writeln!(out, "wasmq_reads_total {}", load(&metrics.reads));
     header(
         &mut out,
@@ -333,96 +247,32 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
         "counter",
         "Messages returned by queue reads (before filter plugins).",
     );
-    let _ = writeln!(
-        out,
-        "wasmq_messages_read_total {}",
-        load(&metrics.messages_read)
-    );
-    header(
-        &mut out,
-        "wasmq_bytes_read_total",
-        "counter",
-        "Body bytes returned by queue reads.",
-    );
+    let _ = writeln!(out, "wasmq_messages_read_total {}", load(&metrics.messages_read));
+    header(&mut out, "wasmq_bytes_read_total", "counter", "Body bytes returned by queue reads.");
     let _ = writeln!(out, "wasmq_bytes_read_total {}", load(&metrics.bytes_read));
     let (send_rate, read_rate) = metrics.rates_per_second();
-    header(
-        &mut out,
-        "wasmq_send_rate_per_second",
-        "gauge",
-        "Acknowledged sends per second over the last 10 s.",
-    );
+    header(&mut out, "wasmq_send_rate_per_second", "gauge", "Acknowledged sends per second over the last 10 s.");
     let _ = writeln!(out, "wasmq_send_rate_per_second {send_rate:.3}");
-    header(
-        &mut out,
-        "wasmq_read_rate_per_second",
-        "gauge",
-        "Messages read per second over the last 10 s.",
-    );
+    header(&mut out, "wasmq_read_rate_per_second", "gauge", "Messages read per second over the last 10 s.");
     let _ = writeln!(out, "wasmq_read_rate_per_second {read_rate:.3}");
 
     let status = core.status();
     let r = &status.replication;
-    header(
-        &mut out,
-        "wasmq_raft_role",
-        "gauge",
-        "1 for this node's current role.",
-    );
-    for role in [
-        Role::Standalone,
-        Role::Leader,
-        Role::Follower,
-        Role::Candidate,
-    ] {
-        let _ = writeln!(
-            out,
-            "wasmq_raft_role{{role=\"{}\"}} {}",
-            role.as_str(),
-            u8::from(r.role == role)
-        );
+    header(&mut out, "wasmq_raft_role", "gauge", "1 for this node's current role.");
+    for role in [Role::Standalone, Role::Leader, Role::Follower, Role::Candidate] {
+        let _ = writeln!(out, "wasmq_raft_role{{role=\"{}\"}} {}", role.as_str(), u8::from(r.role == role));
     }
-    header(
-        &mut out,
-        "wasmq_raft_term",
-        "gauge",
-        "Current Raft term (0 when standalone).",
-    );
+    header(&mut out, "wasmq_raft_term", "gauge", "Current Raft term (0 when standalone).");
     let _ = writeln!(out, "wasmq_raft_term {}", r.term);
-    header(
-        &mut out,
-        "wasmq_raft_commit_index",
-        "gauge",
-        "Highest committed entry index.",
-    );
+    header(&mut out, "wasmq_raft_commit_index", "gauge", "Highest committed entry index.");
     let _ = writeln!(out, "wasmq_raft_commit_index {}", r.commit_index);
-    header(
-        &mut out,
-        "wasmq_raft_last_index",
-        "gauge",
-        "Highest entry index in the local commitlog.",
-    );
+    header(&mut out, "wasmq_raft_last_index", "gauge", "Highest entry index in the local commitlog.");
     let _ = writeln!(out, "wasmq_raft_last_index {}", r.last_index);
-    header(
-        &mut out,
-        "wasmq_applied_index",
-        "gauge",
-        "Highest entry applied to consume queues and tables.",
-    );
+    header(&mut out, "wasmq_applied_index", "gauge", "Highest entry applied to consume queues and tables.");
     let _ = writeln!(out, "wasmq_applied_index {}", status.applied_index);
-    header(
-        &mut out,
-        "wasmq_raft_peer_match_index",
-        "gauge",
-        "Highest index known replicated on a peer (leader view).",
-    );
+    header(&mut out, "wasmq_raft_peer_match_index", "gauge", "Highest index known replicated on a peer (leader view).");
     for p in &r.peers {
-        let _ = writeln!(
-            out,
-            "wasmq_raft_peer_match_index{{peer=\"{}\"}} {}",
-            label(&p.id),
-            p.match_index
-        );
+        let _ = writeln!(out, "wasmq_raft_peer_match_index{{peer=\"{}\"}} {}", label(&p.id), p.match_index);
     }
     header(
         &mut out,
@@ -438,72 +288,29 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
             r.last_index.saturating_sub(p.match_index)
         );
     }
-    header(
-        &mut out,
-        "wasmq_raft_peer_last_contact_seconds",
-        "gauge",
-        "Time since the last exchange with a peer.",
-    );
+    header(&mut out, "wasmq_raft_peer_last_contact_seconds", "gauge", "Time since the last exchange with a peer.");
     for p in &r.peers {
         if let Some(ms) = p.last_contact_ms {
-            let _ = writeln!(
-                out,
-                "wasmq_raft_peer_last_contact_seconds{{peer=\"{}\"}} {}",
-                label(&p.id),
-                ms as f64 / 1e3
-            );
+            let _ =
+                writeln!(out, "wasmq_raft_peer_last_contact_seconds{{peer=\"{}\"}} {}", label(&p.id), ms as f64 / 1e3);
         }
     }
 
     let d = &status.disk;
-    header(
-        &mut out,
-        "wasmq_commitlog_bytes",
-        "gauge",
-        "Bytes of commitlog segment files (preallocated size).",
-    );
+    header(&mut out, "wasmq_commitlog_bytes", "gauge", "Bytes of commitlog segment files (preallocated size).");
     let _ = writeln!(out, "wasmq_commitlog_bytes {}", d.commit_log_bytes);
-    header(
-        &mut out,
-        "wasmq_commitlog_segments",
-        "gauge",
-        "Commitlog segment files.",
-    );
+    header(&mut out, "wasmq_commitlog_segments", "gauge", "Commitlog segment files.");
     let _ = writeln!(out, "wasmq_commitlog_segments {}", d.segments);
-    header(
-        &mut out,
-        "wasmq_disk_total_bytes",
-        "gauge",
-        "Size of the file system holding the commitlog.",
-    );
+    header(&mut out, "wasmq_disk_total_bytes", "gauge", "Size of the file system holding the commitlog.");
     let _ = writeln!(out, "wasmq_disk_total_bytes {}", d.fs_total_bytes);
-    header(
-        &mut out,
-        "wasmq_disk_available_bytes",
-        "gauge",
-        "Free bytes of that file system.",
-    );
+    header(&mut out, "wasmq_disk_available_bytes", "gauge", "Free bytes of that file system.");
     let _ = writeln!(out, "wasmq_disk_available_bytes {}", d.fs_available_bytes);
-    header(
-        &mut out,
-        "wasmq_disk_used_ratio",
-        "gauge",
-        "Used share of that file system (0..1).",
-    );
-    let _ = writeln!(
-        out,
-        "wasmq_disk_used_ratio {}",
-        d.fs_used_percent as f64 / 100.0
-    );
+    header(&mut out, "wasmq_disk_used_ratio", "gauge", "Used share of that file system (0..1).");
+    let _ = writeln!(out, "wasmq_disk_used_ratio {}", d.fs_used_percent as f64 / 100.0);
 
     if let Some(plugins) = core.plugins() {
         let list = plugins.list();
-        header(
-            &mut out,
-            "wasmq_plugin_calls_total",
-            "counter",
-            "Calls into a plugin (current version).",
-        );
+        header(&mut out, "wasmq_plugin_calls_total", "counter", "Calls into a plugin (current version).");
         for p in &list {
             let _ = writeln!(
                 out,
@@ -528,12 +335,7 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
                 p.errors
             );
         }
-        header(
-            &mut out,
-            "wasmq_plugin_call_seconds_total",
-            "counter",
-            "Time spent in a plugin's calls.",
-        );
+        header(&mut out, "wasmq_plugin_call_seconds_total", "counter", "Time spent in a plugin's calls.");
         for p in &list {
             let _ = writeln!(
                 out,
@@ -632,19 +434,12 @@ async fn handle(
             }
         }
     };
-    let complete =
-        match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), read_head).await {
-            Ok(r) => r?,
-            Err(_) => false,
-        };
+    let complete = match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), read_head).await {
+        Ok(r) => r?,
+        Err(_) => false,
+    };
     if !complete {
-        return respond(
-            &mut stream,
-            "400 Bad Request",
-            "text/plain",
-            "bad request\n",
-        )
-        .await;
+        return respond(&mut stream, "400 Bad Request", "text/plain", "bad request\n").await;
     }
     let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
@@ -652,26 +447,14 @@ async fn handle(
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     if method != "GET" {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n",
-        )
-        .await;
+        return respond(&mut stream, "405 Method Not Allowed", "text/plain", "only GET\n").await;
     }
     if path != "/metrics" {
         return respond(&mut stream, "404 Not Found", "text/plain", "try /metrics\n").await;
     }
     // One statvfs and a walk over topics: cheap enough for the scrape interval.
     let body = render(metrics, core);
-    respond(
-        &mut stream,
-        "200 OK",
-        "text/plain; version=0.0.4; charset=utf-8",
-        &body,
-    )
-    .await
+    respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &body).await
 }
 
 async fn respond(

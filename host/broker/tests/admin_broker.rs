@@ -23,32 +23,18 @@ async fn mqadmin(args: &[&str]) -> anyhow::Result<String> {
 async fn mqadmin_json(args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let text = mqadmin(&all)
-        .await
-        .unwrap_or_else(|e| panic!("mqadmin {args:?}: {e:#}"));
+    let text = mqadmin(&all).await.unwrap_or_else(|e| panic!("mqadmin {args:?}: {e:#}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqadmin_against_a_standalone_broker() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("info")
-        .try_init();
-    let ns = service::start(&NamesrvConfig {
-        listen_port: 0,
-        ..NamesrvConfig::default()
-    })
-    .await
-    .unwrap();
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+    let ns = service::start(&NamesrvConfig { listen_port: 0, ..NamesrvConfig::default() }).await.unwrap();
     let n = ns.local_addr().to_string();
 
     let dir = tempfile::tempdir().unwrap();
@@ -67,9 +53,7 @@ async fn mqadmin_against_a_standalone_broker() {
         tasks: vec![Box::new(registration::task)],
         replicator: None,
     };
-    let broker = server::start(config, dir.path().join("broker.toml"), extensions)
-        .await
-        .unwrap();
+    let broker = server::start(config, dir.path().join("broker.toml"), extensions).await.unwrap();
 
     // Registered within a heartbeat or two.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -85,108 +69,40 @@ async fn mqadmin_against_a_standalone_broker() {
     assert_eq!(cluster[0]["addr"], broker_addr.as_str());
     assert_eq!(cluster[0]["clusterName"], "DefaultCluster");
 
-    let created = mqadmin_json(&[
-        "updateTopic",
-        "-n",
-        &n,
-        "-c",
-        "DefaultCluster",
-        "-t",
-        "AdminT",
-        "-r",
-        "4",
-        "-w",
-        "4",
-    ])
-    .await;
+    let created =
+        mqadmin_json(&["updateTopic", "-n", &n, "-c", "DefaultCluster", "-t", "AdminT", "-r", "4", "-w", "4"]).await;
     assert_eq!(created[0]["created"], true);
     assert_eq!(created[0]["writeQueueNums"], 4);
-    let again = mqadmin_json(&[
-        "updateTopic",
-        "-b",
-        &broker_addr,
-        "-t",
-        "AdminT",
-        "-r",
-        "4",
-        "-w",
-        "4",
-    ])
-    .await;
+    let again = mqadmin_json(&["updateTopic", "-b", &broker_addr, "-t", "AdminT", "-r", "4", "-w", "4"]).await;
     assert_eq!(again[0]["created"], false);
 
     // The route appears with the next heartbeat.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !mqadmin(&["topicList", "-n", &n])
-        .await
-        .unwrap()
-        .contains("AdminT")
-    {
+    while !mqadmin(&["topicList", "-n", &n]).await.unwrap().contains("AdminT") {
         assert!(Instant::now() < deadline, "AdminT never routed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let mut ids = Vec::new();
     for (i, body) in ["one", "two", "three"].iter().enumerate() {
-        let sent = mqadmin_json(&[
-            "sendMessage",
-            "-n",
-            &n,
-            "-t",
-            "AdminT",
-            "-p",
-            body,
-            "-k",
-            "key1",
-            "-c",
-            "TagA",
-            "-i",
-            "2",
-        ])
-        .await;
+        let sent =
+            mqadmin_json(&["sendMessage", "-n", &n, "-t", "AdminT", "-p", body, "-k", "key1", "-c", "TagA", "-i", "2"])
+                .await;
         assert_eq!(sent[0]["queueId"], 2);
         assert_eq!(sent[0]["queueOffset"], i as u64);
         assert_eq!(sent[0]["topic"], "AdminT");
         ids.push(sent[0]["messageId"].as_str().unwrap().to_string());
     }
-    let consumed = mqadmin_json(&[
-        "consumeMessage",
-        "-n",
-        &n,
-        "-t",
-        "AdminT",
-        "-q",
-        "2",
-        "-o",
-        "1",
-        "-c",
-        "5",
-    ])
-    .await;
-    let bodies: Vec<_> = consumed["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_string())
-        .collect();
+    let consumed = mqadmin_json(&["consumeMessage", "-n", &n, "-t", "AdminT", "-q", "2", "-o", "1", "-c", "5"]).await;
+    let bodies: Vec<_> =
+        consumed["messages"].as_array().unwrap().iter().map(|m| m["body"].as_str().unwrap().to_string()).collect();
     assert_eq!(bodies, ["two", "three"]);
     assert_eq!(consumed["nextOffset"], 3);
     assert_eq!(consumed["maxOffset"], 3);
     assert_eq!(consumed["messages"][0]["tag"], "TagA");
     assert_eq!(consumed["messages"][0]["keys"][0], "key1");
     // Past the end: nothing, no error.
-    let empty = mqadmin_json(&[
-        "consumeMessage",
-        "-n",
-        &n,
-        "-t",
-        "AdminT",
-        "-q",
-        "2",
-        "-o",
-        "3",
-    ])
-    .await;
+    let empty = mqadmin_json(&["consumeMessage", "-n", &n, "-t", "AdminT", "-q", "2", "-o", "3"]).await;
     assert!(empty["messages"].as_array().unwrap().is_empty());
 
     let status = mqadmin_json(&["topicStatus", "-n", &n, "-t", "AdminT"]).await;
@@ -199,18 +115,9 @@ async fn mqadmin_against_a_standalone_broker() {
     let found = mqadmin_json(&["queryMsgById", "-n", &n, "-i", &ids[1]]).await;
     assert_eq!(found["body"], "two");
     assert_eq!(found["queueOffset"], 1);
-    assert!(
-        mqadmin(&["queryMsgById", "-n", &n, "-i", "NO_SUCH_ID"])
-            .await
-            .is_err()
-    );
+    assert!(mqadmin(&["queryMsgById", "-n", &n, "-i", "NO_SUCH_ID"]).await.is_err());
 
-    broker
-        .ctx
-        .core
-        .commit_offset("G1", "AdminT", 2, 1)
-        .await
-        .unwrap();
+    broker.ctx.core.commit_offset("G1", "AdminT", 2, 1).await.unwrap();
     let progress = mqadmin_json(&["consumerProgress", "-n", &n, "-g", "G1"]).await;
     assert_eq!(progress["diffTotal"], 2);
     assert_eq!(progress["queues"][0]["brokerOffset"], 3);
@@ -220,43 +127,20 @@ async fn mqadmin_against_a_standalone_broker() {
     assert_eq!(status["role"], "STANDALONE");
     assert!(status["committedIndex"].as_u64().unwrap() >= 5, "{status}");
     assert!(status["diskTotalBytes"].as_u64().unwrap() > 0);
-    assert!(
-        status["topics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["topic"] == "AdminT")
-    );
+    assert!(status["topics"].as_array().unwrap().iter().any(|t| t["topic"] == "AdminT"));
 
-    assert_eq!(
-        mqadmin_json(&["pluginList", "-b", &broker_addr]).await,
-        serde_json::json!([])
-    );
-    let reload = mqadmin(&["pluginReload", "-b", &broker_addr])
-        .await
-        .unwrap_err();
+    assert_eq!(mqadmin_json(&["pluginList", "-b", &broker_addr]).await, serde_json::json!([]));
+    let reload = mqadmin(&["pluginReload", "-b", &broker_addr]).await.unwrap_err();
     assert!(format!("{reload:#}").contains("no pluginDir"), "{reload:#}");
-    let transfer = mqadmin(&["transferLeader", "-b", &broker_addr, "--to", "n1"])
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{transfer:#}").contains("standalone"),
-        "{transfer:#}"
-    );
+    let transfer = mqadmin(&["transferLeader", "-b", &broker_addr, "--to", "n1"]).await.unwrap_err();
+    assert!(format!("{transfer:#}").contains("standalone"), "{transfer:#}");
 
     // Shutdown RPC (as mqshutdown broker does) flips the broker's stop signal.
-    let mut admin = AdminClient::connect(format!("http://{broker_addr}"))
-        .await
-        .unwrap();
+    let mut admin = AdminClient::connect(format!("http://{broker_addr}")).await.unwrap();
     admin.shutdown(ShutdownRequest {}).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), broker.stopped_by_request())
-        .await
-        .expect("stop requested");
+    tokio::time::timeout(Duration::from_secs(5), broker.stopped_by_request()).await.expect("stop requested");
     broker.stop().await.unwrap();
     // The registration task unregistered on the way out: no wait for expiry.
-    assert_eq!(
-        mqadmin_json(&["clusterList", "-n", &n]).await,
-        serde_json::json!([])
-    );
+    assert_eq!(mqadmin_json(&["clusterList", "-n", &n]).await, serde_json::json!([]));
     ns.shutdown();
 }

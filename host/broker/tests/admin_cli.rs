@@ -39,9 +39,7 @@ impl FakeNode {
     fn write_check(&self) -> AdminResult<()> {
         match &self.leader_addr {
             None => Ok(()),
-            Some(addr) => Err(AdminError::NotLeader {
-                leader: Some(addr.clone()),
-            }),
+            Some(addr) => Err(AdminError::NotLeader { leader: Some(addr.clone()) }),
         }
     }
 }
@@ -54,11 +52,7 @@ impl AdminBackend for FakeNode {
             cluster_name: "RaftCluster".into(),
             broker_name: "g0".into(),
             node_id: self.node_id.clone(),
-            role: if self.leader_addr.is_none() {
-                pb::Role::Leader
-            } else {
-                pb::Role::Follower
-            } as i32,
+            role: if self.leader_addr.is_none() { pb::Role::Leader } else { pb::Role::Follower } as i32,
             term: 3,
             leader_id: s.leader.clone(),
             topics: s.topics.values().cloned().collect(),
@@ -68,57 +62,30 @@ impl AdminBackend for FakeNode {
 
     async fn update_topic(&self, topic: pb::TopicConfig) -> AdminResult<pb::UpdateTopicResponse> {
         self.write_check()?;
-        let existed = self
-            .state
-            .lock()
-            .topics
-            .insert(topic.name.clone(), topic.clone())
-            .is_some();
-        Ok(pb::UpdateTopicResponse {
-            existed,
-            topic: Some(topic),
-        })
+        let existed = self.state.lock().topics.insert(topic.name.clone(), topic.clone()).is_some();
+        Ok(pb::UpdateTopicResponse { existed, topic: Some(topic) })
     }
 
     async fn topic_status(&self, topic: &str) -> AdminResult<pb::TopicStatusResponse> {
         let s = self.state.lock();
-        let config = s
-            .topics
-            .get(topic)
-            .ok_or_else(|| AdminError::NotFound(topic.into()))?;
+        let config = s.topics.get(topic).ok_or_else(|| AdminError::NotFound(topic.into()))?;
         let queues = (0..config.read_queue_nums)
             .map(|q| {
                 let len = s.queues.get(&(topic.to_string(), q)).map_or(0, Vec::len);
-                pb::QueueStatus {
-                    queue_id: q,
-                    min_offset: 0,
-                    max_offset: len as u64,
-                    last_update_timestamp_ms: 0,
-                }
+                pb::QueueStatus { queue_id: q, min_offset: 0, max_offset: len as u64, last_update_timestamp_ms: 0 }
             })
             .collect();
-        Ok(pb::TopicStatusResponse {
-            broker_name: "g0".into(),
-            queues,
-        })
+        Ok(pb::TopicStatusResponse { broker_name: "g0".into(), queues })
     }
 
-    async fn send_message(
-        &self,
-        r: pb::SendMessageRequest,
-    ) -> AdminResult<pb::SendMessageResponse> {
+    async fn send_message(&self, r: pb::SendMessageRequest) -> AdminResult<pb::SendMessageResponse> {
         self.write_check()?;
         let mut s = self.state.lock();
-        let write_queues = s
-            .topics
-            .get(&r.topic)
-            .ok_or_else(|| AdminError::NotFound(format!("topic {}", r.topic)))?
-            .write_queue_nums;
+        let write_queues =
+            s.topics.get(&r.topic).ok_or_else(|| AdminError::NotFound(format!("topic {}", r.topic)))?.write_queue_nums;
         s.next_id += 1;
         let id = format!("MSG{:08}", s.next_id);
-        let queue_id = r
-            .queue_id
-            .unwrap_or((s.next_id % u64::from(write_queues)) as u32);
+        let queue_id = r.queue_id.unwrap_or((s.next_id % u64::from(write_queues)) as u32);
         let r_topic = r.topic.clone();
         let queue = s.queues.entry((r.topic.clone(), queue_id)).or_default();
         let offset = queue.len() as u64;
@@ -145,22 +112,10 @@ impl AdminBackend for FakeNode {
         })
     }
 
-    async fn consume_message(
-        &self,
-        r: pb::ConsumeMessageRequest,
-    ) -> AdminResult<pb::ConsumeMessageResponse> {
+    async fn consume_message(&self, r: pb::ConsumeMessageRequest) -> AdminResult<pb::ConsumeMessageResponse> {
         let s = self.state.lock();
-        let queue = s
-            .queues
-            .get(&(r.topic.clone(), r.queue_id))
-            .cloned()
-            .unwrap_or_default();
-        let messages: Vec<_> = queue
-            .iter()
-            .skip(r.offset as usize)
-            .take(r.max_count as usize)
-            .cloned()
-            .collect();
+        let queue = s.queues.get(&(r.topic.clone(), r.queue_id)).cloned().unwrap_or_default();
+        let messages: Vec<_> = queue.iter().skip(r.offset as usize).take(r.max_count as usize).cloned().collect();
         Ok(pb::ConsumeMessageResponse {
             next_offset: r.offset + messages.len() as u64,
             messages,
@@ -171,11 +126,7 @@ impl AdminBackend for FakeNode {
 
     async fn query_message_by_id(&self, id: &str) -> AdminResult<Option<pb::Message>> {
         let s = self.state.lock();
-        Ok(s.queues
-            .values()
-            .flatten()
-            .find(|m| m.message_id == id)
-            .cloned())
+        Ok(s.queues.values().flatten().find(|m| m.message_id == id).cloned())
     }
 
     async fn consumer_progress(&self, group: &str) -> AdminResult<pb::ConsumerProgressResponse> {
@@ -196,10 +147,7 @@ impl AdminBackend for FakeNode {
                 }
             })
             .collect();
-        Ok(pb::ConsumerProgressResponse {
-            broker_name: "g0".into(),
-            queues,
-        })
+        Ok(pb::ConsumerProgressResponse { broker_name: "g0".into(), queues })
     }
 
     async fn plugin_list(&self) -> AdminResult<pb::PluginListResponse> {
@@ -225,20 +173,13 @@ impl AdminBackend for FakeNode {
         })
     }
 
-    async fn transfer_leader(
-        &self,
-        to: &str,
-        _timeout: Duration,
-    ) -> AdminResult<pb::TransferLeaderResponse> {
+    async fn transfer_leader(&self, to: &str, _timeout: Duration) -> AdminResult<pb::TransferLeaderResponse> {
         self.write_check()?;
         if !["n0", "n1"].contains(&to) {
             return Err(AdminError::InvalidArgument(format!("{to} is not a member")));
         }
         self.state.lock().leader = to.into();
-        Ok(pb::TransferLeaderResponse {
-            leader_id: to.into(),
-            term: 4,
-        })
+        Ok(pb::TransferLeaderResponse { leader_id: to.into(), term: 4 })
     }
 }
 
@@ -259,16 +200,12 @@ async fn serve_admin(node: FakeNode) -> (String, Arc<watch::Sender<bool>>) {
     let stop = Arc::new(stop);
     let svc = admin::service(Arc::new(node), stop.clone());
     let mut stopped = stop.subscribe();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ),
-    );
+    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(listener),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
     (addr, stop)
 }
 
@@ -282,32 +219,18 @@ async fn cluster() -> Cluster {
     .await
     .unwrap();
     let namesrv = ns.local_addr().to_string();
-    let state = Arc::new(Mutex::new(State {
-        leader: "n0".into(),
-        ..State::default()
-    }));
-    let (leader, stop_leader) = serve_admin(FakeNode {
-        node_id: "n0".into(),
-        leader_addr: None,
-        state: state.clone(),
-    })
-    .await;
-    let (follower, stop_follower) = serve_admin(FakeNode {
-        node_id: "n1".into(),
-        leader_addr: Some(leader.clone()),
-        state: state.clone(),
-    })
-    .await;
+    let state = Arc::new(Mutex::new(State { leader: "n0".into(), ..State::default() }));
+    let (leader, stop_leader) =
+        serve_admin(FakeNode { node_id: "n0".into(), leader_addr: None, state: state.clone() }).await;
+    let (follower, stop_follower) =
+        serve_admin(FakeNode { node_id: "n1".into(), leader_addr: Some(leader.clone()), state: state.clone() }).await;
     let mut heartbeats = Vec::new();
-    for (id, addr, role) in [
-        ("n0", leader.clone(), pb_ns::Role::Leader),
-        ("n1", follower.clone(), pb_ns::Role::Follower),
-    ] {
+    for (id, addr, role) in
+        [("n0", leader.clone(), pb_ns::Role::Leader), ("n1", follower.clone(), pb_ns::Role::Follower)]
+    {
         let state = state.clone();
-        heartbeats.push(client::spawn_heartbeat(
-            vec![namesrv.clone()],
-            Duration::from_millis(100),
-            move || pb_ns::BrokerHeartbeat {
+        heartbeats.push(client::spawn_heartbeat(vec![namesrv.clone()], Duration::from_millis(100), move || {
+            pb_ns::BrokerHeartbeat {
                 cluster_name: "RaftCluster".into(),
                 broker_name: "g0".into(),
                 node_id: id.into(),
@@ -329,8 +252,8 @@ async fn cluster() -> Cluster {
                     })
                     .collect(),
                 heartbeat_interval_ms: 100,
-            },
-        ));
+            }
+        }));
     }
     let c = Cluster {
         namesrv,
@@ -342,10 +265,7 @@ async fn cluster() -> Cluster {
         namesrv_handle: ns,
     };
     let ok = wait_for(Duration::from_secs(5), || async {
-        mqadmin(&["clusterList", "-n", &c.namesrv])
-            .await
-            .map(|o| o.lines().count() == 3)
-            .unwrap_or(false)
+        mqadmin(&["clusterList", "-n", &c.namesrv]).await.map(|o| o.lines().count() == 3).unwrap_or(false)
     })
     .await;
     assert!(ok, "both nodes registered");
@@ -377,9 +297,7 @@ async fn mqadmin(args: &[&str]) -> anyhow::Result<String> {
 async fn mqadmin_json(args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let text = mqadmin(&all)
-        .await
-        .unwrap_or_else(|e| panic!("mqadmin {args:?}: {e:#}"));
+    let text = mqadmin(&all).await.unwrap_or_else(|e| panic!("mqadmin {args:?}: {e:#}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
@@ -391,70 +309,27 @@ async fn mqadmin_commands_against_admin_service() {
     let table = mqadmin(&["clusterList", "-n", n]).await.unwrap();
     let lines: Vec<_> = table.lines().collect();
     assert!(lines[0].starts_with("#Cluster Name"), "{table}");
-    assert!(
-        lines[1].contains("RaftCluster")
-            && lines[1].contains(" n0 ")
-            && lines[1].contains("LEADER"),
-        "{table}"
-    );
-    assert!(
-        lines[2].contains(&c.follower) && lines[2].contains("FOLLOWER"),
-        "{table}"
-    );
+    assert!(lines[1].contains("RaftCluster") && lines[1].contains(" n0 ") && lines[1].contains("LEADER"), "{table}");
+    assert!(lines[2].contains(&c.follower) && lines[2].contains("FOLLOWER"), "{table}");
 
     // Whole cluster: goes to the group's leader.
-    let created = mqadmin_json(&[
-        "updateTopic",
-        "-n",
-        n,
-        "-c",
-        "RaftCluster",
-        "-t",
-        "T1",
-        "-r",
-        "4",
-        "-w",
-        "4",
-    ])
-    .await;
+    let created = mqadmin_json(&["updateTopic", "-n", n, "-c", "RaftCluster", "-t", "T1", "-r", "4", "-w", "4"]).await;
     assert_eq!(created[0]["brokerAddr"], c.leader.as_str());
     assert_eq!(created[0]["created"], true);
     assert_eq!(c.state.lock().topics["T1"].write_queue_nums, 4);
     // Asked at the follower: redirected to the leader it names.
-    let updated = mqadmin_json(&[
-        "updateTopic",
-        "-b",
-        &c.follower,
-        "-t",
-        "T1",
-        "-r",
-        "2",
-        "-w",
-        "2",
-    ])
-    .await;
+    let updated = mqadmin_json(&["updateTopic", "-b", &c.follower, "-t", "T1", "-r", "2", "-w", "2"]).await;
     assert_eq!(updated[0]["brokerAddr"], c.leader.as_str());
     assert_eq!(updated[0]["created"], false);
-    let bad = mqadmin(&["updateTopic", "-b", &c.leader, "-t", "T1", "-w", "0"])
-        .await
-        .unwrap_err();
+    let bad = mqadmin(&["updateTopic", "-b", &c.leader, "-t", "T1", "-w", "0"]).await.unwrap_err();
     assert!(format!("{bad:#}").contains("writeQueueNums"), "{bad:#}");
-    let unknown_cluster = mqadmin(&["updateTopic", "-n", n, "-c", "Nope", "-t", "T1"])
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{unknown_cluster:#}").contains("cluster Nope"),
-        "{unknown_cluster:#}"
-    );
+    let unknown_cluster = mqadmin(&["updateTopic", "-n", n, "-c", "Nope", "-t", "T1"]).await.unwrap_err();
+    assert!(format!("{unknown_cluster:#}").contains("cluster Nope"), "{unknown_cluster:#}");
 
     // Routes follow the next heartbeat.
-    let listed = wait_for(Duration::from_secs(3), || async {
-        mqadmin(&["topicList", "-n", n])
-            .await
-            .unwrap()
-            .contains("T1")
-    })
-    .await;
+    let listed =
+        wait_for(Duration::from_secs(3), || async { mqadmin(&["topicList", "-n", n]).await.unwrap().contains("T1") })
+            .await;
     assert!(listed, "T1 in topicList");
 
     let sent = mqadmin_json(&[
@@ -476,36 +351,9 @@ async fn mqadmin_commands_against_admin_service() {
     assert_eq!(sent[0]["status"], "SEND_OK");
     assert_eq!(sent[0]["queueId"], 1);
     let id = sent[0]["messageId"].as_str().unwrap().to_string();
-    mqadmin(&[
-        "sendMessage",
-        "-n",
-        n,
-        "-t",
-        "T1",
-        "-p",
-        "second",
-        "-c",
-        "TagB",
-        "-i",
-        "1",
-    ])
-    .await
-    .unwrap();
+    mqadmin(&["sendMessage", "-n", n, "-t", "T1", "-p", "second", "-c", "TagB", "-i", "1"]).await.unwrap();
 
-    let consumed = mqadmin_json(&[
-        "consumeMessage",
-        "-n",
-        n,
-        "-t",
-        "T1",
-        "-q",
-        "1",
-        "-o",
-        "0",
-        "-c",
-        "10",
-    ])
-    .await;
+    let consumed = mqadmin_json(&["consumeMessage", "-n", n, "-t", "T1", "-q", "1", "-o", "0", "-c", "10"]).await;
     let messages = consumed["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[0]["body"], "hello wasmq");
@@ -513,75 +361,36 @@ async fn mqadmin_commands_against_admin_service() {
     assert_eq!(messages[0]["tag"], "TagA");
     assert_eq!(messages[1]["tag"], "TagB");
     assert_eq!(consumed["nextOffset"], 2);
-    let from_one = mqadmin(&["consumeMessage", "-n", n, "-t", "T1", "-q", "1", "-o", "1"])
-        .await
-        .unwrap();
-    assert!(
-        from_one.contains("second") && !from_one.contains("hello wasmq"),
-        "{from_one}"
-    );
-    assert!(
-        mqadmin(&["consumeMessage", "-n", n, "-t", "T1", "-c", "100000"])
-            .await
-            .is_err()
-    );
+    let from_one = mqadmin(&["consumeMessage", "-n", n, "-t", "T1", "-q", "1", "-o", "1"]).await.unwrap();
+    assert!(from_one.contains("second") && !from_one.contains("hello wasmq"), "{from_one}");
+    assert!(mqadmin(&["consumeMessage", "-n", n, "-t", "T1", "-c", "100000"]).await.is_err());
 
     let status = mqadmin_json(&["topicStatus", "-n", n, "-t", "T1"]).await;
     assert_eq!(status.as_array().unwrap().len(), 2);
     assert_eq!(status[1]["maxOffset"], 2);
 
-    let found = mqadmin(&["queryMsgById", "-n", n, "-i", &id])
-        .await
-        .unwrap();
-    assert!(
-        found.contains("hello wasmq") && found.contains(&id),
-        "{found}"
-    );
-    let not_found = mqadmin(&["queryMsgById", "-n", n, "-i", "MSG_NOPE"])
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{not_found:#}").contains("not found"),
-        "{not_found:#}"
-    );
+    let found = mqadmin(&["queryMsgById", "-n", n, "-i", &id]).await.unwrap();
+    assert!(found.contains("hello wasmq") && found.contains(&id), "{found}");
+    let not_found = mqadmin(&["queryMsgById", "-n", n, "-i", "MSG_NOPE"]).await.unwrap_err();
+    assert!(format!("{not_found:#}").contains("not found"), "{not_found:#}");
 
-    c.state
-        .lock()
-        .offsets
-        .insert(("G1".into(), "T1".into(), 1), 1);
+    c.state.lock().offsets.insert(("G1".into(), "T1".into(), 1), 1);
     let progress = mqadmin_json(&["consumerProgress", "-n", n, "-g", "G1"]).await;
     assert_eq!(progress["diffTotal"], 1);
     assert_eq!(progress["queues"][0]["brokerOffset"], 2);
-    let progress_text = mqadmin(&["consumerProgress", "-n", n, "-g", "G1"])
-        .await
-        .unwrap();
-    assert!(
-        progress_text.ends_with("Diff Total: 1\n"),
-        "{progress_text}"
-    );
-    assert!(
-        mqadmin(&["consumerProgress", "-n", n, "-g", "G_NONE"])
-            .await
-            .is_err()
-    );
+    let progress_text = mqadmin(&["consumerProgress", "-n", n, "-g", "G1"]).await.unwrap();
+    assert!(progress_text.ends_with("Diff Total: 1\n"), "{progress_text}");
+    assert!(mqadmin(&["consumerProgress", "-n", n, "-g", "G_NONE"]).await.is_err());
 
     let broker = mqadmin_json(&["brokerStatus", "-b", &c.follower]).await;
     assert_eq!(broker["role"], "FOLLOWER");
     assert_eq!(broker["topics"][0]["topic"], "T1");
 
     let plugins = mqadmin(&["pluginList", "-b", &c.leader]).await.unwrap();
-    assert!(
-        plugins.contains("key-hash-router") && plugins.contains("0123456789ab "),
-        "{plugins}"
-    );
+    assert!(plugins.contains("key-hash-router") && plugins.contains("0123456789ab "), "{plugins}");
     // A failed plugin load is reported and makes the command fail (scripts see it).
-    let reload = mqadmin(&["pluginReload", "-b", &c.leader])
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{reload:#}").contains("1 plugin(s) failed"),
-        "{reload:#}"
-    );
+    let reload = mqadmin(&["pluginReload", "-b", &c.leader]).await.unwrap_err();
+    assert!(format!("{reload:#}").contains("1 plugin(s) failed"), "{reload:#}");
 
     let moved = mqadmin_json(&["transferLeader", "-b", &c.follower, "--to", "n1"]).await;
     assert_eq!(moved["leaderId"], "n1");
@@ -603,21 +412,11 @@ async fn unreachable_servers_give_clear_errors() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let err = mqadmin(&["clusterList", "-n", &dead, "--timeout-ms", "500"])
-        .await
-        .unwrap_err();
+    let err = mqadmin(&["clusterList", "-n", &dead, "--timeout-ms", "500"]).await.unwrap_err();
     let text = format!("{err:#}");
-    assert!(
-        text.contains("cannot reach any name server") && text.contains(&dead),
-        "{text}"
-    );
-    let err = mqadmin(&["brokerStatus", "-b", &dead, "--timeout-ms", "500"])
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{err:#}").contains(&format!("cannot reach broker {dead}")),
-        "{err:#}"
-    );
+    assert!(text.contains("cannot reach any name server") && text.contains(&dead), "{text}");
+    let err = mqadmin(&["brokerStatus", "-b", &dead, "--timeout-ms", "500"]).await.unwrap_err();
+    assert!(format!("{err:#}").contains(&format!("cannot reach broker {dead}")), "{err:#}");
     let err = mqadmin(&["clusterList"]).await;
     if std::env::var_os("NAMESRV_ADDR").is_none() {
         assert!(format!("{:#}", err.unwrap_err()).contains("NAMESRV_ADDR"));

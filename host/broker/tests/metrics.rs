@@ -14,11 +14,7 @@ use wasmq_broker::metrics::{self, BrokerMetrics};
 use wasmq_broker::server;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn http(addr: std::net::SocketAddr, request: &str) -> (String, String) {
@@ -73,10 +69,7 @@ fn plugin_dir(dir: &Path) -> std::path::PathBuf {
     let out = dir.join("plugins");
     std::fs::create_dir_all(&out).unwrap();
     for f in ["key-hash-router.wasm", "key-hash-router.toml"] {
-        assert!(
-            dist.join(f).exists(),
-            "{f} missing: run plugins/build.sh --rust-only"
-        );
+        assert!(dist.join(f).exists(), "{f} missing: run plugins/build.sh --rust-only");
         std::fs::copy(dist.join(f), out.join(f)).unwrap();
     }
     out
@@ -95,68 +88,42 @@ async fn broker_serves_metrics_that_follow_traffic() {
         ..BrokerConfig::default()
     };
     let config_path = tmp.path().join("broker.toml");
-    let broker = server::start(config.clone(), config_path, server::Extensions::default())
-        .await
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", config.metrics_port)
-        .parse()
-        .unwrap();
+    let broker = server::start(config.clone(), config_path, server::Extensions::default()).await.unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", config.metrics_port).parse().unwrap();
 
     let text = scrape(addr).await;
     assert_eq!(sample(&text, "wasmq_raft_role{role=\"STANDALONE\"}"), 1.0);
     assert_eq!(sample(&text, "wasmq_raft_role{role=\"LEADER\"}"), 0.0);
     assert_eq!(sample(&text, "wasmq_sends_total"), 0.0);
     assert!(sample(&text, "wasmq_disk_total_bytes") > 0.0);
-    assert_eq!(
-        sample(
-            &text,
-            "wasmq_plugin_calls_total{plugin=\"key-hash-router\",kind=\"router\"}"
-        ),
-        0.0
-    );
+    assert_eq!(sample(&text, "wasmq_plugin_calls_total{plugin=\"key-hash-router\",kind=\"router\"}"), 0.0);
     let commit_before = sample(&text, "wasmq_raft_commit_index");
 
     // The endpoint counts what goes through the metered backend (what the v2 service uses).
     let core = broker.ctx.core.clone();
-    core.update_topic(TopicSpec::new("orders", 2))
-        .await
-        .unwrap();
+    core.update_topic(TopicSpec::new("orders", 2)).await.unwrap();
     let counted = BrokerMetrics::new();
     let backend = counted.wrap(core.clone());
-    let own = metrics::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        counted.clone(),
-        core.clone(),
-        broker.ctx.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let own =
+        metrics::serve("127.0.0.1:0".parse().unwrap(), counted.clone(), core.clone(), broker.ctx.shutdown.clone())
+            .await
+            .unwrap();
     for i in 0..20 {
         backend.send(message(&format!("m{i}"), 100)).await.unwrap();
     }
     assert!(backend.send(message("too-big", 65 * 1024)).await.is_err());
     let mut read = 0;
     for q in 0..2 {
-        read += backend
-            .read("orders", q, 0, 100, 1 << 20)
-            .await
-            .unwrap()
-            .len();
+        read += backend.read("orders", q, 0, 100, 1 << 20).await.unwrap().len();
     }
     assert_eq!(read, 20);
 
     let text = scrape(own.local_addr()).await;
     assert_eq!(sample(&text, "wasmq_sends_total"), 20.0);
     assert_eq!(sample(&text, "wasmq_send_bytes_total"), 2000.0);
-    assert_eq!(
-        sample(&text, "wasmq_send_errors_total{kind=\"message_too_large\"}"),
-        1.0
-    );
+    assert_eq!(sample(&text, "wasmq_send_errors_total{kind=\"message_too_large\"}"), 1.0);
     assert_eq!(sample(&text, "wasmq_send_latency_seconds_count"), 21.0);
-    assert_eq!(
-        sample(&text, "wasmq_send_latency_seconds_bucket{le=\"+Inf\"}"),
-        21.0
-    );
+    assert_eq!(sample(&text, "wasmq_send_latency_seconds_bucket{le=\"+Inf\"}"), 21.0);
     // Buckets are cumulative.
     let buckets: Vec<f64> = text
         .lines()
@@ -170,12 +137,7 @@ async fn broker_serves_metrics_that_follow_traffic() {
     assert!(sample(&text, "wasmq_commitlog_bytes") >= (4u64 << 20) as f64);
     assert!(sample(&text, "wasmq_raft_commit_index") >= commit_before + 21.0);
     // The router plugin ran once per accepted send.
-    assert!(
-        sample(
-            &text,
-            "wasmq_plugin_calls_total{plugin=\"key-hash-router\",kind=\"router\"}"
-        ) >= 20.0
-    );
+    assert!(sample(&text, "wasmq_plugin_calls_total{plugin=\"key-hash-router\",kind=\"router\"}") >= 20.0);
 
     // Rates: two samples a known time apart (metrics without a sampler task of their own).
     let rated = BrokerMetrics::new();
@@ -184,24 +146,16 @@ async fn broker_serves_metrics_that_follow_traffic() {
     let now = std::time::Instant::now();
     rated.sample_rates(now);
     for i in 0..10 {
-        rated_backend
-            .send(message(&format!("r{i}"), 10))
-            .await
-            .unwrap();
+        rated_backend.send(message(&format!("r{i}"), 10)).await.unwrap();
     }
     rated.sample_rates(now + Duration::from_secs(2));
     let (send_rate, _) = rated.rates_per_second();
     assert!((send_rate - 5.0).abs() < 1e-9, "{send_rate}");
 
     // Anything but GET /metrics is refused.
-    let (head, _) = tokio::task::spawn_blocking(move || http(addr, "GET / HTTP/1.1\r\n\r\n"))
-        .await
-        .unwrap();
+    let (head, _) = tokio::task::spawn_blocking(move || http(addr, "GET / HTTP/1.1\r\n\r\n")).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-    let (head, _) =
-        tokio::task::spawn_blocking(move || http(addr, "POST /metrics HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+    let (head, _) = tokio::task::spawn_blocking(move || http(addr, "POST /metrics HTTP/1.1\r\n\r\n")).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
 
     drop((backend, rated_backend));

@@ -24,23 +24,12 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_namesrv(port: u16, pid_file: &Path) -> Proc {
     let child = Command::new(MQNAMESRV)
-        .args([
-            "-p",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--broker-expiry-ms",
-            "1500",
-        ])
+        .args(["-p", &port.to_string(), "--bind", "127.0.0.1", "--broker-expiry-ms", "1500"])
         .arg("--pid-file")
         .arg(pid_file)
         .stdout(Stdio::null())
@@ -50,10 +39,7 @@ fn start_namesrv(port: u16, pid_file: &Path) -> Proc {
     let proc = Proc(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mqnamesrv did not start listening on {port}"
-        );
+        assert!(Instant::now() < deadline, "mqnamesrv did not start listening on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
     proc
@@ -81,43 +67,28 @@ async fn mqadmin_cluster_list_against_real_mqnamesrv() {
     let port = free_port();
     let mut ns = start_namesrv(port, &pid_file);
     let addr = format!("127.0.0.1:{port}");
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     assert_eq!(pid, ns.0.id());
 
-    let heartbeat = client::spawn_heartbeat(vec![addr.clone()], Duration::from_millis(200), || {
-        BrokerHeartbeat {
-            cluster_name: "RaftCluster".into(),
-            broker_name: "RaftNode00".into(),
-            node_id: "n0".into(),
-            client_addr: "127.0.0.1:8081".into(),
-            raft_addr: "127.0.0.1:40911".into(),
-            role: Role::Leader as i32,
-            term: 5,
-            committed_index: 4242,
-            version: "9.9.9".into(),
-            topics: vec![TopicInfo {
-                name: "TopicTest".into(),
-                read_queue_nums: 8,
-                write_queue_nums: 8,
-                perm: 6,
-            }],
-            heartbeat_interval_ms: 200,
-        }
+    let heartbeat = client::spawn_heartbeat(vec![addr.clone()], Duration::from_millis(200), || BrokerHeartbeat {
+        cluster_name: "RaftCluster".into(),
+        broker_name: "RaftNode00".into(),
+        node_id: "n0".into(),
+        client_addr: "127.0.0.1:8081".into(),
+        raft_addr: "127.0.0.1:40911".into(),
+        role: Role::Leader as i32,
+        term: 5,
+        committed_index: 4242,
+        version: "9.9.9".into(),
+        topics: vec![TopicInfo { name: "TopicTest".into(), read_queue_nums: 8, write_queue_nums: 8, perm: 6 }],
+        heartbeat_interval_ms: 200,
     });
 
     // Table: header plus our node, once the first heartbeat landed.
     let deadline = Instant::now() + Duration::from_secs(5);
     let table = loop {
         let out = run(MQADMIN, &["clusterList", "-n", &addr]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         if text.lines().count() == 2 {
             break text;
@@ -129,26 +100,10 @@ async fn mqadmin_cluster_list_against_real_mqnamesrv() {
     let header: Vec<_> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(header[..2], ["#Cluster", "Name"]);
     let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        row[..8],
-        [
-            "RaftCluster",
-            "RaftNode00",
-            "n0",
-            "127.0.0.1:8081",
-            "9.9.9",
-            "LEADER",
-            "5",
-            "4242"
-        ]
-    );
+    assert_eq!(row[..8], ["RaftCluster", "RaftNode00", "n0", "127.0.0.1:8081", "9.9.9", "LEADER", "5", "4242"]);
 
     // JSON, with NAMESRV_ADDR instead of -n.
-    let out = Command::new(MQADMIN)
-        .args(["clusterList", "--json"])
-        .env("NAMESRV_ADDR", &addr)
-        .output()
-        .unwrap();
+    let out = Command::new(MQADMIN).args(["clusterList", "--json"]).env("NAMESRV_ADDR", &addr).output().unwrap();
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["committedIndex"], 4242);
@@ -161,43 +116,23 @@ async fn mqadmin_cluster_list_against_real_mqnamesrv() {
 
     // Unreachable name server: non-zero exit, a message that says so, nothing on stdout.
     let dead = format!("127.0.0.1:{}", free_port());
-    let out = run(
-        MQADMIN,
-        &["clusterList", "-n", &dead, "--timeout-ms", "500"],
-    );
+    let out = run(MQADMIN, &["clusterList", "-n", &dead, "--timeout-ms", "500"]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot reach any name server") && stderr.contains(&dead),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot reach any name server") && stderr.contains(&dead), "{stderr}");
     // Usage errors exit non-zero too.
-    assert!(
-        !run(MQADMIN, &["clusterList", "--no-such-flag"])
-            .status
-            .success()
-    );
+    assert!(!run(MQADMIN, &["clusterList", "--no-such-flag"]).status.success());
 
     heartbeat.stop().await;
 
     // mqshutdown by pid file: SIGTERM, wait, pid file removed by mqnamesrv.
-    let out = run(
-        MQSHUTDOWN,
-        &["namesrv", "--pid-file", pid_file.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(MQSHUTDOWN, &["namesrv", "--pid-file", pid_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_exit(&mut ns, Duration::from_secs(5)).success());
     assert!(!pid_file.exists());
     // The pid file is gone: a second attempt fails cleanly instead of signalling anything.
-    let again = run(
-        MQSHUTDOWN,
-        &["namesrv", "--pid-file", pid_file.to_str().unwrap()],
-    );
+    let again = run(MQSHUTDOWN, &["namesrv", "--pid-file", pid_file.to_str().unwrap()]);
     assert!(!again.status.success());
 }
 
@@ -211,18 +146,11 @@ fn mqshutdown_via_rpc_and_stale_pid_file() {
     // A pid file naming a process that is not mqnamesrv (this test process) is refused.
     let stale = dir.path().join("stale.pid");
     std::fs::write(&stale, format!("{}\n", std::process::id())).unwrap();
-    let out = run(
-        MQSHUTDOWN,
-        &["namesrv", "--pid-file", stale.to_str().unwrap()],
-    );
+    let out = run(MQSHUTDOWN, &["namesrv", "--pid-file", stale.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not mqnamesrv"));
 
     let out = run(MQSHUTDOWN, &["namesrv", "-n", &format!("127.0.0.1:{port}")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_exit(&mut ns, Duration::from_secs(5)).success());
 }

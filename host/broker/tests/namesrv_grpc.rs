@@ -33,12 +33,7 @@ fn node(group: &str, id: &str, role: Role, port: u16) -> BrokerHeartbeat {
         term: 2,
         committed_index: 17,
         version: "test".into(),
-        topics: vec![TopicInfo {
-            name: "TopicTest".into(),
-            read_queue_nums: 8,
-            write_queue_nums: 8,
-            perm: 6,
-        }],
+        topics: vec![TopicInfo { name: "TopicTest".into(), read_queue_nums: 8, write_queue_nums: 8, perm: 6 }],
         heartbeat_interval_ms: HEARTBEAT.as_millis() as u64,
     }
 }
@@ -67,19 +62,8 @@ async fn live_nodes(addr: &str) -> Vec<String> {
     let Ok(mut c) = client::connect(addr, Duration::from_secs(1)).await else {
         return vec!["<unreachable>".into()];
     };
-    let info = c
-        .get_cluster_info(GetClusterInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    info.brokers
-        .iter()
-        .flat_map(|g| {
-            g.nodes
-                .iter()
-                .map(move |n| format!("{}/{}", g.broker_name, n.node_id))
-        })
-        .collect()
+    let info = c.get_cluster_info(GetClusterInfoRequest {}).await.unwrap().into_inner();
+    info.brokers.iter().flat_map(|g| g.nodes.iter().map(move |n| format!("{}/{}", g.broker_name, n.node_id))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,53 +76,27 @@ async fn routes_follow_heartbeats_and_silent_brokers_expire() {
     let n1 = start_node(&addrs, node("RaftNode00", "n1", Role::Follower, 18082));
     let n2 = start_node(&addrs, node("RaftNode00", "n2", Role::Follower, 18083));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            live_nodes(&addr).await.len() == 3
-        })
-        .await,
+        eventually(Duration::from_secs(5), || async { live_nodes(&addr).await.len() == 3 }).await,
         "3 nodes registered: {:?}",
         live_nodes(&addr).await
     );
 
-    let mut c = client::connect(&addr, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let route = c
-        .get_route(GetRouteRequest {
-            topic: "TopicTest".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut c = client::connect(&addr, Duration::from_secs(1)).await.unwrap();
+    let route = c.get_route(GetRouteRequest { topic: "TopicTest".into() }).await.unwrap().into_inner();
     assert_eq!(route.queues.len(), 1);
     assert_eq!(route.queues[0].broker_name, "RaftNode00");
     assert_eq!(route.queues[0].write_queue_nums, 8);
-    let ids: Vec<_> = route.brokers[0]
-        .nodes
-        .iter()
-        .map(|n| n.node_id.as_str())
-        .collect();
+    let ids: Vec<_> = route.brokers[0].nodes.iter().map(|n| n.node_id.as_str()).collect();
     assert_eq!(ids, ["n0", "n1", "n2"]);
     assert_eq!(route.brokers[0].nodes[0].role, Role::Leader as i32);
-    let missing = c
-        .get_route(GetRouteRequest {
-            topic: "NoSuchTopic".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = c.get_route(GetRouteRequest { topic: "NoSuchTopic".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // n2 dies without a goodbye: it must drop out after the expiry, not before one
     // heartbeat interval, and the others must stay.
     let killed = Instant::now();
     drop(n2);
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            live_nodes(&addr).await.len() == 2
-        })
-        .await,
-        "n2 expired"
-    );
+    assert!(eventually(Duration::from_secs(3), || async { live_nodes(&addr).await.len() == 2 }).await, "n2 expired");
     let gone_after = killed.elapsed();
     assert!(
         gone_after >= Duration::from_millis(EXPIRY_MS - HEARTBEAT.as_millis() as u64),
@@ -156,12 +114,7 @@ async fn routes_follow_heartbeats_and_silent_brokers_expire() {
     assert!(stopped.elapsed() < Duration::from_millis(EXPIRY_MS));
 
     n0.stop().await;
-    let gone = c
-        .get_route(GetRouteRequest {
-            topic: "TopicTest".into(),
-        })
-        .await
-        .unwrap_err();
+    let gone = c.get_route(GetRouteRequest { topic: "TopicTest".into() }).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
 
     ns.shutdown();
@@ -192,15 +145,8 @@ async fn name_servers_are_independent() {
     // Stop name server A through its RPC (we are on loopback): B keeps serving.
     let mut ca = client::connect(&a, Duration::from_secs(1)).await.unwrap();
     ca.shutdown(ShutdownRequest {}).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), ns_a.wait())
-        .await
-        .expect("name server A stops")
-        .unwrap();
-    assert!(
-        client::connect(&a, Duration::from_millis(300))
-            .await
-            .is_err()
-    );
+    tokio::time::timeout(Duration::from_secs(5), ns_a.wait()).await.expect("name server A stops").unwrap();
+    assert!(client::connect(&a, Duration::from_millis(300)).await.is_err());
     tokio::time::sleep(Duration::from_millis(2 * EXPIRY_MS)).await;
     assert_eq!(live_nodes(&b).await, ["RaftNode00/n0"]);
 
@@ -212,43 +158,21 @@ async fn name_servers_are_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_heartbeats_are_refused_with_reasons() {
-    let ns = service::start(&NamesrvConfig {
-        brokers_max: 1,
-        ..config()
-    })
-    .await
-    .unwrap();
+    let ns = service::start(&NamesrvConfig { brokers_max: 1, ..config() }).await.unwrap();
     let addr = ns.local_addr().to_string();
-    let mut c = client::connect(&addr, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let register = |hb: BrokerHeartbeat| wasmq_proto::wasmq::namesrv::RegisterBrokerRequest {
-        broker: Some(hb),
-    };
-    let ok = c
-        .register_broker(register(node("g0", "n0", Role::Leader, 18081)))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut c = client::connect(&addr, Duration::from_secs(1)).await.unwrap();
+    let register = |hb: BrokerHeartbeat| wasmq_proto::wasmq::namesrv::RegisterBrokerRequest { broker: Some(hb) };
+    let ok = c.register_broker(register(node("g0", "n0", Role::Leader, 18081))).await.unwrap().into_inner();
     assert_eq!(ok.expiry_ms, EXPIRY_MS);
-    let full = c
-        .register_broker(register(node("g0", "n1", Role::Follower, 18082)))
-        .await
-        .unwrap_err();
+    let full = c.register_broker(register(node("g0", "n1", Role::Follower, 18082))).await.unwrap_err();
     assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full:?}");
     let mut bad = node("g0", "n0", Role::Leader, 18081);
     bad.topics[0].name = "bad topic".into();
     let invalid = c.register_broker(register(bad)).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
-    assert!(
-        invalid.message().contains("bad topic"),
-        "{}",
-        invalid.message()
-    );
-    let missing = c
-        .register_broker(wasmq_proto::wasmq::namesrv::RegisterBrokerRequest { broker: None })
-        .await
-        .unwrap_err();
+    assert!(invalid.message().contains("bad topic"), "{}", invalid.message());
+    let missing =
+        c.register_broker(wasmq_proto::wasmq::namesrv::RegisterBrokerRequest { broker: None }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::InvalidArgument);
     ns.shutdown();
     ns.wait().await.unwrap();

@@ -172,7 +172,8 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     }
     drop(killed_log);
     let log = open_log(dirs[leader].path());
-    let r = Arc::new(RaftReplicator::start(group_config(&ports, leader, dirs[leader].path()), log.clone()).await.unwrap());
+    let r =
+        Arc::new(RaftReplicator::start(group_config(&ports, leader, dirs[leader].path()), log.clone()).await.unwrap());
     nodes.insert(leader, (r, log));
     for (r, log) in nodes.values() {
         wait_committed(r, last, Duration::from_secs(10)).await;
@@ -201,8 +202,5 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     for (r, _) in nodes.values() {
         r.shutdown().await.unwrap();
     }
-    assert!(matches!(
-        stopped.propose(vec![Bytes::from_static(b"late")]).await,
-        Err(ReplicationError::ShuttingDown)
-    ));
+    assert!(matches!(stopped.propose(vec![Bytes::from_static(b"late")]).await, Err(ReplicationError::ShuttingDown)));
 }

@@ -10,11 +10,7 @@ use wasmq_broker::server;
 /// A free loopback port (bound and released; the race with other processes is acceptable
 /// for a test).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn config(dir: &std::path::Path) -> BrokerConfig {
@@ -52,22 +48,14 @@ async fn serves_grpc_stops_gracefully_and_restarts_with_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let path = dir.path().join("broker.toml");
-    let broker = server::start(cfg.clone(), path.clone(), server::Extensions::default())
-        .await
-        .unwrap();
+    let broker = server::start(cfg.clone(), path.clone(), server::Extensions::default()).await.unwrap();
     let endpoint = format!("http://{}", broker.local_addr());
     let mut client = MqClient::connect_lazy(&endpoint, Duration::from_secs(5)).unwrap();
     let mut sent = Vec::new();
     for i in 0..MESSAGES {
         let body = format!("message {i}").into_bytes();
         let receipt = client
-            .send(&Outgoing {
-                topic: "life",
-                body: &body,
-                tag: Some("T"),
-                keys: &[],
-                queue_id: Some((i % 2) as u32),
-            })
+            .send(&Outgoing { topic: "life", body: &body, tag: Some("T"), keys: &[], queue_id: Some((i % 2) as u32) })
             .await
             .unwrap();
         assert_eq!(receipt.queue_id, (i % 2) as u32);
@@ -75,31 +63,17 @@ async fn serves_grpc_stops_gracefully_and_restarts_with_the_data() {
     }
     // Oversize is refused over the wire too.
     let big = vec![0u8; 64 * 1024 + 1];
-    assert!(
-        client
-            .send(&Outgoing { topic: "life", body: &big, tag: None, keys: &[], queue_id: None })
-            .await
-            .is_err()
-    );
+    assert!(client.send(&Outgoing { topic: "life", body: &big, tag: None, keys: &[], queue_id: None }).await.is_err());
     broker.stop().await.unwrap();
     // The listener is gone after stop.
-    assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", cfg.listen_port))
-            .await
-            .is_err()
-    );
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", cfg.listen_port)).await.is_err());
 
-    let broker = server::start(cfg.clone(), path, server::Extensions::default())
-        .await
-        .unwrap();
+    let broker = server::start(cfg.clone(), path, server::Extensions::default()).await.unwrap();
     let mut client = MqClient::connect_lazy(&endpoint, Duration::from_secs(5)).unwrap();
     for queue_id in 0..2u32 {
         let got = pull_all(&mut client, "life", queue_id).await;
-        let want: Vec<(u64, Vec<u8>)> = sent
-            .iter()
-            .filter(|(q, _, _)| *q == queue_id)
-            .map(|(_, off, body)| (*off, body.clone()))
-            .collect();
+        let want: Vec<(u64, Vec<u8>)> =
+            sent.iter().filter(|(q, _, _)| *q == queue_id).map(|(_, off, body)| (*off, body.clone())).collect();
         assert_eq!(got, want, "queue {queue_id}");
     }
     let status = broker.ctx.core.status();

@@ -29,22 +29,10 @@ fn config(dir: &std::path::Path, flush: FlushDiskType) -> BrokerConfig {
 
 async fn start(config: &BrokerConfig) -> Node {
     let c = config.clone();
-    let opened = tokio::task::spawn_blocking(move || core::open_store(&c))
-        .await
-        .unwrap()
-        .unwrap();
-    let replicator: Arc<dyn Replicator> = Arc::new(
-        StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type)
-            .unwrap(),
-    );
-    let core = BrokerCore::start(
-        CoreOptions::from_config(config),
-        opened,
-        replicator.clone(),
-        None,
-    )
-    .await
-    .unwrap();
+    let opened = tokio::task::spawn_blocking(move || core::open_store(&c)).await.unwrap().unwrap();
+    let replicator: Arc<dyn Replicator> =
+        Arc::new(StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type).unwrap());
+    let core = BrokerCore::start(CoreOptions::from_config(config), opened, replicator.clone(), None).await.unwrap();
     Node { core, replicator }
 }
 
@@ -71,11 +59,7 @@ fn message(topic: &str, id: String, body: Vec<u8>) -> OutgoingMessage {
 }
 
 /// Reads a whole queue and returns (offset, message id, body) in order.
-async fn read_all(
-    backend: &dyn MessagingBackend,
-    topic: &str,
-    queue_id: u32,
-) -> Vec<(u64, String, Vec<u8>)> {
+async fn read_all(backend: &dyn MessagingBackend, topic: &str, queue_id: u32) -> Vec<(u64, String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut offset = backend.min_offset(topic, queue_id).await.unwrap();
     let max = backend.max_offset(topic, queue_id).await.unwrap();
@@ -106,10 +90,7 @@ async fn send_concurrently_read_back_restart(flush: FlushDiskType) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), flush);
     let node = start(&cfg).await;
-    node.core
-        .update_topic(TopicSpec::new("orders", QUEUES))
-        .await
-        .unwrap();
+    node.core.update_topic(TopicSpec::new("orders", QUEUES)).await.unwrap();
     let backend: Arc<dyn MessagingBackend> = node.core.clone();
 
     let mut tasks = Vec::new();
@@ -120,10 +101,7 @@ async fn send_concurrently_read_back_restart(flush: FlushDiskType) {
             for i in 0..PER_PRODUCER {
                 let id = format!("m-{p}-{i}");
                 let body = format!("body of {id}").into_bytes();
-                let outcome = backend
-                    .send(message("orders", id.clone(), body.clone()))
-                    .await
-                    .unwrap();
+                let outcome = backend.send(message("orders", id.clone(), body.clone())).await.unwrap();
                 assert_eq!(outcome.message_id, id);
                 assert_eq!(outcome.topic, "orders");
                 sent.push((outcome.queue_id, outcome.queue_offset, id, body));
@@ -156,10 +134,7 @@ async fn send_concurrently_read_back_restart(flush: FlushDiskType) {
     // Per-producer order is kept within each queue (one producer sends sequentially).
     let status = node.core.status();
     assert_eq!(status.topics.len(), 1);
-    assert_eq!(
-        status.topics[0].queues.iter().map(|q| q.max_offset).sum::<u64>(),
-        expected.len() as u64
-    );
+    assert_eq!(status.topics[0].queues.iter().map(|q| q.max_offset).sum::<u64>(), expected.len() as u64);
     assert_eq!(status.applied_index, status.replication.commit_index);
 
     backend.commit_offset("group-a", "orders", 1, 7).await.unwrap();
@@ -170,10 +145,7 @@ async fn send_concurrently_read_back_restart(flush: FlushDiskType) {
     let node = start(&cfg).await;
     let backend: Arc<dyn MessagingBackend> = node.core.clone();
     check(backend.clone(), expected.clone()).await;
-    assert_eq!(
-        backend.consumer_offset("group-a", "orders", 1).await.unwrap(),
-        Some(7)
-    );
+    assert_eq!(backend.consumer_offset("group-a", "orders", 1).await.unwrap(), Some(7));
     assert_eq!(backend.consumer_offset("group-b", "orders", 1).await.unwrap(), None);
     // New sends continue after the old offsets.
     let before = backend.max_offset("orders", 2).await.unwrap();
@@ -206,39 +178,26 @@ async fn errors_are_clear_and_store_nothing() {
 
     let too_big = message("t", "big".into(), vec![7u8; 64 * 1024 + 1]);
     match backend.send(too_big).await {
-        Err(BackendError::MessageTooLarge {
-            size_bytes,
-            max_bytes,
-        }) => assert_eq!((size_bytes, max_bytes), (64 * 1024 + 1, 64 * 1024)),
+        Err(BackendError::MessageTooLarge { size_bytes, max_bytes }) => {
+            assert_eq!((size_bytes, max_bytes), (64 * 1024 + 1, 64 * 1024))
+        }
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
     // Exactly the limit is fine.
-    backend
-        .send(message("t", "max".into(), vec![7u8; 64 * 1024]))
-        .await
-        .unwrap();
+    backend.send(message("t", "max".into(), vec![7u8; 64 * 1024])).await.unwrap();
 
     match backend.send(message("nope", "x".into(), b"x".to_vec())).await {
         Err(BackendError::TopicNotFound(t)) => assert_eq!(t, "nope"),
         other => panic!("expected TopicNotFound, got {other:?}"),
     }
     assert!(backend.topic("nope").await.unwrap().is_none());
-    assert!(matches!(
-        backend.read("nope", 0, 0, 10, 1 << 20).await,
-        Err(BackendError::TopicNotFound(_))
-    ));
-    assert!(matches!(
-        backend.read("t", 9, 0, 10, 1 << 20).await,
-        Err(BackendError::BadRequest(_))
-    ));
+    assert!(matches!(backend.read("nope", 0, 0, 10, 1 << 20).await, Err(BackendError::TopicNotFound(_))));
+    assert!(matches!(backend.read("t", 9, 0, 10, 1 << 20).await, Err(BackendError::BadRequest(_))));
     // Only the one good message was written.
     assert_eq!(node.core.commit_log().last_index(), last_index + 1);
 
     // Reserved topics are created on demand, with one queue.
-    let retry = backend
-        .send(message("%RETRY%group-a", "r".into(), b"r".to_vec()))
-        .await
-        .unwrap();
+    let retry = backend.send(message("%RETRY%group-a", "r".into(), b"r".to_vec())).await.unwrap();
     assert_eq!((retry.queue_id, retry.queue_offset), (0, 0));
     let info = backend.topic("%RETRY%group-a").await.unwrap().unwrap();
     assert_eq!(info.write_queue_count, 1);
@@ -246,15 +205,11 @@ async fn errors_are_clear_and_store_nothing() {
     // SQL92 without a filter plugin is refused; tag filtering passes everything through.
     let read = backend.read("t", 0, 0, 10, 1 << 20).await.unwrap();
     let all = read.len();
-    let verdicts = backend
-        .filter("g", "t", wasmq_broker::messaging::backend::FilterKind::Tag, "*", &read)
-        .await
-        .unwrap();
+    let verdicts =
+        backend.filter("g", "t", wasmq_broker::messaging::backend::FilterKind::Tag, "*", &read).await.unwrap();
     assert_eq!(verdicts, vec![true; all]);
     assert!(matches!(
-        backend
-            .filter("g", "t", wasmq_broker::messaging::backend::FilterKind::Sql92, "a > 1", &read)
-            .await,
+        backend.filter("g", "t", wasmq_broker::messaging::backend::FilterKind::Sql92, "a > 1", &read).await,
         Err(BackendError::BadRequest(_))
     ));
     drop(backend);
@@ -270,31 +225,17 @@ async fn long_poll_wakes_on_send_and_times_out_otherwise() {
     node.core.update_topic(TopicSpec::new("lp", 1)).await.unwrap();
 
     let started = std::time::Instant::now();
-    let max = backend
-        .wait_for_new("lp", 0, 0, Duration::from_millis(200))
-        .await
-        .unwrap();
+    let max = backend.wait_for_new("lp", 0, 0, Duration::from_millis(200)).await.unwrap();
     assert_eq!(max, 0);
     assert!(started.elapsed() >= Duration::from_millis(190));
 
     let waiter = {
         let backend = backend.clone();
-        tokio::spawn(async move {
-            backend
-                .wait_for_new("lp", 0, 0, Duration::from_secs(30))
-                .await
-                .unwrap()
-        })
+        tokio::spawn(async move { backend.wait_for_new("lp", 0, 0, Duration::from_secs(30)).await.unwrap() })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    backend
-        .send(message("lp", "wake".into(), b"w".to_vec()))
-        .await
-        .unwrap();
-    let max = tokio::time::timeout(Duration::from_secs(5), waiter)
-        .await
-        .expect("long poll did not wake")
-        .unwrap();
+    backend.send(message("lp", "wake".into(), b"w".to_vec())).await.unwrap();
+    let max = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("long poll did not wake").unwrap();
     assert_eq!(max, 1);
     drop(backend);
     stop(node).await;
@@ -332,10 +273,7 @@ async fn auto_create_topic_on_first_lookup_or_send_when_enabled() {
     let backend: Arc<dyn MessagingBackend> = node.core.clone();
     let info = backend.topic("looked-up").await.unwrap().unwrap();
     assert_eq!((info.read_queue_count, info.write_queue_count), (3, 3));
-    let o = backend
-        .send(message("sent-first", "a".into(), b"a".to_vec()))
-        .await
-        .unwrap();
+    let o = backend.send(message("sent-first", "a".into(), b"a".to_vec())).await.unwrap();
     assert!(o.queue_id < 3);
     // Invalid names are never created.
     assert!(backend.topic("bad name").await.unwrap().is_none());

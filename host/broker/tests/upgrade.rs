@@ -45,15 +45,8 @@ fn free_ports(n: usize) -> Vec<u16> {
             held.push(l);
         }
     }
-    assert_eq!(
-        held.len(),
-        n,
-        "could not find {n} free ports in {LOW}..{}",
-        LOW + SPAN
-    );
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    assert_eq!(held.len(), n, "could not find {n} free ports in {LOW}..{}", LOW + SPAN);
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 fn write_config(path: &Path, text: &str) -> BrokerConfig {
@@ -73,25 +66,10 @@ fn old_config(dir: &Path, name: &str, broker_id: u64, port: u16) -> (PathBuf, Br
 }
 
 /// Member `id` of the new group `g`; `extra` is appended to the TOML.
-fn new_config(
-    dir: &Path,
-    id: &str,
-    root: &Path,
-    listen: &[u16],
-    raft: &[u16],
-    extra: &str,
-) -> (PathBuf, BrokerConfig) {
+fn new_config(dir: &Path, id: &str, root: &Path, listen: &[u16], raft: &[u16], extra: &str) -> (PathBuf, BrokerConfig) {
     let ids = ["n0", "n1", "n2"];
-    let peers: Vec<String> = ids
-        .iter()
-        .zip(raft)
-        .map(|(i, p)| format!("{i}-127.0.0.1:{p}"))
-        .collect();
-    let clients: Vec<String> = ids
-        .iter()
-        .zip(listen)
-        .map(|(i, p)| format!("{i}-127.0.0.1:{p}"))
-        .collect();
+    let peers: Vec<String> = ids.iter().zip(raft).map(|(i, p)| format!("{i}-127.0.0.1:{p}")).collect();
+    let clients: Vec<String> = ids.iter().zip(listen).map(|(i, p)| format!("{i}-127.0.0.1:{p}")).collect();
     let me = ids.iter().position(|i| *i == id).unwrap();
     let path = dir.join(format!("{id}.toml"));
     let text = format!(
@@ -110,45 +88,19 @@ fn new_config(
 
 async fn start_standalone(config: &BrokerConfig) -> Node {
     let c = config.clone();
-    let opened = tokio::task::spawn_blocking(move || core::open_store(&c))
-        .await
-        .unwrap()
-        .unwrap();
-    let replicator: Arc<dyn Replicator> = Arc::new(
-        StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type)
-            .unwrap(),
-    );
-    let core = BrokerCore::start(
-        CoreOptions::from_config(config),
-        opened,
-        replicator.clone(),
-        None,
-    )
-    .await
-    .unwrap();
+    let opened = tokio::task::spawn_blocking(move || core::open_store(&c)).await.unwrap().unwrap();
+    let replicator: Arc<dyn Replicator> =
+        Arc::new(StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type).unwrap());
+    let core = BrokerCore::start(CoreOptions::from_config(config), opened, replicator.clone(), None).await.unwrap();
     Node { core, replicator }
 }
 
 async fn start_raft(config: &BrokerConfig) -> Node {
     let c = config.clone();
-    let opened = tokio::task::spawn_blocking(move || core::open_store(&c))
-        .await
-        .unwrap()
-        .unwrap();
+    let opened = tokio::task::spawn_blocking(move || core::open_store(&c)).await.unwrap().unwrap();
     let group = RaftGroupConfig::from_broker(config).unwrap();
-    let replicator: Arc<dyn Replicator> = Arc::new(
-        RaftReplicator::start(group, opened.log.clone())
-            .await
-            .unwrap(),
-    );
-    let core = BrokerCore::start(
-        CoreOptions::from_config(config),
-        opened,
-        replicator.clone(),
-        None,
-    )
-    .await
-    .unwrap();
+    let replicator: Arc<dyn Replicator> = Arc::new(RaftReplicator::start(group, opened.log.clone()).await.unwrap());
+    let core = BrokerCore::start(CoreOptions::from_config(config), opened, replicator.clone(), None).await.unwrap();
     Node { core, replicator }
 }
 
@@ -236,15 +188,8 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn mqadmin(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mqadmin"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mqadmin")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -255,16 +200,8 @@ fn validator_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&plugin_dir).unwrap();
     for ext in ["wasm", "toml"] {
         let from = dist.join(format!("replication-upgrade-validator.{ext}"));
-        assert!(
-            from.exists(),
-            "{} missing: run plugins/build.sh --rust-only",
-            from.display()
-        );
-        std::fs::copy(
-            &from,
-            plugin_dir.join(format!("replication-upgrade-validator.{ext}")),
-        )
-        .unwrap();
+        assert!(from.exists(), "{} missing: run plugins/build.sh --rust-only", from.display());
+        std::fs::copy(&from, plugin_dir.join(format!("replication-upgrade-validator.{ext}"))).unwrap();
     }
     plugin_dir
 }
@@ -273,12 +210,7 @@ fn backups(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .contains(".pre-upgrade-")
-        })
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".pre-upgrade-"))
         .collect();
     v.sort();
     v
@@ -302,10 +234,7 @@ async fn old_cluster(dir: &Path, ports: &[u16]) -> OldCluster {
     let (b_path, b_cfg) = old_config(dir, "b", 1, ports[1]);
     let mut on_a = HashMap::new();
     let node = start_standalone(&a_cfg).await;
-    node.core
-        .update_topic(TopicSpec::new(TOPIC, QUEUES))
-        .await
-        .unwrap();
+    node.core.update_topic(TopicSpec::new(TOPIC, QUEUES)).await.unwrap();
     send(&node, "common", COMMON, &mut on_a).await;
     let common_last = node.core.commit_log().last_index();
     stop(node).await;
@@ -319,13 +248,7 @@ async fn old_cluster(dir: &Path, ports: &[u16]) -> OldCluster {
     send(&node, "b-only", B_EXTRA, &mut on_b).await;
     stop(node).await;
     assert!(a_last > common_last);
-    OldCluster {
-        a_path,
-        b_path,
-        on_a,
-        common_last,
-        a_last,
-    }
+    OldCluster { a_path, b_path, on_a, common_last, a_last }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,13 +256,7 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ports = free_ports(8);
-    let OldCluster {
-        a_path,
-        b_path,
-        on_a,
-        common_last,
-        a_last,
-    } = old_cluster(dir, &ports).await;
+    let OldCluster { a_path, b_path, on_a, common_last, a_last } = old_cluster(dir, &ports).await;
 
     // New group: n0 in place of a's store, n1 in place of b's, n2 fresh.
     let listen = &ports[2..5];
@@ -349,28 +266,10 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     let (n2_path, n2_cfg) = new_config(dir, "n2", &dir.join("n2"), listen, raft, "");
     let plugins = validator_dir(dir);
     let s = |p: &Path| p.display().to_string();
-    let (a_s, b_s, n0_s, n1_s, n2_s, pl_s) = (
-        s(&a_path),
-        s(&b_path),
-        s(&n0_path),
-        s(&n1_path),
-        s(&n2_path),
-        s(&plugins),
-    );
-    let plan_args = [
-        "--old",
-        &a_s,
-        "--old",
-        &b_s,
-        "--new",
-        &n0_s,
-        "--new",
-        &n1_s,
-        "--new",
-        &n2_s,
-        "--plugin-dir",
-        &pl_s,
-    ];
+    let (a_s, b_s, n0_s, n1_s, n2_s, pl_s) =
+        (s(&a_path), s(&b_path), s(&n0_path), s(&n1_path), s(&n2_path), s(&plugins));
+    let plan_args =
+        ["--old", &a_s, "--old", &b_s, "--new", &n0_s, "--new", &n1_s, "--new", &n2_s, "--plugin-dir", &pl_s];
 
     let before_a = snapshot(&dir.join("a"));
     let before_b = snapshot(&dir.join("b"));
@@ -380,15 +279,10 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     eprintln!("upgradeCheck output:\n{out}");
     assert!(!ok, "{out}");
     let diverge_at = common_last + 1;
-    assert!(
-        out.contains(&format!("diverge at entry {diverge_at}")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("diverge at entry {diverge_at}")), "{out}");
     assert!(out.contains("commitlog-divergence (wasmq)"), "{out}");
     assert!(
-        out.contains(
-            "(plugins): [replication-upgrade-validator] nodes broker-a/0 and broker-a/1 diverge"
-        ),
+        out.contains("(plugins): [replication-upgrade-validator] nodes broker-a/0 and broker-a/1 diverge"),
         "{out}"
     );
     assert!(out.contains("REFUSED"), "{out}");
@@ -402,13 +296,7 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     assert!(!dir.join("n2").exists());
 
     // JSON check with the master as source: accepted, b's extra entries named.
-    let (ok, out) = mqadmin(
-        &[
-            &["upgradeCheck", "--json", "--source", "broker-a/0"],
-            &plan_args[..],
-        ]
-        .concat(),
-    );
+    let (ok, out) = mqadmin(&[&["upgradeCheck", "--json", "--source", "broker-a/0"], &plan_args[..]].concat());
     assert!(ok, "{out}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["accepted"], true);
@@ -426,10 +314,7 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     let kept = backups(dir);
     assert_eq!(kept.len(), 2, "{kept:?}");
     // The backups are the old stores, byte for byte.
-    let a_backup = kept
-        .iter()
-        .find(|p| p.to_string_lossy().contains("/a.pre-upgrade-"))
-        .unwrap();
+    let a_backup = kept.iter().find(|p| p.to_string_lossy().contains("/a.pre-upgrade-")).unwrap();
     let rebased: BTreeMap<PathBuf, Vec<u8>> = snapshot(a_backup)
         .into_iter()
         .map(|(p, b)| (dir.join("a").join(p.strip_prefix(a_backup).unwrap()), b))
@@ -437,41 +322,23 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     assert_eq!(rebased, before_a);
 
     // Upgrading again before finishing is refused (it would back up the new copies).
-    let (ok, out) =
-        mqadmin(&[&["upgradeCheck", "--source", "broker-a/0"], &plan_args[..]].concat());
+    let (ok, out) = mqadmin(&[&["upgradeCheck", "--source", "broker-a/0"], &plan_args[..]].concat());
     assert!(!ok, "{out}");
     assert!(out.contains("upgrade-in-progress (wasmq)"), "{out}");
 
     // Too early to finish: the new group has not run.
-    let (ok, out) = mqadmin(&[
-        "upgradeFinish",
-        "--new",
-        &n0_s,
-        "--new",
-        &n1_s,
-        "--new",
-        &n2_s,
-    ]);
+    let (ok, out) = mqadmin(&["upgradeFinish", "--new", &n0_s, "--new", &n1_s, "--new", &n2_s]);
     assert!(!ok, "{out}");
     assert!(out.contains("not finished"), "{out}");
     assert_eq!(backups(dir).len(), 2);
 
     // Start the group; every member applies the old log once the first leader commits.
-    let nodes = vec![
-        start_raft(&n0_cfg).await,
-        start_raft(&n1_cfg).await,
-        start_raft(&n2_cfg).await,
-    ];
+    let nodes = vec![start_raft(&n0_cfg).await, start_raft(&n1_cfg).await, start_raft(&n2_cfg).await];
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no leader applied the old log in time"
-        );
+        assert!(Instant::now() < deadline, "no leader applied the old log in time");
         let ready = nodes.iter().all(|n| n.core.applied_index() > a_last);
-        if let Some(l) = nodes
-            .iter()
-            .position(|n| n.replicator.status().role == Role::Leader)
+        if let Some(l) = nodes.iter().position(|n| n.replicator.status().role == Role::Leader)
             && ready
         {
             break l;
@@ -481,11 +348,7 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     assert!(nodes[leader].replicator.status().term >= 1);
     for node in &nodes {
         let got = read_all(node.core.as_ref()).await;
-        assert_eq!(
-            got.len(),
-            on_a.len(),
-            "every old message of the source, nothing else"
-        );
+        assert_eq!(got.len(), on_a.len(), "every old message of the source, nothing else");
         for (at, id) in &on_a {
             let (got_id, body) = &got[at];
             assert_eq!(got_id, id, "same queue offset as on the old master");
@@ -497,25 +360,12 @@ async fn diverged_master_slave_upgrades_to_raft_group_with_every_old_message() {
     let mut after = HashMap::new();
     send(&nodes[leader], "after", 3, &mut after).await;
     for (q, off) in after.keys() {
-        let old_max = on_a
-            .keys()
-            .filter(|(oq, _)| oq == q)
-            .map(|(_, o)| o + 1)
-            .max()
-            .unwrap_or(0);
+        let old_max = on_a.keys().filter(|(oq, _)| oq == q).map(|(_, o)| o + 1).max().unwrap_or(0);
         assert!(*off >= old_max);
     }
 
     // Committed past the old end: finish removes the backups and manifests.
-    let (ok, out) = mqadmin(&[
-        "upgradeFinish",
-        "--new",
-        &n0_s,
-        "--new",
-        &n1_s,
-        "--new",
-        &n2_s,
-    ]);
+    let (ok, out) = mqadmin(&["upgradeFinish", "--new", &n0_s, "--new", &n1_s, "--new", &n2_s]);
     assert!(ok, "{out}");
     assert!(backups(dir).is_empty());
     assert!(!dir.join("a").join("upgrade.json").exists());
@@ -556,23 +406,16 @@ mod v2 {
 /// Every message of `TOPIC` a member serves, through the RocketMQ v2 PullMessage RPC:
 /// (queue, offset) -> (message id, body). Bounded: at most 64 pulls per queue.
 async fn pull_all(endpoint: u16) -> Result<HashMap<(u32, u64), (String, Vec<u8>)>, String> {
-    let mut client = v2::MessagingServiceClient::connect(format!("http://127.0.0.1:{endpoint}"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client =
+        v2::MessagingServiceClient::connect(format!("http://127.0.0.1:{endpoint}")).await.map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
     for q in 0..QUEUES {
         let mut offset = 0i64;
         for _ in 0..64 {
             let mut req = tonic::Request::new(v2::PullMessageRequest {
-                group: Some(v2::Resource {
-                    resource_namespace: String::new(),
-                    name: "upgrade-check".into(),
-                }),
+                group: Some(v2::Resource { resource_namespace: String::new(), name: "upgrade-check".into() }),
                 message_queue: Some(v2::MessageQueue {
-                    topic: Some(v2::Resource {
-                        resource_namespace: String::new(),
-                        name: TOPIC.into(),
-                    }),
+                    topic: Some(v2::Resource { resource_namespace: String::new(), name: TOPIC.into() }),
                     id: q as i32,
                     permission: v2::Permission::ReadWrite as i32,
                     broker: None,
@@ -581,28 +424,17 @@ async fn pull_all(endpoint: u16) -> Result<HashMap<(u32, u64), (String, Vec<u8>)
                 offset,
                 batch_size: 32,
                 filter_expression: None,
-                long_polling_timeout: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 100_000_000,
-                }),
+                long_polling_timeout: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
             });
-            req.metadata_mut()
-                .insert("x-mq-client-id", "upgrade-test".parse().unwrap());
-            let mut stream = client
-                .pull_message(req)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
+            req.metadata_mut().insert("x-mq-client-id", "upgrade-test".parse().unwrap());
+            let mut stream = client.pull_message(req).await.map_err(|e| e.to_string())?.into_inner();
             let mut got = 0;
             let mut next = offset;
             while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
                 match resp.content {
                     Some(v2::pull_message_response::Content::Message(m)) => {
                         let sp = m.system_properties.unwrap();
-                        out.insert(
-                            (q, sp.queue_offset.unwrap() as u64),
-                            (sp.message_id, m.body),
-                        );
+                        out.insert((q, sp.queue_offset.unwrap() as u64), (sp.message_id, m.body));
                         got += 1;
                     }
                     Some(v2::pull_message_response::Content::NextOffset(n)) => next = n,
@@ -634,13 +466,7 @@ async fn upgraded_group_runs_as_real_mqbroker_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ports = free_ports(11);
-    let OldCluster {
-        a_path,
-        b_path,
-        on_a,
-        a_last,
-        ..
-    } = old_cluster(dir, &ports).await;
+    let OldCluster { a_path, b_path, on_a, a_last, .. } = old_cluster(dir, &ports).await;
     let (listen, raft, metrics) = (&ports[2..5], &ports[5..8], &ports[8..11]);
     let extra = |i: usize| format!("metricsPort = {}\n", metrics[i]);
     let (n0, _) = new_config(dir, "n0", &dir.join("a"), listen, raft, &extra(0));
@@ -688,11 +514,7 @@ async fn upgraded_group_runs_as_real_mqbroker_processes() {
     let deadline = Instant::now() + Duration::from_secs(60);
     for (i, port) in listen.iter().enumerate() {
         loop {
-            assert!(
-                Instant::now() < deadline,
-                "member n{i} did not serve the old messages in time:\n{}",
-                logs()
-            );
+            assert!(Instant::now() < deadline, "member n{i} did not serve the old messages in time:\n{}", logs());
             if let Ok(got) = pull_all(*port).await
                 && got.len() == on_a.len()
             {
@@ -707,32 +529,10 @@ async fn upgraded_group_runs_as_real_mqbroker_processes() {
     }
     // The metrics endpoints agree: exactly one leader.
     let roles: Vec<Option<String>> = metrics.iter().map(|p| scrape_role(*p)).collect();
-    assert_eq!(
-        roles
-            .iter()
-            .filter(|r| r.as_deref() == Some("LEADER"))
-            .count(),
-        1,
-        "{roles:?}"
-    );
-    assert_eq!(
-        roles
-            .iter()
-            .filter(|r| r.as_deref() == Some("FOLLOWER"))
-            .count(),
-        2,
-        "{roles:?}"
-    );
+    assert_eq!(roles.iter().filter(|r| r.as_deref() == Some("LEADER")).count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| r.as_deref() == Some("FOLLOWER")).count(), 2, "{roles:?}");
 
-    let (ok, out) = mqadmin(&[
-        "upgradeFinish",
-        "--new",
-        &n0_s,
-        "--new",
-        &n1_s,
-        "--new",
-        &n2_s,
-    ]);
+    let (ok, out) = mqadmin(&["upgradeFinish", "--new", &n0_s, "--new", &n1_s, "--new", &n2_s]);
     assert!(ok, "{out}\n{}", logs());
     assert!(out.contains("past the old end"), "{out}");
     assert!(backups(dir).is_empty());
@@ -788,18 +588,7 @@ async fn unsafe_plans_are_refused_and_change_nothing() {
     assert!(out.contains("REFUSED"), "{out}");
     assert_eq!(snapshot(dir), before, "a refused upgrade changes nothing");
     // An unknown --source is a usage error, not a guess.
-    let (ok, out) = mqadmin(&[
-        "upgradeCheck",
-        "--source",
-        "broker-z/9",
-        "--old",
-        &a_s,
-        "--new",
-        &n0_s,
-    ]);
+    let (ok, out) = mqadmin(&["upgradeCheck", "--source", "broker-z/9", "--old", &a_s, "--new", &n0_s]);
     assert!(!ok);
-    assert!(
-        out.contains("broker-z/9") && out.contains("broker-a/0"),
-        "{out}"
-    );
+    assert!(out.contains("broker-z/9") && out.contains("broker-a/0"), "{out}");
 }

@@ -21,9 +21,7 @@ fn open(dir: &Path) -> CommitLog {
 /// Bodies of varying sizes (deterministic), so entries straddle nothing and pad segments.
 fn body(i: u64, salt: u8) -> Vec<u8> {
     let len = 20 + (i * 37 % 300) as usize;
-    (0..len)
-        .map(|j| (i as u8).wrapping_mul(31).wrapping_add(j as u8) ^ salt)
-        .collect()
+    (0..len).map(|j| (i as u8).wrapping_mul(31).wrapping_add(j as u8) ^ salt).collect()
 }
 
 fn append(log: &CommitLog, term: u64, from: u64, to: u64, salt: u8) {
@@ -54,14 +52,8 @@ fn scan(dir: &Path) -> (LogScan, LogExtent) {
 fn assert_matches_commitlog(dir: &Path, extent: &LogExtent) {
     let log = open(dir);
     let s = log.summary();
-    assert_eq!(
-        (extent.first_index, extent.last_index, extent.last_term),
-        (s.first_index, s.last_index, s.last_term)
-    );
-    assert_eq!(
-        (extent.min_pos, extent.max_pos, extent.last_entry_crc),
-        (s.min_pos, s.max_pos, s.last_entry_crc)
-    );
+    assert_eq!((extent.first_index, extent.last_index, extent.last_term), (s.first_index, s.last_index, s.last_term));
+    assert_eq!((extent.min_pos, extent.max_pos, extent.last_entry_crc), (s.min_pos, s.max_pos, s.last_entry_crc));
     log.close().unwrap();
 }
 
@@ -111,10 +103,7 @@ fn walk(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 fn ranges(reference: &(LogScan, LogExtent), nodes: &[&(LogScan, LogExtent)]) -> Vec<Vec<RangeCrc>> {
     let extents: Vec<&LogExtent> = nodes.iter().map(|(_, e)| e).collect();
     let grid = divergence::grid(&reference.0, &reference.1, &extents).unwrap();
-    nodes
-        .iter()
-        .map(|(s, e)| divergence::range_checksums(s, e, &grid).unwrap())
-        .collect()
+    nodes.iter().map(|(s, e)| divergence::range_checksums(s, e, &grid).unwrap()).collect()
 }
 
 #[test]
@@ -126,9 +115,7 @@ fn divergence_is_the_first_differing_entry() {
     log.close().unwrap();
     // b: same first 77 entries, then other bodies of the same sizes; c: other sizes from 95;
     // d: a prefix (first 60 entries).
-    for (name, cut, salt, size_shift) in
-        [("b", 78u64, 0x55u8, 0u64), ("c", 96, 0, 1), ("d", 61, 0, 0)]
-    {
+    for (name, cut, salt, size_shift) in [("b", 78u64, 0x55u8, 0u64), ("c", 96, 0, 1), ("d", 61, 0, 0)] {
         let dir = tmp.path().join(name);
         copy_dir(&a, &dir);
         let log = open(&dir);
@@ -149,30 +136,16 @@ fn divergence_is_the_first_differing_entry() {
     // Stride 1 on a log this size: one range per entry (plus node ends).
     assert!(r[0].len() >= 120, "{}", r[0].len());
 
-    let b = divergence::find((&na.0, &r[0]), (&nb.0, &r[1]))
-        .unwrap()
-        .expect("b diverges");
+    let b = divergence::find((&na.0, &r[0]), (&nb.0, &r[1])).unwrap().expect("b diverges");
     assert_eq!(b.index, 78);
-    let c = divergence::find((&na.0, &r[0]), (&nc.0, &r[2]))
-        .unwrap()
-        .expect("c diverges");
+    let c = divergence::find((&na.0, &r[0]), (&nc.0, &r[2])).unwrap().expect("c diverges");
     assert_eq!(c.index, 96);
     assert_eq!(c.pos, na.0.entry_at(c.pos).unwrap().unwrap().pos);
-    assert_eq!(
-        divergence::find((&na.0, &r[0]), (&nd.0, &r[3])).unwrap(),
-        None,
-        "a prefix is no divergence"
-    );
-    assert_eq!(
-        divergence::find((&na.0, &r[0]), (&na.0, &r[0])).unwrap(),
-        None
-    );
+    assert_eq!(divergence::find((&na.0, &r[0]), (&nd.0, &r[3])).unwrap(), None, "a prefix is no divergence");
+    assert_eq!(divergence::find((&na.0, &r[0]), (&na.0, &r[0])).unwrap(), None);
     // The shared ranges before the divergence carry equal checksums; the one holding it not.
     let at = r[0].iter().position(|x| x.start == b.pos).unwrap();
-    let on_b = r[1]
-        .iter()
-        .find(|x| x.start == b.pos && x.end == r[0][at].end)
-        .unwrap();
+    let on_b = r[1].iter().find(|x| x.start == b.pos && x.end == r[0][at].end).unwrap();
     assert_ne!(on_b.crc32c, r[0][at].crc32c);
     assert!(r[0][..at].iter().all(|x| r[1].contains(x)));
 }
@@ -194,10 +167,6 @@ fn corrupted_tail_ends_the_log_where_recovery_would() {
     std::fs::write(&path, &bytes).unwrap();
     let (_, cut) = scan(&dir);
     assert_eq!(cut.last_index, full.last_index - 1);
-    assert!(
-        cut.tail_problem.as_deref().unwrap_or("").contains("crc"),
-        "{:?}",
-        cut.tail_problem
-    );
+    assert!(cut.tail_problem.as_deref().unwrap_or("").contains("crc"), "{:?}", cut.tail_problem);
     assert_matches_commitlog(&dir, &cut);
 }

@@ -83,10 +83,7 @@ fn measure(batch: usize, mut call: impl FnMut()) -> f64 {
 fn native_filter(expression: &str, messages: &[FilterMessage<'_>]) -> Vec<bool> {
     let tags: Vec<&str> = expression.split("||").map(str::trim).collect();
     let all = tags.contains(&"*");
-    messages
-        .iter()
-        .map(|m| all || m.tag.is_some_and(|t| tags.contains(&t)))
-        .collect()
+    messages.iter().map(|m| all || m.tag.is_some_and(|t| tags.contains(&t))).collect()
 }
 
 fn dist_dir() -> PathBuf {
@@ -120,10 +117,7 @@ fn open(name: &str, work: &Path) -> PluginRegistry {
     for ext in ["wasm", "toml"] {
         let from = dist_dir().join(format!("{name}.{ext}"));
         if let Err(e) = std::fs::copy(&from, plugin_dir.join(format!("{name}.{ext}"))) {
-            eprintln!(
-                "filter_bench: {}: {e}\nBuild the guest plugins first: plugins/build.sh",
-                from.display()
-            );
+            eprintln!("filter_bench: {}: {e}\nBuild the guest plugins first: plugins/build.sh", from.display());
             std::process::exit(2);
         }
     }
@@ -155,9 +149,8 @@ fn main() {
             black_box(native_filter(black_box(EXPRESSION), black_box(&msgs)));
         });
         for (label, registry) in &registries {
-            let verdicts = registry
-                .filter("bench", "orders", ExpressionKind::Tag, EXPRESSION, &msgs)
-                .expect("filter call");
+            let verdicts =
+                registry.filter("bench", "orders", ExpressionKind::Tag, EXPRESSION, &msgs).expect("filter call");
             if *label == "host" {
                 assert!(verdicts.iter().all(|&v| v), "the host-overhead filter delivers everything");
             } else {
@@ -170,10 +163,7 @@ fn main() {
                         .unwrap(),
                 );
             });
-            println!(
-                "{label:>8} {batch:>6} {plugin_ns:>12.1} {native_ns:>12.1} {:>10.1}",
-                plugin_ns / native_ns
-            );
+            println!("{label:>8} {batch:>6} {plugin_ns:>12.1} {native_ns:>12.1} {:>10.1}", plugin_ns / native_ns);
             if *label == "rust" && batch == 256 {
                 rust_256 = Some(plugin_ns);
             }

@@ -34,21 +34,14 @@ pub struct CompileCache {
 
 impl CompileCache {
     pub fn open(dir: &Path, engine: &Engine) -> Result<CompileCache, PluginError> {
-        std::fs::create_dir_all(dir).map_err(|source| PluginError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| PluginError::Io { path: dir.to_owned(), source })?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(CompileCache {
-            dir: dir.to_owned(),
-            engine_key: format!("{:016x}", hasher.finish()),
-        })
+        Ok(CompileCache { dir: dir.to_owned(), engine_key: format!("{:016x}", hasher.finish()) })
     }
 
     fn artifact_path(&self, wasm_sha256: &str) -> PathBuf {
-        self.dir
-            .join(format!("{wasm_sha256}-{}{CACHE_SUFFIX}", self.engine_key))
+        self.dir.join(format!("{wasm_sha256}-{}{CACHE_SUFFIX}", self.engine_key))
     }
 
     /// The compiled component for `wasm` (whose sha256 is `wasm_sha256`),
@@ -81,37 +74,31 @@ impl CompileCache {
             }
         }
 
-        let compiled = engine
-            .precompile_component(wasm)
-            .map_err(|e| PluginError::Compile {
-                plugin: plugin.to_owned(),
-                path: wasm_path.to_owned(),
-                message: error_text(&e),
-            })?;
+        let compiled = engine.precompile_component(wasm).map_err(|e| PluginError::Compile {
+            plugin: plugin.to_owned(),
+            path: wasm_path.to_owned(),
+            message: error_text(&e),
+        })?;
 
         match self.store(&artifact, &compiled) {
             Ok(()) => {
                 self.evict();
                 // SAFETY: as above; the file holds the bytes just produced.
-                let component = unsafe { Component::deserialize_file(engine, &artifact) }
-                    .map_err(|e| PluginError::Compile {
-                        plugin: plugin.to_owned(),
-                        path: artifact.clone(),
-                        message: error_text(&e),
-                    })?;
+                let component = unsafe { Component::deserialize_file(engine, &artifact) }.map_err(|e| {
+                    PluginError::Compile { plugin: plugin.to_owned(), path: artifact.clone(), message: error_text(&e) }
+                })?;
                 Ok((component, CacheOutcome::Compiled))
             }
             Err(e) => {
                 // The cache is an optimisation: serve from memory.
                 tracing::warn!(plugin, artifact = %artifact.display(), "cannot write compile cache: {e}");
                 // SAFETY: the bytes come from `precompile_component` of this engine.
-                let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
-                    PluginError::Compile {
+                let component =
+                    unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| PluginError::Compile {
                         plugin: plugin.to_owned(),
                         path: wasm_path.to_owned(),
                         message: error_text(&e),
-                    }
-                })?;
+                    })?;
                 Ok((component, CacheOutcome::Compiled))
             }
         }
@@ -119,11 +106,7 @@ impl CompileCache {
 
     fn store(&self, artifact: &Path, bytes: &[u8]) -> std::io::Result<()> {
         // Unique temporary name: two registries may share a cache directory.
-        let tmp = artifact.with_extension(format!(
-            "tmp.{}.{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let tmp = artifact.with_extension(format!("tmp.{}.{:?}", std::process::id(), std::thread::current().id()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, artifact).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);

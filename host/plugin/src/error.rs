@@ -21,22 +21,13 @@ pub enum PluginError {
 
     /// The `.wasm` file is not a valid component (or not wasm at all).
     #[error("plugin `{plugin}`: cannot compile {path}: {message}")]
-    Compile {
-        plugin: String,
-        path: PathBuf,
-        message: String,
-    },
+    Compile { plugin: String, path: PathBuf, message: String },
 
     /// The component does not implement the world its manifest `kind` names.
     #[error(
         "plugin `{plugin}`: manifest says kind = \"{kind}\", but the component does not implement world `{world}`: {detail}"
     )]
-    WorldMismatch {
-        plugin: String,
-        kind: &'static str,
-        world: &'static str,
-        detail: String,
-    },
+    WorldMismatch { plugin: String, kind: &'static str, world: &'static str, detail: String },
 
     #[error("plugin `{plugin}`: instantiation failed: {message}")]
     Instantiate { plugin: String, message: String },
@@ -47,11 +38,7 @@ pub enum PluginError {
     #[error(
         "plugin `{plugin}`: memory limit exceeded (linear memory would grow to {wanted_bytes} bytes, memoryBytesMax = {limit_bytes}); the call was stopped"
     )]
-    MemoryLimit {
-        plugin: String,
-        wanted_bytes: u64,
-        limit_bytes: u64,
-    },
+    MemoryLimit { plugin: String, wanted_bytes: u64, limit_bytes: u64 },
 
     #[error("plugin `{plugin}`: trapped: {message}")]
     Trap { plugin: String, message: String },
@@ -62,11 +49,7 @@ pub enum PluginError {
 
     /// Every instance of the plugin stayed busy for the whole wait.
     #[error("plugin `{plugin}`: all {instances_max} instances busy for {wait_ms} ms")]
-    Busy {
-        plugin: String,
-        instances_max: usize,
-        wait_ms: u64,
-    },
+    Busy { plugin: String, instances_max: usize, wait_ms: u64 },
 
     /// A new plugin version (or a removal) was refused by an upgrade validator.
     #[error("plugin `{plugin}`: change refused by upgrade validators: {reason}")]

@@ -61,12 +61,7 @@ impl FilterBatch {
     /// Encodes `messages` (all of `topic`); bodies only if `with_body`.
     /// One pass: variable-length fields get their length patched in after
     /// they are written.
-    pub fn encode(
-        &mut self,
-        topic: &str,
-        messages: &[FilterMessage<'_>],
-        with_body: bool,
-    ) -> Result<(), PluginError> {
+    pub fn encode(&mut self, topic: &str, messages: &[FilterMessage<'_>], with_body: bool) -> Result<(), PluginError> {
         self.clear();
         self.offsets.reserve(messages.len() + 1);
         self.offsets.push(0);
@@ -107,9 +102,8 @@ impl FilterBatch {
             self.bytes.extend_from_slice(key.as_bytes());
         }
         let keys_len = self.bytes.len() - keys_at - 2;
-        let keys_len = u16::try_from(keys_len).map_err(|_| {
-            PluginError::InvalidInput(format!("message keys are {keys_len} bytes, the limit is 65535"))
-        })?;
+        let keys_len = u16::try_from(keys_len)
+            .map_err(|_| PluginError::InvalidInput(format!("message keys are {keys_len} bytes, the limit is 65535")))?;
         self.bytes[keys_at..keys_at + 2].copy_from_slice(&keys_len.to_le_bytes());
 
         let props_at = self.bytes.len();
@@ -159,10 +153,7 @@ fn contains_any(bytes: &[u8], a: u8, b: u8) -> bool {
 
 fn put_u16_field(out: &mut Vec<u8>, field: &str, bytes: &[u8]) -> Result<(), PluginError> {
     let len = u16::try_from(bytes.len()).map_err(|_| {
-        PluginError::InvalidInput(format!(
-            "message {field} is {} bytes, the limit is 65535",
-            bytes.len()
-        ))
+        PluginError::InvalidInput(format!("message {field} is {} bytes, the limit is 65535", bytes.len()))
     })?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(bytes);
@@ -224,10 +215,7 @@ pub fn chunk_bounds(
     if start < messages.len() {
         chunks.push(start..messages.len());
     }
-    debug_assert_eq!(
-        chunks.iter().map(|c| c.len()).sum::<usize>(),
-        messages.len()
-    );
+    debug_assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), messages.len());
     chunks
 }
 
@@ -302,10 +290,7 @@ mod tests {
         assert_eq!(records[1].2, "");
         assert_eq!(records[1].3, b"x\x01y\x02");
         assert_eq!(records[1].4, u64::MAX);
-        assert_eq!(
-            encoded_len("orders", &messages[0], true),
-            batch.offsets[1] as usize
-        );
+        assert_eq!(encoded_len("orders", &messages[0], true), batch.offsets[1] as usize);
 
         batch.encode("orders", &messages, false).unwrap();
         let records = decode(&batch);

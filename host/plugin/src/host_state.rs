@@ -75,10 +75,7 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -163,29 +160,17 @@ pub struct MemoryLimiter {
 
 impl MemoryLimiter {
     fn new(bytes_max: u64) -> Self {
-        MemoryLimiter {
-            bytes_max,
-            bytes_total: 0,
-            last_grant_bytes: 0,
-        }
+        MemoryLimiter { bytes_max, bytes_total: 0, last_grant_bytes: 0 }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         debug_assert!(desired >= current);
         let delta = (desired - current) as u64;
         let wanted_bytes = self.bytes_total.saturating_add(delta);
         if wanted_bytes > self.bytes_max {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                wanted_bytes,
-                limit_bytes: self.bytes_max,
-            }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { wanted_bytes, limit_bytes: self.bytes_max }));
         }
         self.bytes_total = wanted_bytes;
         self.last_grant_bytes = delta;
@@ -201,12 +186,7 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(())
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_ELEMENTS_MAX)
     }
 }

@@ -24,9 +24,7 @@ pub use error::PluginError;
 pub use filter_batch::{ExpressionKind, FilterMessage, Properties};
 pub use loaded_plugin::{PoolLimits, REJECT_REASON_BYTES_MAX};
 pub use manifest::{Manifest, OnError, PluginKind};
-pub use plugin_registry::{
-    PluginInfo, PluginRegistry, RegistryConfig, ReloadReport, RouteInput, RouteOutcome,
-};
+pub use plugin_registry::{PluginInfo, PluginRegistry, RegistryConfig, ReloadReport, RouteInput, RouteOutcome};
 
 /// The upgrade-validator world's types, as generated from `wit/policy.wit`.
 pub mod validation {

@@ -21,9 +21,9 @@ use crate::filter_batch::{ExpressionKind, FilterBatch};
 use crate::host_state::{HostState, MemoryLimitExceeded};
 use crate::manifest::{Manifest, PluginKind};
 
+use crate::bindings::filter::exports::wasmq::policy::filter::ExpressionKind as WitExpressionKind;
 pub use crate::bindings::router::exports::wasmq::policy::router::{Decision, MessageMeta};
 pub use crate::bindings::validator::exports::wasmq::policy::upgrade_validator::{Change, Verdict};
-use crate::bindings::filter::exports::wasmq::policy::filter::ExpressionKind as WitExpressionKind;
 
 /// Bounds of one plugin's instance pool.
 #[derive(Debug, Clone, Copy)]
@@ -214,9 +214,7 @@ impl LoadedPlugin {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Start functions and guest initialisers run under the same budget as a call.
-        store
-            .set_fuel(self.manifest.fuel_per_call)
-            .expect("fuel is enabled on the engine");
+        store.set_fuel(self.manifest.fuel_per_call).expect("fuel is enabled on the engine");
         let bindings = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &self.pre {
             WorldPre::Router(pre) => pre.instantiate(&mut store).map(WorldBindings::Router),
             WorldPre::Filter(pre) => pre.instantiate(&mut store).map(WorldBindings::Filter),
@@ -303,17 +301,13 @@ impl LoadedPlugin {
     ) -> Result<R, PluginError> {
         self.lease().and_then(|mut instance| {
             instance.store.data_mut().begin_call();
-            instance
-                .store
-                .set_fuel(self.manifest.fuel_per_call)
-                .expect("fuel is enabled on the engine");
+            instance.store.set_fuel(self.manifest.fuel_per_call).expect("fuel is enabled on the engine");
             // A panic inside a host function (wasmtime resumes it on our side
             // once the wasm frames are unwound) must not take the broker
             // thread down: it fails this call like a trap.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                f(&mut instance.store, &instance.bindings)
-            }))
-            .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(panic_text(&panic)))));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut instance.store, &instance.bindings)))
+                    .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(panic_text(&panic)))));
             instance.store.data_mut().end_call();
             match result {
                 Ok(value) => {
@@ -333,38 +327,21 @@ impl LoadedPlugin {
     fn classify(&self, e: wasmtime::Error) -> PluginError {
         let plugin = self.name.to_string();
         if let Some(Trap::OutOfFuel) = e.downcast_ref::<Trap>() {
-            return PluginError::FuelExhausted {
-                plugin,
-                fuel_per_call: self.manifest.fuel_per_call,
-            };
+            return PluginError::FuelExhausted { plugin, fuel_per_call: self.manifest.fuel_per_call };
         }
         if let Some(m) = e.downcast_ref::<MemoryLimitExceeded>() {
-            return PluginError::MemoryLimit {
-                plugin,
-                wanted_bytes: m.wanted_bytes,
-                limit_bytes: m.limit_bytes,
-            };
+            return PluginError::MemoryLimit { plugin, wanted_bytes: m.wanted_bytes, limit_bytes: m.limit_bytes };
         }
         if let Some(BadResult(detail)) = e.downcast_ref::<BadResult>() {
-            return PluginError::BadResult {
-                plugin,
-                detail: detail.clone(),
-            };
+            return PluginError::BadResult { plugin, detail: detail.clone() };
         }
-        PluginError::Trap {
-            plugin,
-            message: error_text(&e),
-        }
+        PluginError::Trap { plugin, message: error_text(&e) }
     }
 
     fn wrong_world(&self, wanted: PluginKind) -> PluginError {
         // Unreachable by construction (the registry sorts plugins by kind);
         // an error rather than a panic keeps the broker up regardless.
-        PluginError::Registry(format!(
-            "internal: plugin `{}` of kind {} called as {wanted}",
-            self.name,
-            self.kind()
-        ))
+        PluginError::Registry(format!("internal: plugin `{}` of kind {} called as {wanted}", self.name, self.kind()))
     }
 
     pub fn route(&self, meta: &MessageMeta, body: Option<&[u8]>) -> Result<Decision, PluginError> {
@@ -461,15 +438,13 @@ fn check_decision(decision: &Decision, queue_count: u32) -> wasmtime::Result<()>
             bad(format!("queue {q} out of range: the topic has {queue_count} write queues"))
         }
         Decision::Queue(_) => Ok(()),
-        Decision::Redirect(topic) if topic.is_empty() || topic.len() > TOPIC_BYTES_MAX => bad(format!(
-            "redirect topic must be 1..={TOPIC_BYTES_MAX} bytes, got {} bytes",
-            topic.len()
-        )),
+        Decision::Redirect(topic) if topic.is_empty() || topic.len() > TOPIC_BYTES_MAX => {
+            bad(format!("redirect topic must be 1..={TOPIC_BYTES_MAX} bytes, got {} bytes", topic.len()))
+        }
         Decision::Redirect(_) => Ok(()),
-        Decision::Reject(reason) if reason.len() > REJECT_REASON_BYTES_MAX => bad(format!(
-            "reject reason is {} bytes, the limit is {REJECT_REASON_BYTES_MAX}",
-            reason.len()
-        )),
+        Decision::Reject(reason) if reason.len() > REJECT_REASON_BYTES_MAX => {
+            bad(format!("reject reason is {} bytes, the limit is {REJECT_REASON_BYTES_MAX}", reason.len()))
+        }
         Decision::Reject(_) => Ok(()),
     }
 }
@@ -490,10 +465,6 @@ fn check_world(engine: &Engine, name: &str, kind: PluginKind, component: &Compon
         plugin: name.to_owned(),
         kind: kind.as_str(),
         world: kind.world(),
-        detail: format!(
-            "it must export `{}`, it exports [{}]",
-            kind.export_name(),
-            exports.join(", ")
-        ),
+        detail: format!("it must export `{}`, it exports [{}]", kind.export_name(), exports.join(", ")),
     })
 }

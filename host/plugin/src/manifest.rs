@@ -130,27 +130,15 @@ struct LimitsFile {
 impl Manifest {
     /// Reads and checks `path`. Errors name the file and the offending key.
     pub fn load(path: &Path) -> Result<Manifest, PluginError> {
-        let metadata = std::fs::metadata(path).map_err(|source| PluginError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let metadata = std::fs::metadata(path).map_err(|source| PluginError::Io { path: path.to_owned(), source })?;
         if metadata.len() > MANIFEST_BYTES_MAX {
             return Err(PluginError::Manifest {
                 path: path.to_owned(),
-                message: format!(
-                    "file is {} bytes, the limit is {MANIFEST_BYTES_MAX}",
-                    metadata.len()
-                ),
+                message: format!("file is {} bytes, the limit is {MANIFEST_BYTES_MAX}", metadata.len()),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| PluginError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Manifest::parse(&text).map_err(|message| PluginError::Manifest {
-            path: path.to_owned(),
-            message,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| PluginError::Io { path: path.to_owned(), source })?;
+        Manifest::parse(&text).map_err(|message| PluginError::Manifest { path: path.to_owned(), message })
     }
 
     /// Parses manifest text; the error is a message naming the key.
@@ -161,9 +149,7 @@ impl Manifest {
         let topics = file.topics.unwrap_or_else(|| vec!["*".to_owned()]);
         check_patterns("topics", &topics)?;
         if file.groups.is_some() && kind != PluginKind::Filter {
-            return Err(format!(
-                "key `groups` applies to filters only, this manifest has kind = \"{kind}\""
-            ));
+            return Err(format!("key `groups` applies to filters only, this manifest has kind = \"{kind}\""));
         }
         let groups = file.groups.unwrap_or_else(|| vec!["*".to_owned()]);
         check_patterns("groups", &groups)?;
@@ -181,15 +167,10 @@ impl Manifest {
             ));
         }
 
-        let limits = file.limits.unwrap_or(LimitsFile {
-            fuel_per_call: None,
-            memory_bytes_max: None,
-        });
+        let limits = file.limits.unwrap_or(LimitsFile { fuel_per_call: None, memory_bytes_max: None });
         let fuel_per_call = limits.fuel_per_call.unwrap_or(FUEL_PER_CALL_DEFAULT);
         if !(1..=FUEL_PER_CALL_MAX).contains(&fuel_per_call) {
-            return Err(format!(
-                "key `limits.fuelPerCall` = {fuel_per_call}: must be in 1..={FUEL_PER_CALL_MAX}"
-            ));
+            return Err(format!("key `limits.fuelPerCall` = {fuel_per_call}: must be in 1..={FUEL_PER_CALL_MAX}"));
         }
         let memory_bytes_max = limits.memory_bytes_max.unwrap_or(MEMORY_BYTES_DEFAULT);
         if !(MEMORY_BYTES_MIN..=MEMORY_BYTES_MAX).contains(&memory_bytes_max) {
@@ -200,10 +181,7 @@ impl Manifest {
 
         let table = file.config.unwrap_or_default();
         if table.len() > CONFIG_KEYS_MAX {
-            return Err(format!(
-                "table `config` has {} keys, the limit is {CONFIG_KEYS_MAX}",
-                table.len()
-            ));
+            return Err(format!("table `config` has {} keys, the limit is {CONFIG_KEYS_MAX}", table.len()));
         }
         let mut config = BTreeMap::new();
         for (key, value) in table {
@@ -252,21 +230,14 @@ impl Manifest {
 
 fn check_patterns(key: &str, patterns: &[String]) -> Result<(), String> {
     if patterns.is_empty() {
-        return Err(format!(
-            "key `{key}` is empty; use [\"*\"] for all or remove the plugin"
-        ));
+        return Err(format!("key `{key}` is empty; use [\"*\"] for all or remove the plugin"));
     }
     if patterns.len() > PATTERNS_MAX {
-        return Err(format!(
-            "key `{key}` has {} entries, the limit is {PATTERNS_MAX}",
-            patterns.len()
-        ));
+        return Err(format!("key `{key}` has {} entries, the limit is {PATTERNS_MAX}", patterns.len()));
     }
     for p in patterns {
         if p.is_empty() || p.len() > PATTERN_BYTES_MAX {
-            return Err(format!(
-                "key `{key}`: entry {p:?} must be 1..={PATTERN_BYTES_MAX} bytes"
-            ));
+            return Err(format!("key `{key}`: entry {p:?} must be 1..={PATTERN_BYTES_MAX} bytes"));
         }
     }
     Ok(())
@@ -276,20 +247,13 @@ fn check_patterns(key: &str, patterns: &[String]) -> Result<(), String> {
 /// starting with `.` (editors' and our own temporary files do).
 pub fn check_plugin_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > PLUGIN_NAME_BYTES_MAX {
-        return Err(format!(
-            "plugin name {name:?} must be 1..={PLUGIN_NAME_BYTES_MAX} bytes"
-        ));
+        return Err(format!("plugin name {name:?} must be 1..={PLUGIN_NAME_BYTES_MAX} bytes"));
     }
     if name.starts_with('.') {
         return Err(format!("plugin name {name:?} must not start with '.'"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-    {
-        return Err(format!(
-            "plugin name {name:?} may contain only ASCII letters, digits, '_', '-' and '.'"
-        ));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        return Err(format!("plugin name {name:?} may contain only ASCII letters, digits, '_', '-' and '.'"));
     }
     Ok(())
 }

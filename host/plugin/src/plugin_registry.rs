@@ -60,11 +60,7 @@ impl RegistryConfig {
             cache_dir: cache_dir.into(),
             filter_batch_max: 1024,
             filter_batch_bytes_max: 16 * 1024 * 1024,
-            pool: PoolLimits {
-                instances_max: 8,
-                idle_max: 4,
-                wait_ms_max: 5_000,
-            },
+            pool: PoolLimits { instances_max: 8, idle_max: 4, wait_ms_max: 5_000 },
             plugins_max: 64,
             watch: true,
             rescan_interval_ms: 1_000,
@@ -251,8 +247,7 @@ impl PluginRegistry {
             )));
         }
         let engine = engine()?;
-        let linker = linker(&engine)
-            .map_err(|e| PluginError::Registry(format!("cannot link host functions: {e}")))?;
+        let linker = linker(&engine).map_err(|e| PluginError::Registry(format!("cannot link host functions: {e}")))?;
         let cache = CompileCache::open(&config.cache_dir, &engine)?;
         let inner = Arc::new(RegistryInner {
             config,
@@ -263,11 +258,7 @@ impl PluginRegistry {
             reload: Mutex::new(ReloadState::default()),
         });
         let report = inner.reload_now();
-        let watcher = if inner.config.watch {
-            Some(Watcher::start(inner.clone()))
-        } else {
-            None
-        };
+        let watcher = if inner.config.watch { Some(Watcher::start(inner.clone())) } else { None };
         Ok((PluginRegistry { inner, watcher }, report))
     }
 
@@ -315,9 +306,7 @@ impl PluginRegistry {
     /// Whether any filter applies (the broker can skip building a batch).
     pub fn has_filters_for(&self, group: &str, topic: &str) -> bool {
         let set = self.inner.current.load();
-        set.filters
-            .iter()
-            .any(|p| p.manifest.applies_to_topic(topic) && p.manifest.applies_to_group(group))
+        set.filters.iter().any(|p| p.manifest.applies_to_topic(topic) && p.manifest.applies_to_group(group))
     }
 
     /// Runs the routers whose `topics` match, in `order`; the first decision
@@ -458,10 +447,12 @@ fn validate_with(set: &PluginSet, change: &Change) -> Verdict {
             Ok(verdict) => {
                 let has_error = verdict.findings.iter().any(|f| f.severity == Severity::Error);
                 accept &= verdict.accept && !has_error;
-                findings.extend(verdict.findings.into_iter().map(|f| Finding {
-                    text: format!("[{}] {}", validator.name, f.text),
-                    ..f
-                }));
+                findings.extend(
+                    verdict
+                        .findings
+                        .into_iter()
+                        .map(|f| Finding { text: format!("[{}] {}", validator.name, f.text), ..f }),
+                );
             }
             Err(e) => {
                 let severity = match validator.manifest.on_error {
@@ -471,11 +462,7 @@ fn validate_with(set: &PluginSet, change: &Change) -> Verdict {
                         Severity::Error
                     }
                 };
-                findings.push(Finding {
-                    severity,
-                    code: "plugin-failed".to_owned(),
-                    text: e.to_string(),
-                });
+                findings.push(Finding { severity, code: "plugin-failed".to_owned(), text: e.to_string() });
             }
         }
     }
@@ -521,11 +508,7 @@ fn refusal_reason(verdict: &Verdict) -> String {
         .filter(|f| f.severity == Severity::Error || !verdict.accept)
         .map(|f| format!("{}: {}", f.code, f.text))
         .collect();
-    if texts.is_empty() {
-        "refused without findings".to_owned()
-    } else {
-        texts.join("; ")
-    }
+    if texts.is_empty() { "refused without findings".to_owned() } else { texts.join("; ") }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -557,10 +540,7 @@ impl RegistryInner {
     /// names are returned separately with the reason.
     fn scan(&self) -> Result<DirectoryScan, PluginError> {
         let dir = &self.config.plugin_dir;
-        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| PluginError::Io { path: dir.clone(), source })?;
         let mut names = BTreeMap::new();
         let mut invalid = Vec::new();
         for entry in entries.flatten() {
@@ -568,10 +548,7 @@ impl RegistryInner {
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
-            let Some(stem) = file_name
-                .strip_suffix(".wasm")
-                .or_else(|| file_name.strip_suffix(".toml"))
-            else {
+            let Some(stem) = file_name.strip_suffix(".wasm").or_else(|| file_name.strip_suffix(".toml")) else {
                 continue;
             };
             // Hidden files are how editors and copy tools stage writes.
@@ -601,17 +578,11 @@ impl RegistryInner {
                 message: format!("missing: every plugin needs a manifest next to {name}.wasm"),
             });
         }
-        let manifest_text = std::fs::read(&toml_path).map_err(|source| PluginError::Io {
-            path: toml_path.clone(),
-            source,
-        })?;
+        let manifest_text =
+            std::fs::read(&toml_path).map_err(|source| PluginError::Io { path: toml_path.clone(), source })?;
         let manifest = Manifest::load(&toml_path)?;
-        let wasm_len = std::fs::metadata(&wasm_path)
-            .map_err(|source| PluginError::Io {
-                path: wasm_path.clone(),
-                source,
-            })?
-            .len();
+        let wasm_len =
+            std::fs::metadata(&wasm_path).map_err(|source| PluginError::Io { path: wasm_path.clone(), source })?.len();
         if wasm_len > WASM_BYTES_MAX {
             return Err(PluginError::Compile {
                 plugin: name.to_owned(),
@@ -619,10 +590,7 @@ impl RegistryInner {
                 message: format!("file is {wasm_len} bytes, the limit is {WASM_BYTES_MAX}"),
             });
         }
-        let wasm = std::fs::read(&wasm_path).map_err(|source| PluginError::Io {
-            path: wasm_path.clone(),
-            source,
-        })?;
+        let wasm = std::fs::read(&wasm_path).map_err(|source| PluginError::Io { path: wasm_path.clone(), source })?;
         let sha256 = sha256_hex(&wasm);
         let cx = LoadContext {
             engine: &self.engine,
@@ -630,24 +598,13 @@ impl RegistryInner {
             cache: &self.cache,
             pool_limits: self.config.pool,
         };
-        LoadedPlugin::load(
-            &cx,
-            name,
-            &wasm_path,
-            &wasm,
-            sha256,
-            manifest,
-            sha256_hex(&manifest_text),
-        )
+        LoadedPlugin::load(&cx, name, &wasm_path, &wasm, sha256, manifest, sha256_hex(&manifest_text))
     }
 
     pub(crate) fn reload_now(&self) -> ReloadReport {
         let mut state = self.reload.lock();
         let current = self.current.load_full();
-        let mut report = ReloadReport {
-            generation: current.generation,
-            ..ReloadReport::default()
-        };
+        let mut report = ReloadReport { generation: current.generation, ..ReloadReport::default() };
         let (mut scanned, mut problems) = match self.scan() {
             Ok(found) => found,
             Err(e) => {
@@ -675,7 +632,8 @@ impl RegistryInner {
         }
         // Directory-level problems are reported when they first appear, not
         // on every rescan.
-        let problem_keys: std::collections::HashSet<String> = problems.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        let problem_keys: std::collections::HashSet<String> =
+            problems.iter().map(|(n, r)| format!("{n}: {r}")).collect();
         for (name, reason) in problems {
             if !state.reported.contains(&format!("{name}: {reason}")) {
                 tracing::error!(file = %name, "{reason}");
@@ -685,8 +643,7 @@ impl RegistryInner {
         state.reported = problem_keys;
 
         let mut next = current.plugins.clone();
-        let names: std::collections::BTreeSet<String> =
-            scanned.keys().chain(current.plugins.keys()).cloned().collect();
+        let names: std::collections::BTreeSet<String> = scanned.keys().chain(current.plugins.keys()).cloned().collect();
         for name in &names {
             let fingerprint = scanned.get(name).cloned().unwrap_or(FileFingerprint { wasm: None, toml: None });
             if state.seen.get(name) == Some(&fingerprint) {
@@ -704,10 +661,7 @@ impl RegistryInner {
                 };
                 let verdict = validate_with(&current, &plugin_change(Some(old), None));
                 if !verdict.accept {
-                    let e = PluginError::Refused {
-                        plugin: name.clone(),
-                        reason: refusal_reason(&verdict),
-                    };
+                    let e = PluginError::Refused { plugin: name.clone(), reason: refusal_reason(&verdict) };
                     tracing::error!(plugin = %name, "removal refused, the plugin keeps serving: {e}");
                     report.rejected.push((name.clone(), e.to_string()));
                     continue;
@@ -722,7 +676,9 @@ impl RegistryInner {
                 Ok(candidate) => candidate,
                 Err(e) => {
                     match old {
-                        Some(_) => tracing::error!(plugin = %name, "new version rejected, the old version keeps serving: {e}"),
+                        Some(_) => {
+                            tracing::error!(plugin = %name, "new version rejected, the old version keeps serving: {e}")
+                        }
                         None => tracing::error!(plugin = %name, "plugin rejected: {e}"),
                     }
                     report.rejected.push((name.clone(), e.to_string()));
@@ -737,10 +693,7 @@ impl RegistryInner {
             }
             let verdict = validate_with(&current, &plugin_change(old.map(|p| &**p), Some(&candidate)));
             if !verdict.accept {
-                let e = PluginError::Refused {
-                    plugin: name.clone(),
-                    reason: refusal_reason(&verdict),
-                };
+                let e = PluginError::Refused { plugin: name.clone(), reason: refusal_reason(&verdict) };
                 tracing::error!(plugin = %name, "{e}; the old version (if any) keeps serving");
                 report.rejected.push((name.clone(), e.to_string()));
                 continue;

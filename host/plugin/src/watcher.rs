@@ -52,11 +52,7 @@ impl Watcher {
             .name("wasmq-plugin-watch".to_owned())
             .spawn(move || run(&inner, &rx))
             .expect("spawning the plugin watcher thread");
-        Watcher {
-            tx,
-            thread: Some(thread),
-            _events: events,
-        }
+        Watcher { tx, thread: Some(thread), _events: events }
     }
 }
 
@@ -93,7 +89,9 @@ fn run(inner: &RegistryInner, rx: &mpsc::Receiver<Wake>) {
         let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.reload_now())) {
             Ok(report) => report,
             Err(_) => {
-                tracing::error!("plugin reload panicked; the current plugin set keeps serving, retrying on the next rescan");
+                tracing::error!(
+                    "plugin reload panicked; the current plugin set keeps serving, retrying on the next rescan"
+                );
                 continue;
             }
         };

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use common::{init_tracing, write_atomically};
 use wasmq_plugin::validation::{Change, ChangeKind, NodeSummary, RangeChecksum, Severity};
 use wasmq_plugin::{
-    ExpressionKind, FilterMessage, PluginError, PluginRegistry, Properties, RegistryConfig, RouteInput,
-    RouteOutcome,
+    ExpressionKind, FilterMessage, PluginError, PluginRegistry, Properties, RegistryConfig, RouteInput, RouteOutcome,
 };
 
 fn dist_dir() -> PathBuf {
@@ -36,9 +35,8 @@ fn dist_wasm(name: &str) -> Vec<u8> {
 
 fn dist_manifest(name: &str) -> String {
     let path = dist_dir().join(format!("{name}.toml"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}. Run plugins/build.sh (from the repo root) first", path.display())
-    })
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}. Run plugins/build.sh (from the repo root) first", path.display()))
 }
 
 struct Plugins {
@@ -85,10 +83,7 @@ struct Msg {
 }
 
 fn msg(tag: Option<&'static str>, props: &[(&str, &str)]) -> Msg {
-    Msg {
-        tag,
-        props: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    }
+    Msg { tag, props: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
 }
 
 fn views(msgs: &[Msg]) -> Vec<FilterMessage<'_>> {
@@ -115,9 +110,7 @@ fn sample() -> Vec<Msg> {
 
 fn tag_verdicts(registry: &PluginRegistry, expression: &str) -> Vec<bool> {
     let msgs = sample();
-    registry
-        .filter("g", "orders", ExpressionKind::Tag, expression, &views(&msgs))
-        .unwrap()
+    registry.filter("g", "orders", ExpressionKind::Tag, expression, &views(&msgs)).unwrap()
 }
 
 fn check_tag_semantics(registry: &PluginRegistry) {
@@ -134,11 +127,7 @@ fn rust_tag_filter_handles_tag_and_sql92() {
     let registry = p.open();
     check_tag_semantics(&registry);
     let msgs = sample();
-    let sql = |e: &str| {
-        registry
-            .filter("g", "orders", ExpressionKind::Sql92, e, &views(&msgs))
-            .unwrap()
-    };
+    let sql = |e: &str| registry.filter("g", "orders", ExpressionKind::Sql92, e, &views(&msgs)).unwrap();
     assert_eq!(sql("price > 10"), [false, true, false, true]);
     assert_eq!(sql("region IN ('eu', 'us') AND price > 1"), [true, true, false, false]);
     let info = &registry.list()[0];
@@ -183,15 +172,7 @@ fn key_hash_router_routes_by_key_and_config() {
     p.add("key-hash-router", Some(&manifest));
     let registry = p.open();
     fn input<'a>(topic: &'a str, group: Option<&'a str>, keys: &'a [String]) -> RouteInput<'a> {
-        RouteInput {
-            topic,
-            tag: None,
-            keys,
-            properties: &[],
-            message_group: group,
-            body: b"",
-            queue_count: 8,
-        }
+        RouteInput { topic, tag: None, keys, properties: &[], message_group: group, body: b"", queue_count: 8 }
     }
     let keys = &["order-17".to_owned()][..];
     assert_eq!(
@@ -205,14 +186,8 @@ fn key_hash_router_routes_by_key_and_config() {
     );
     assert_eq!(registry.route(&input("orders", None, &[])).unwrap(), RouteOutcome::Default);
     assert_eq!(registry.route(&input("audit", None, keys)).unwrap(), RouteOutcome::Queue(0));
-    assert_eq!(
-        registry.route(&input("legacy", None, keys)).unwrap(),
-        RouteOutcome::Reject("legacy is closed".into())
-    );
-    assert_eq!(
-        registry.route(&input("orders-v1", None, keys)).unwrap(),
-        RouteOutcome::Redirect("orders".into())
-    );
+    assert_eq!(registry.route(&input("legacy", None, keys)).unwrap(), RouteOutcome::Reject("legacy is closed".into()));
+    assert_eq!(registry.route(&input("orders-v1", None, keys)).unwrap(), RouteOutcome::Redirect("orders".into()));
 }
 
 fn node(id: &str, last: (u64, u64, u32), ranges: &[(u64, u64, u32)]) -> NodeSummary {
@@ -225,10 +200,7 @@ fn node(id: &str, last: (u64, u64, u32), ranges: &[(u64, u64, u32)]) -> NodeSumm
         last_index: last.0,
         last_term: last.1,
         last_entry_crc32c: last.2,
-        checksums: ranges
-            .iter()
-            .map(|&(start, end, crc32c)| RangeChecksum { start, end, crc32c })
-            .collect(),
+        checksums: ranges.iter().map(|&(start, end, crc32c)| RangeChecksum { start, end, crc32c }).collect(),
     }
 }
 
@@ -260,11 +232,8 @@ fn replication_validator_refuses_divergent_commitlogs() {
         node("n2", (10, 1, 7), &diverged),
     ]));
     assert!(!verdict.accept, "{verdict:?}");
-    let divergence = verdict
-        .findings
-        .iter()
-        .find(|f| f.code == "commitlog-divergence")
-        .unwrap_or_else(|| panic!("{verdict:?}"));
+    let divergence =
+        verdict.findings.iter().find(|f| f.code == "commitlog-divergence").unwrap_or_else(|| panic!("{verdict:?}"));
     assert_eq!(divergence.severity, Severity::Error);
     assert!(divergence.text.contains("n2") && divergence.text.contains("2048"), "{divergence:?}");
     assert!(divergence.text.starts_with("[replication-upgrade-validator]"), "{divergence:?}");
@@ -476,12 +445,7 @@ fn real_validator_judges_plugin_changes_during_reload() {
     p.add("replication-upgrade-validator", None);
     common::install(p.path(), "policy", &dist_wasm("tag-filter"), &dist_manifest("tag-filter"));
     let registry = p.open();
-    let calls_before = registry
-        .list()
-        .into_iter()
-        .find(|i| i.name == "replication-upgrade-validator")
-        .unwrap()
-        .calls;
+    let calls_before = registry.list().into_iter().find(|i| i.name == "replication-upgrade-validator").unwrap().calls;
     common::install(p.path(), "policy", &dist_wasm("key-hash-router"), &dist_manifest("key-hash-router"));
     let report = registry.reload_now();
     assert_eq!(report.replaced, ["policy"], "{report:#?}");

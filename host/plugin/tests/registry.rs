@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use wasmq_plugin::validation::{Change, ChangeKind, PluginVersion, Severity};
 use wasmq_plugin::{
-    ExpressionKind, FilterMessage, PluginError, PluginKind, PluginRegistry, Properties, RegistryConfig,
-    RouteInput, RouteOutcome,
+    ExpressionKind, FilterMessage, PluginError, PluginKind, PluginRegistry, Properties, RegistryConfig, RouteInput,
+    RouteOutcome,
 };
 
 struct Fixture {
@@ -45,15 +45,7 @@ impl Fixture {
 }
 
 fn route_input(topic: &str, queue_count: u32) -> RouteInput<'_> {
-    RouteInput {
-        topic,
-        tag: None,
-        keys: &[],
-        properties: &[],
-        message_group: None,
-        body: b"",
-        queue_count,
-    }
+    RouteInput { topic, tag: None, keys: &[], properties: &[], message_group: None, body: b"", queue_count }
 }
 
 fn messages<'a>(tags: &[Option<&'a str>]) -> Vec<FilterMessage<'a>> {
@@ -95,18 +87,9 @@ fn each_kind_changes_behaviour() {
 
     assert_eq!(registry.route(&route_input("orders", 7)).unwrap(), RouteOutcome::Queue(6));
     assert_eq!(registry.route(&route_input("orders", 3)).unwrap(), RouteOutcome::Queue(2));
-    assert_eq!(
-        registry.filter("g", "orders", ExpressionKind::Tag, "TagA", &msgs).unwrap(),
-        vec![true, false, false]
-    );
-    assert_eq!(
-        registry.filter("g", "orders", ExpressionKind::Tag, "TagB", &msgs).unwrap(),
-        vec![false, true, false]
-    );
-    assert_eq!(
-        registry.filter("g", "orders", ExpressionKind::Tag, "*", &msgs).unwrap(),
-        vec![true, true, true]
-    );
+    assert_eq!(registry.filter("g", "orders", ExpressionKind::Tag, "TagA", &msgs).unwrap(), vec![true, false, false]);
+    assert_eq!(registry.filter("g", "orders", ExpressionKind::Tag, "TagB", &msgs).unwrap(), vec![false, true, false]);
+    assert_eq!(registry.filter("g", "orders", ExpressionKind::Tag, "*", &msgs).unwrap(), vec![true, true, true]);
 
     let change = |name: &str| Change {
         kind: ChangeKind::Plugin,
@@ -114,11 +97,7 @@ fn each_kind_changes_behaviour() {
         new_config: vec![],
         nodes: vec![],
         old_plugins: vec![],
-        new_plugins: vec![PluginVersion {
-            name: name.to_owned(),
-            kind: "filter".to_owned(),
-            sha256: "00".repeat(32),
-        }],
+        new_plugins: vec![PluginVersion { name: name.to_owned(), kind: "filter".to_owned(), sha256: "00".repeat(32) }],
     };
     let verdict = registry.validate(&change("fine"));
     assert!(verdict.accept && verdict.findings.is_empty(), "{verdict:?}");
@@ -143,7 +122,12 @@ fn each_kind_changes_behaviour() {
 fn routers_run_in_order_and_first_opinion_wins() {
     let f = Fixture::new();
     install(f.plugins(), "a-default", &router_component(RouterMode::Default), "kind = \"router\"\norder = 1\n");
-    install(f.plugins(), "b-three", &router_component(RouterMode::Queue(3)), "kind = \"router\"\norder = 2\ntopics = [\"orders\"]\n");
+    install(
+        f.plugins(),
+        "b-three",
+        &router_component(RouterMode::Queue(3)),
+        "kind = \"router\"\norder = 2\ntopics = [\"orders\"]\n",
+    );
     install(f.plugins(), "c-five", &router_component(RouterMode::Queue(5)), "kind = \"router\"\norder = 3\n");
     install(
         f.plugins(),
@@ -164,10 +148,7 @@ fn routers_run_in_order_and_first_opinion_wins() {
         registry.route(&route_input("legacy", 8)).unwrap(),
         RouteOutcome::Reject("closed for maintenance".into())
     );
-    assert_eq!(
-        registry.route(&route_input("orders-v1", 8)).unwrap(),
-        RouteOutcome::Redirect("orders-v2".into())
-    );
+    assert_eq!(registry.route(&route_input("orders-v1", 8)).unwrap(), RouteOutcome::Redirect("orders-v2".into()));
 }
 
 #[test]
@@ -175,10 +156,7 @@ fn router_body_is_sent_only_when_wanted() {
     let f = Fixture::new();
     install(f.plugins(), "body", &router_component(RouterMode::BodyLength), ROUTER);
     let registry = f.open();
-    let input = RouteInput {
-        body: b"0123456789",
-        ..route_input("t", 4)
-    };
+    let input = RouteInput { body: b"0123456789", ..route_input("t", 4) };
     assert_eq!(registry.route(&input).unwrap(), RouteOutcome::Queue(10 % 4));
 }
 
@@ -215,9 +193,7 @@ fn big_batches_are_cut_into_chunks() {
     config.filter_batch_max = 4;
     let registry = PluginRegistry::open(config).unwrap();
     let tags: Vec<Option<&str>> = (0..10).map(|i| Some(if i % 3 == 0 { "A" } else { "B" })).collect();
-    let verdicts = registry
-        .filter("g", "t", ExpressionKind::Tag, "A", &messages(&tags))
-        .unwrap();
+    let verdicts = registry.filter("g", "t", ExpressionKind::Tag, "A", &messages(&tags)).unwrap();
     let expected: Vec<bool> = (0..10).map(|i| i % 3 == 0).collect();
     assert_eq!(verdicts, expected);
     assert_eq!(registry.list()[0].calls, 3, "10 messages in chunks of 4");
@@ -268,9 +244,7 @@ fn fuel_exhaustion_fails_the_call_and_the_rest_keeps_serving() {
     let registry = f.open();
     let msgs = messages(&[Some("A"), Some("B")]);
     let started = Instant::now();
-    let err = registry
-        .filter("looping", "t", ExpressionKind::Tag, "A", &msgs)
-        .unwrap_err();
+    let err = registry.filter("looping", "t", ExpressionKind::Tag, "A", &msgs).unwrap_err();
     assert!(
         matches!(&err, PluginError::FuelExhausted { plugin, fuel_per_call: 1_000_000 } if plugin == "loop"),
         "{err:?}"
@@ -289,14 +263,19 @@ fn fuel_exhaustion_fails_the_call_and_the_rest_keeps_serving() {
 #[test]
 fn on_error_pass_delivers_and_reject_fails_closed() {
     let f = Fixture::new();
+    install(f.plugins(), "trap-pass", &filter_component(FilterMode::Trap), "kind = \"filter\"\nonError = \"pass\"\n");
     install(
         f.plugins(),
-        "trap-pass",
-        &filter_component(FilterMode::Trap),
-        "kind = \"filter\"\nonError = \"pass\"\n",
+        "trap-router",
+        &router_component(RouterMode::Trap),
+        "kind = \"router\"\nonError = \"reject\"\ntopics = [\"strict\"]\n",
     );
-    install(f.plugins(), "trap-router", &router_component(RouterMode::Trap), "kind = \"router\"\nonError = \"reject\"\ntopics = [\"strict\"]\n");
-    install(f.plugins(), "trap-router-lax", &router_component(RouterMode::Trap), "kind = \"router\"\nonError = \"pass\"\ntopics = [\"lax\"]\n");
+    install(
+        f.plugins(),
+        "trap-router-lax",
+        &router_component(RouterMode::Trap),
+        "kind = \"router\"\nonError = \"pass\"\ntopics = [\"lax\"]\n",
+    );
     let registry = f.open();
     let msgs = messages(&[Some("A"), Some("B")]);
     assert_eq!(registry.filter("g", "t", ExpressionKind::Tag, "A", &msgs).unwrap(), vec![true, true]);
@@ -319,15 +298,9 @@ fn memory_cap_fails_the_call() {
         "kind = \"filter\"\nonError = \"reject\"\n[limits]\nmemoryBytesMax = 4194304\nfuelPerCall = 100_000_000\n",
     );
     let registry = f.open();
-    let err = registry
-        .filter("g", "t", ExpressionKind::Tag, "A", &messages(&[Some("A")]))
-        .unwrap_err();
+    let err = registry.filter("g", "t", ExpressionKind::Tag, "A", &messages(&[Some("A")])).unwrap_err();
     match &err {
-        PluginError::MemoryLimit {
-            plugin,
-            limit_bytes,
-            wanted_bytes,
-        } => {
+        PluginError::MemoryLimit { plugin, limit_bytes, wanted_bytes } => {
             assert_eq!(plugin, "alloc");
             assert_eq!(*limit_bytes, 4_194_304);
             assert!(*wanted_bytes > *limit_bytes);
@@ -375,7 +348,9 @@ fn invalid_files_are_rejected_with_clear_errors_and_the_rest_loads() {
     assert!(rejected["garbage"].contains("cannot compile"), "{}", rejected["garbage"]);
     let wrong = &rejected["router-as-filter"];
     assert!(
-        wrong.contains("kind = \"filter\"") && wrong.contains("filter-plugin") && wrong.contains("wasmq:policy/router@0.1.0"),
+        wrong.contains("kind = \"filter\"")
+            && wrong.contains("filter-plugin")
+            && wrong.contains("wasmq:policy/router@0.1.0"),
         "{wrong}"
     );
     assert!(rejected["typo"].contains("typo.toml") && rejected["typo"].contains("fuelPercall"), "{}", rejected["typo"]);
@@ -383,10 +358,7 @@ fn invalid_files_are_rejected_with_clear_errors_and_the_rest_loads() {
     assert!(rejected["no-wasm"].contains("no-wasm.wasm"), "{}", rejected["no-wasm"]);
     assert!(rejected.contains_key("bad name.toml"));
     // The good plugin serves.
-    assert_eq!(
-        registry.filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None])).unwrap(),
-        vec![false]
-    );
+    assert_eq!(registry.filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None])).unwrap(), vec![false]);
     // Nothing changed: the rescan does not report (or retry) the same bad files again.
     let again = registry.reload_now();
     assert!(again.rejected.is_empty() && !again.changed(), "{again:?}");
@@ -668,22 +640,13 @@ fn a_call_waits_a_bounded_time_for_a_free_instance() {
     let registry = Arc::new(PluginRegistry::open(config).unwrap());
     let busy = {
         let registry = registry.clone();
-        std::thread::spawn(move || {
-            registry
-                .filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None]))
-                .unwrap_err()
-        })
+        std::thread::spawn(move || registry.filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None])).unwrap_err())
     };
     // Wait until the slow call holds the only instance.
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
-    let err = registry
-        .filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None]))
-        .unwrap_err();
-    assert!(
-        matches!(err, PluginError::Busy { instances_max: 1, wait_ms: 50, .. }),
-        "{err:?}"
-    );
+    let err = registry.filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None])).unwrap_err();
+    assert!(matches!(err, PluginError::Busy { instances_max: 1, wait_ms: 50, .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     let first = busy.join().unwrap();
     assert!(matches!(first, PluginError::FuelExhausted { .. }), "{first:?}");
@@ -698,9 +661,7 @@ fn guest_sleeps_return_at_once() {
     install(f.plugins(), "sleepy", &filter_component(FilterMode::SleepSeconds(30)), FILTER);
     let registry = f.open();
     let started = Instant::now();
-    let verdicts = registry
-        .filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None, Some("A")]))
-        .unwrap();
+    let verdicts = registry.filter("g", "t", ExpressionKind::Tag, "*", &messages(&[None, Some("A")])).unwrap();
     assert_eq!(verdicts, vec![true, true]);
     assert!(started.elapsed() < Duration::from_secs(5), "the guest slept {:?}", started.elapsed());
 }
@@ -742,7 +703,12 @@ fn a_failing_validator_refuses_unless_its_manifest_says_pass() {
 
     // With onError = "pass" a failing validator only warns.
     let f = Fixture::new();
-    install(f.plugins(), "broken", &trapping_validator_component(), "kind = \"upgrade-validator\"\nonError = \"pass\"\n");
+    install(
+        f.plugins(),
+        "broken",
+        &trapping_validator_component(),
+        "kind = \"upgrade-validator\"\nonError = \"pass\"\n",
+    );
     let registry = f.open();
     let verdict = registry.validate(&change);
     assert!(verdict.accept, "{verdict:?}");

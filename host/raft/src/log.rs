@@ -27,8 +27,7 @@ pub trait RaftLog {
     fn term_at(&self, index: u64) -> Result<Option<u64>, Self::Error>;
     /// Entries from `from` (inclusive), at most `count_max` and, except for the first one,
     /// at most `bytes_max` payload bytes. At least one entry if `from <= last_index()`.
-    fn entries(&self, from: u64, bytes_max: usize, count_max: usize)
-    -> Result<Vec<Entry>, Self::Error>;
+    fn entries(&self, from: u64, bytes_max: usize, count_max: usize) -> Result<Vec<Entry>, Self::Error>;
     /// Leader append of new entries in `term`; returns their index range.
     fn append_leader(&mut self, term: u64, data: &[Bytes]) -> Result<Range<u64>, Self::Error>;
     /// Follower append; `entries[0].index == last_index() + 1`, contiguous.

@@ -16,14 +16,35 @@ pub struct Entry {
 pub enum Message {
     /// "Would you vote for me in `term`?" (`term` is the sender's term + 1; nobody changes
     /// term because of it).
-    PreVote { term: u64, last_index: u64, last_term: u64 },
+    PreVote {
+        term: u64,
+        last_index: u64,
+        last_term: u64,
+    },
     /// `term` is the requested term when granted, the responder's term when refused.
-    PreVoteResponse { term: u64, granted: bool },
+    PreVoteResponse {
+        term: u64,
+        granted: bool,
+    },
     /// `transfer`: sent after `TimeoutNow`, so voters ignore their leader lease.
-    Vote { term: u64, last_index: u64, last_term: u64, transfer: bool },
-    VoteResponse { term: u64, granted: bool },
+    Vote {
+        term: u64,
+        last_index: u64,
+        last_term: u64,
+        transfer: bool,
+    },
+    VoteResponse {
+        term: u64,
+        granted: bool,
+    },
     /// Entries `prev_index+1 ..` (contiguous, possibly none) and the leader's commit index.
-    Append { term: u64, prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64 },
+    Append {
+        term: u64,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    },
     /// Answer to `Append` and `Heartbeat`.
     /// - `success`: `match_index` is the highest index known to match the leader's log,
     ///   `durable_index <= match_index` the highest of those flushed to disk (only durable
@@ -40,9 +61,14 @@ pub enum Message {
         hint_index: u64,
         hint_term: u64,
     },
-    Heartbeat { term: u64, commit: u64 },
+    Heartbeat {
+        term: u64,
+        commit: u64,
+    },
     /// Leader transfer: "start an election now, skipping pre-vote".
-    TimeoutNow { term: u64 },
+    TimeoutNow {
+        term: u64,
+    },
 }
 
 impl Message {

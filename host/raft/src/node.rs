@@ -284,11 +284,7 @@ impl<L: RaftLog> RaftNode<L> {
         }
         if self.config.check_quorum && now_ms - self.became_leader_ms >= self.config.election_timeout_min_ms {
             let horizon = now_ms.saturating_sub(self.config.election_timeout_min_ms);
-            let active = 1 + self
-                .progress
-                .values()
-                .filter(|p| p.last_heard_ms.is_some_and(|t| t >= horizon))
-                .count();
+            let active = 1 + self.progress.values().filter(|p| p.last_heard_ms.is_some_and(|t| t >= horizon)).count();
             if active < self.quorum() {
                 info!(id = self.id, term = self.term, active, "leader lost contact with a majority, stepping down");
                 self.become_follower(self.term, None);
@@ -412,7 +408,15 @@ impl<L: RaftLog> RaftNode<L> {
                 self.advance_follower_commit(commit);
                 self.ack(from);
             }
-            Message::AppendResponse { success, match_index, durable_index, reject_prev_index, hint_index, hint_term, .. } => {
+            Message::AppendResponse {
+                success,
+                match_index,
+                durable_index,
+                reject_prev_index,
+                hint_index,
+                hint_term,
+                ..
+            } => {
                 if self.role == Role::Leader {
                     if success {
                         self.handle_append_success(from, match_index, durable_index)?;
@@ -509,8 +513,11 @@ impl<L: RaftLog> RaftNode<L> {
             return if t.target == to { Ok(()) } else { Err(TransferError::InProgress(t.target)) };
         }
         info!(id = self.id, to, term = self.term, "leadership transfer started");
-        self.transfer =
-            Some(Transfer { target: to, deadline_ms: self.now_ms + self.config.transfer_timeout_ms, timeout_now_sent: false });
+        self.transfer = Some(Transfer {
+            target: to,
+            deadline_ms: self.now_ms + self.config.transfer_timeout_ms,
+            timeout_now_sent: false,
+        });
         self.maybe_send_timeout_now();
         Ok(())
     }
@@ -620,7 +627,12 @@ impl<L: RaftLog> RaftNode<L> {
 
     /// A leader message in the current term: follow its sender.
     fn follow(&mut self, from: NodeId) {
-        assert!(self.role != Role::Leader, "node {} got a leader message from {from} in its own term {}", self.id, self.term);
+        assert!(
+            self.role != Role::Leader,
+            "node {} got a leader message from {from} in its own term {}",
+            self.id,
+            self.term
+        );
         if let Some(l) = self.leader_id {
             assert_eq!(l, from, "two leaders in term {}", self.term);
         }
@@ -643,7 +655,8 @@ impl<L: RaftLog> RaftNode<L> {
         self.progress = self.peers.iter().map(|&p| (p, Progress::new(next, self.now_ms))).collect();
         // The no-op lets entries of earlier terms commit (only current-term entries are
         // committed by counting).
-        let range = self.log.append_leader(self.term, std::slice::from_ref(&self.config.noop_entry)).map_err(RaftError::Log)?;
+        let range =
+            self.log.append_leader(self.term, std::slice::from_ref(&self.config.noop_entry)).map_err(RaftError::Log)?;
         assert_eq!(range, next..next + 1);
         self.heartbeat_due_ms = self.now_ms + self.config.heartbeat_interval_ms;
         for i in 0..self.peers.len() {
@@ -679,7 +692,13 @@ impl<L: RaftLog> RaftNode<L> {
                 let prev_index = p.next_index - 1;
                 let Some(prev_term) = self.log.term_at(prev_index).map_err(RaftError::Log)? else {
                     // No snapshot transfer: a follower this far behind needs an operator.
-                    warn!(id = self.id, peer, prev_index, first = self.log.first_index(), "follower needs entries removed by retention");
+                    warn!(
+                        id = self.id,
+                        peer,
+                        prev_index,
+                        first = self.log.first_index(),
+                        "follower needs entries removed by retention"
+                    );
                     break;
                 };
                 let entries = if p.next_index <= last {
@@ -740,7 +759,13 @@ impl<L: RaftLog> RaftNode<L> {
         self.send_append(from)
     }
 
-    fn handle_append_reject(&mut self, from: NodeId, reject_prev_index: u64, hint_index: u64, hint_term: u64) -> NodeResult<L> {
+    fn handle_append_reject(
+        &mut self,
+        from: NodeId,
+        reject_prev_index: u64,
+        hint_index: u64,
+        hint_term: u64,
+    ) -> NodeResult<L> {
         let now = self.now_ms;
         let p = self.progress.get_mut(&from).expect("progress for every peer");
         p.last_heard_ms = Some(now);
@@ -806,9 +831,10 @@ impl<L: RaftLog> RaftNode<L> {
             return;
         }
         let horizon = self.now_ms.saturating_sub(self.config.election_timeout_min_ms);
-        let ready = self.progress.get(&preferred).is_some_and(|p| {
-            p.match_index == self.log.last_index() && p.last_heard_ms.is_some_and(|t| t >= horizon)
-        });
+        let ready = self
+            .progress
+            .get(&preferred)
+            .is_some_and(|p| p.match_index == self.log.last_index() && p.last_heard_ms.is_some_and(|t| t >= horizon));
         if ready {
             info!(id = self.id, preferred, "handing leadership to the preferred leader");
             let _ = self.transfer_leadership(preferred);
@@ -817,7 +843,14 @@ impl<L: RaftLog> RaftNode<L> {
 
     // ---- replication: follower side --------------------------------------------------
 
-    fn handle_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, mut entries: Vec<Entry>, leader_commit: u64) -> NodeResult<L> {
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: u64,
+        prev_term: u64,
+        mut entries: Vec<Entry>,
+        leader_commit: u64,
+    ) -> NodeResult<L> {
         let mut prev_index = prev_index;
         let mut prev_term = prev_term;
         // Entries at or below our commit index already match (Leader Completeness).
@@ -837,7 +870,8 @@ impl<L: RaftLog> RaftNode<L> {
             self.send(from, reject(self.term, prev_index, last + 1, 0));
             return Ok(());
         }
-        let my_prev_term = self.log.term_at(prev_index).map_err(RaftError::Log)?.expect("prev_index >= commit >= first-1");
+        let my_prev_term =
+            self.log.term_at(prev_index).map_err(RaftError::Log)?.expect("prev_index >= commit >= first-1");
         if my_prev_term != prev_term {
             // Find where our conflicting term starts so the leader skips it in one step.
             let mut hint = prev_index;
@@ -934,5 +968,13 @@ impl<L: RaftLog> RaftNode<L> {
 }
 
 fn reject(term: u64, reject_prev_index: u64, hint_index: u64, hint_term: u64) -> Message {
-    Message::AppendResponse { term, success: false, match_index: 0, durable_index: 0, reject_prev_index, hint_index, hint_term }
+    Message::AppendResponse {
+        term,
+        success: false,
+        match_index: 0,
+        durable_index: 0,
+        reject_prev_index,
+        hint_index,
+        hint_term,
+    }
 }

@@ -61,10 +61,7 @@ fn minority_leader_never_commits_and_steps_down() {
     let commit_before = s.node(old).unwrap().commit_index();
 
     let stale = s.propose(old, 2).expect("a leader accepts until check-quorum notices");
-    assert!(
-        s.run_until(3_000, |s| s.node(old).unwrap().role() != Role::Leader),
-        "minority leader did not step down"
-    );
+    assert!(s.run_until(3_000, |s| s.node(old).unwrap().role() != Role::Leader), "minority leader did not step down");
     assert_eq!(s.node(old).unwrap().commit_index(), commit_before, "minority leader committed");
     assert!(matches!(s.propose(old, 1), Err(ProposeError::NotLeader { .. })));
 
@@ -156,10 +153,7 @@ fn leader_transfer_hands_over_within_a_second() {
     assert_eq!(s.node(target).unwrap().term(), term + 1);
     let q = s.propose(target, 1).unwrap();
     commit_everywhere(&mut s, q.range.end - 1);
-    assert_eq!(
-        s.transfer_leadership(old, target),
-        Err(TransferError::NotLeader { leader_hint: Some(target) })
-    );
+    assert_eq!(s.transfer_leadership(old, target), Err(TransferError::NotLeader { leader_hint: Some(target) }));
     s.check_final();
 }
 
@@ -198,7 +192,13 @@ fn preferred_leader_takes_over_and_returns_after_restart() {
 #[test]
 fn lossy_network_still_commits_everything_acknowledged() {
     let mut cfg = SimConfig::new(3, 8);
-    cfg.net = NetConfig { delay_ms_min: 1, delay_ms_max: 40, drop_probability: 0.2, duplicate_probability: 0.2, ..NetConfig::default() };
+    cfg.net = NetConfig {
+        delay_ms_min: 1,
+        delay_ms_max: 40,
+        drop_probability: 0.2,
+        duplicate_probability: 0.2,
+        ..NetConfig::default()
+    };
     let mut s = Sim::new(cfg);
     let mut proposals = Vec::new();
     for _ in 0..200 {
@@ -249,30 +249,35 @@ fn proposal_limits_and_follower_hint() {
 /// pipelined window never exceeds its bounds.
 #[test]
 fn append_batches_and_window_are_bounded() {
-    let config = RaftConfig {
-        append_batch_bytes_max: 4096,
-        inflight_batches_max: 3,
-        rng_seed: 11,
-        ..RaftConfig::default()
-    };
+    let config =
+        RaftConfig { append_batch_bytes_max: 4096, inflight_batches_max: 3, rng_seed: 11, ..RaftConfig::default() };
     let voters = [1, 2];
     let mut a = RaftNode::new(1, &voters, config.clone(), HardState::default(), MemLog::new(), 0).unwrap();
-    let mut b = RaftNode::new(2, &voters, RaftConfig { rng_seed: 12, ..config.clone() }, HardState::default(), MemLog::new(), 0).unwrap();
+    let mut b = RaftNode::new(
+        2,
+        &voters,
+        RaftConfig { rng_seed: 12, ..config.clone() },
+        HardState::default(),
+        MemLog::new(),
+        0,
+    )
+    .unwrap();
     // Node 1 times out first (node 2's clock stays at 0): it becomes leader through
     // pre-vote and vote.
     let mut now = 0;
     let mut to_b: Vec<Message> = Vec::new();
     let mut to_a: Vec<Message> = Vec::new();
-    let pump = |a: &mut RaftNode<MemLog>, b: &mut RaftNode<MemLog>, to_a: &mut Vec<Message>, to_b: &mut Vec<Message>| {
-        for (to, m) in a.take_ready().messages {
-            assert_eq!(to, 2);
-            to_b.push(m);
-        }
-        for (to, m) in b.take_ready().messages {
-            assert_eq!(to, 1);
-            to_a.push(m);
-        }
-    };
+    let pump =
+        |a: &mut RaftNode<MemLog>, b: &mut RaftNode<MemLog>, to_a: &mut Vec<Message>, to_b: &mut Vec<Message>| {
+            for (to, m) in a.take_ready().messages {
+                assert_eq!(to, 2);
+                to_b.push(m);
+            }
+            for (to, m) in b.take_ready().messages {
+                assert_eq!(to, 1);
+                to_a.push(m);
+            }
+        };
     while a.role() != Role::Leader {
         now += 10;
         a.tick(now).unwrap();

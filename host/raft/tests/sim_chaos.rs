@@ -20,7 +20,9 @@ fn run_seed(seed: u64) -> ChaosReport {
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            panic!("simulation failed for seed {seed}: {why}\nreplay: WASMQ_SIM_SEED={seed} cargo test --release -p wasmq-raft --test sim_chaos");
+            panic!(
+                "simulation failed for seed {seed}: {why}\nreplay: WASMQ_SIM_SEED={seed} cargo test --release -p wasmq-raft --test sim_chaos"
+            );
         }
     }
 }

@@ -209,7 +209,8 @@ fn restart(dir: &Path, bytes: u64) {
     // Crash: append another ~10% without applying or flushing, then drop without close.
     let extra = (count / 10).max(1);
     for chunk_start in (count..count + extra).step_by(batch as usize) {
-        let records: Vec<Vec<u8>> = (chunk_start..(chunk_start + batch).min(count + extra)).map(message_record).collect();
+        let records: Vec<Vec<u8>> =
+            (chunk_start..(chunk_start + batch).min(count + extra)).map(message_record).collect();
         let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
         store.log().append(1, &refs).unwrap();
     }
@@ -243,17 +244,29 @@ fn main() {
     let base = tmp.path();
     let count = args.mib * MIB / MESSAGE_BYTES as u64;
     let framed_bytes = count * (MESSAGE_BYTES + HEADER_SIZE) as u64;
-    println!("storage_bench: {count} messages of {MESSAGE_BYTES} B ({:.0} MiB framed) in {}", framed_bytes as f64 / MIB as f64, base.display());
+    println!(
+        "storage_bench: {count} messages of {MESSAGE_BYTES} B ({:.0} MiB framed) in {}",
+        framed_bytes as f64 / MIB as f64,
+        base.display()
+    );
 
     // The baseline runs before and after the commitlog run (disk speed drifts on a shared
     // machine); ratios use the faster of the two, so they are conservative.
     let (raw1, w1) = measured(base, || raw_write(base, framed_bytes));
-    println!("raw write_all(1 MiB)+sync_data #1: {:.3} s  {:.0} MB/s  ({w1})", raw1.as_secs_f64(), mb_per_s(framed_bytes, raw1));
+    println!(
+        "raw write_all(1 MiB)+sync_data #1: {:.3} s  {:.0} MB/s  ({w1})",
+        raw1.as_secs_f64(),
+        mb_per_s(framed_bytes, raw1)
+    );
     let dir = base.join("async");
     let (t, w) = measured(base, || async_append(&dir, count));
     std::fs::remove_dir_all(&dir).unwrap();
     let (raw2, w2) = measured(base, || raw_write(base, framed_bytes));
-    println!("raw write_all(1 MiB)+sync_data #2: {:.3} s  {:.0} MB/s  ({w2})", raw2.as_secs_f64(), mb_per_s(framed_bytes, raw2));
+    println!(
+        "raw write_all(1 MiB)+sync_data #2: {:.3} s  {:.0} MB/s  ({w2})",
+        raw2.as_secs_f64(),
+        mb_per_s(framed_bytes, raw2)
+    );
     let raw_mbs = mb_per_s(framed_bytes, raw1.min(raw2));
     let mbs = mb_per_s(framed_bytes, t);
     println!(

@@ -96,7 +96,10 @@ impl CommitLogConfig {
             )));
         }
         if self.flush_mode == FlushMode::Async && !(1..=60_000).contains(&self.flush_interval_ms) {
-            return Err(StorageError::Config(format!("flush_interval_ms {} outside [1, 60000]", self.flush_interval_ms)));
+            return Err(StorageError::Config(format!(
+                "flush_interval_ms {} outside [1, 60000]",
+                self.flush_interval_ms
+            )));
         }
         if !(1..=1 << 30).contains(&self.index_entries_per_file) {
             return Err(StorageError::Config("index_entries_per_file outside [1, 2^30]".into()));
@@ -340,7 +343,10 @@ pub struct CommitLog {
 
 impl std::fmt::Debug for CommitLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommitLog").field("dir", &self.inner.cfg.dir).field("bounds", &*self.inner.bounds.read()).finish()
+        f.debug_struct("CommitLog")
+            .field("dir", &self.inner.cfg.dir)
+            .field("bounds", &*self.inner.bounds.read())
+            .finish()
     }
 }
 
@@ -363,7 +369,8 @@ impl CommitLog {
             tracing::warn!(dir = %cfg.dir.display(), "commitlog checkpoint has an unknown format; scanning without it");
         }
         if let Some(cp) = checkpoint
-            && (cp.segment_size_bytes != cfg.segment_size_bytes || cp.index_entries_per_file != cfg.index_entries_per_file)
+            && (cp.segment_size_bytes != cfg.segment_size_bytes
+                || cp.index_entries_per_file != cfg.index_entries_per_file)
         {
             return Err(StorageError::Config(format!(
                 "{} was written with segment_size_bytes {} and index_entries_per_file {}, configured {} and {}",
@@ -564,7 +571,11 @@ impl CommitLog {
     pub fn range_checksum(&self, start_pos: u64, end_pos: u64) -> Result<u32> {
         let b = *self.inner.bounds.read();
         if start_pos > end_pos || start_pos < b.min_pos || end_pos > b.end_pos {
-            return Err(StorageError::PosOutOfRange { pos: start_pos.max(end_pos), min_pos: b.min_pos, max_pos: b.end_pos });
+            return Err(StorageError::PosOutOfRange {
+                pos: start_pos.max(end_pos),
+                min_pos: b.min_pos,
+                max_pos: b.end_pos,
+            });
         }
         let mut crc = 0u32;
         let mut pos = start_pos;
@@ -589,8 +600,15 @@ impl CommitLog {
                 } else {
                     None
                 };
-                let modified = std::fs::metadata(seg.path()).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-                SegmentInfo { base_pos: base, size_bytes: seg.len() as u64, first_index, modified, path: seg.path().to_path_buf() }
+                let modified =
+                    std::fs::metadata(seg.path()).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+                SegmentInfo {
+                    base_pos: base,
+                    size_bytes: seg.len() as u64,
+                    first_index,
+                    modified,
+                    path: seg.path().to_path_buf(),
+                }
             })
             .collect()
     }
@@ -925,7 +943,8 @@ impl Inner {
         if header.pos != pos {
             return Err(corrupt(where_(), format!("header says pos {}", header.pos)));
         }
-        if off + header.total_size as usize > seg as usize || header.body_len() > self.cfg.entry_size_max_bytes as usize {
+        if off + header.total_size as usize > seg as usize || header.body_len() > self.cfg.entry_size_max_bytes as usize
+        {
             return Err(corrupt(where_(), format!("impossible size {}", header.total_size)));
         }
         if header.index < b.first_index || header.index > b.last_index {

@@ -123,16 +123,10 @@ fn append_validation() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     log.append(5, &[b"x"]).unwrap();
-    assert!(matches!(
-        log.append_replicated(&[(3, 5, b"y")]),
-        Err(StorageError::NonContiguous { expected: 2, got: 3 })
-    ));
+    assert!(matches!(log.append_replicated(&[(3, 5, b"y")]), Err(StorageError::NonContiguous { expected: 2, got: 3 })));
     assert!(matches!(log.append_replicated(&[(2, 4, b"y")]), Err(StorageError::TermRegression { .. })));
     assert!(matches!(log.append(4, &[b"y"]), Err(StorageError::TermRegression { .. })));
-    assert!(matches!(
-        log.append_replicated(&[(2, 5, b"y"), (4, 5, b"z")]),
-        Err(StorageError::NonContiguous { .. })
-    ));
+    assert!(matches!(log.append_replicated(&[(2, 5, b"y"), (4, 5, b"z")]), Err(StorageError::NonContiguous { .. })));
     let big = vec![0u8; 1025];
     let err = log.append(5, &[b"ok", &big]).unwrap_err();
     assert!(matches!(err, StorageError::EntryTooLarge { size_bytes: 1025, size_max_bytes: 1024 }), "{err}");

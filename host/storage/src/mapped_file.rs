@@ -38,12 +38,7 @@ impl MappedFile {
     /// On any failure the half-created file is removed and nothing else changes.
     pub fn create(path: &Path, len: u64) -> Result<MappedFile> {
         assert!(len > 0 && len <= MAPPED_FILE_SIZE_MAX_BYTES, "mapped file size {len}");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .at(path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).at(path)?;
         if let Err(err) = preallocate(&file, 0, len) {
             drop(file);
             let _ = std::fs::remove_file(path);

@@ -212,7 +212,11 @@ fn validate_name(field: &'static str, name: &str, max: usize) -> CResult<()> {
         return Err(CodecError::TooLong { field, len: name.len(), max });
     }
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'%' | b'|')) {
-        return Err(CodecError::InvalidValue { field, value: name.to_owned(), why: "allowed characters are A-Z a-z 0-9 _ - % |" });
+        return Err(CodecError::InvalidValue {
+            field,
+            value: name.to_owned(),
+            why: "allowed characters are A-Z a-z 0-9 _ - % |",
+        });
     }
     Ok(())
 }
@@ -223,7 +227,11 @@ fn check_len(field: &'static str, len: usize, max: usize) -> CResult<()> {
 
 fn check_queue_id(queue_id: u32) -> CResult<()> {
     if queue_id >= QUEUE_NUMS_MAX {
-        return Err(CodecError::InvalidValue { field: "queue_id", value: queue_id.to_string(), why: "must be below 1024" });
+        return Err(CodecError::InvalidValue {
+            field: "queue_id",
+            value: queue_id.to_string(),
+            why: "must be below 1024",
+        });
     }
     Ok(())
 }
@@ -257,7 +265,11 @@ fn check_message<'s>(
     let mut count = 0usize;
     for (k, v) in properties {
         if k.is_empty() {
-            return Err(CodecError::InvalidValue { field: "property name", value: String::new(), why: "must not be empty" });
+            return Err(CodecError::InvalidValue {
+                field: "property name",
+                value: String::new(),
+                why: "must not be empty",
+            });
         }
         total += k.len() + v.len();
         count += 1;
@@ -382,7 +394,9 @@ impl<'a> Reader<'a> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(CodecError::InvalidValue { field, value: other.to_string(), why: "option flag must be 0 or 1" }),
+            other => {
+                Err(CodecError::InvalidValue { field, value: other.to_string(), why: "option flag must be 0 or 1" })
+            }
         }
     }
     pub(crate) fn opt_str(&mut self, field: &'static str, max: usize) -> CResult<Option<&'a str>> {
@@ -640,7 +654,12 @@ mod tests {
 
     fn message() -> impl Strategy<Value = MessageRecord> {
         (
-            (name(), 0u32..QUEUE_NUMS_MAX, proptest::option::of("\\PC{0,40}"), proptest::collection::vec("\\PC{0,20}", 0..5)),
+            (
+                name(),
+                0u32..QUEUE_NUMS_MAX,
+                proptest::option::of("\\PC{0,40}"),
+                proptest::collection::vec("\\PC{0,20}", 0..5),
+            ),
             (
                 proptest::collection::vec(("[a-zA-Z]{1,10}", "\\PC{0,30}"), 0..6),
                 proptest::option::of("\\PC{0,20}"),
@@ -650,23 +669,30 @@ mod tests {
             ("\\PC{0,30}", "[0-9A-F]{0,32}", proptest::option::of(any::<i64>()), any::<u32>()),
             proptest::collection::vec(any::<u8>(), 0..2048),
         )
-            .prop_map(|((topic, queue_id, tag, keys), (properties, message_group, born, store), (host, id, delivery, re), body)| {
-                MessageRecord {
-                    topic,
-                    queue_id,
-                    tag,
-                    keys,
-                    properties,
-                    message_group,
-                    born_timestamp_ms: born,
-                    store_timestamp_ms: store,
-                    born_host: host,
-                    message_id: id,
-                    delivery_timestamp_ms: delivery,
-                    reconsume_times: re,
+            .prop_map(
+                |(
+                    (topic, queue_id, tag, keys),
+                    (properties, message_group, born, store),
+                    (host, id, delivery, re),
                     body,
-                }
-            })
+                )| {
+                    MessageRecord {
+                        topic,
+                        queue_id,
+                        tag,
+                        keys,
+                        properties,
+                        message_group,
+                        born_timestamp_ms: born,
+                        store_timestamp_ms: store,
+                        born_host: host,
+                        message_id: id,
+                        delivery_timestamp_ms: delivery,
+                        reconsume_times: re,
+                        body,
+                    }
+                },
+            )
     }
 
     fn record() -> impl Strategy<Value = Record> {
@@ -727,7 +753,8 @@ mod tests {
         assert!(matches!(Record::Message(long_topic).encode(), Err(CodecError::TooLong { field: "topic", .. })));
         let bad_chars = MessageRecord { topic: "a b".into(), ..ok.clone() };
         assert!(matches!(Record::Message(bad_chars).encode(), Err(CodecError::InvalidValue { field: "topic", .. })));
-        let big_props = MessageRecord { properties: vec![("k".into(), "v".repeat(PROPERTIES_BYTES_MAX))], ..ok.clone() };
+        let big_props =
+            MessageRecord { properties: vec![("k".into(), "v".repeat(PROPERTIES_BYTES_MAX))], ..ok.clone() };
         assert!(matches!(Record::Message(big_props).encode(), Err(CodecError::TooLong { .. })));
         let long_group = Record::ConsumerOffset { group: "g".repeat(65), topic: "T".into(), queue_id: 0, offset: 1 };
         assert!(matches!(long_group.encode(), Err(CodecError::TooLong { field: "group", .. })));

@@ -102,7 +102,8 @@ impl Scanner<'_> {
         if header.pos != pos {
             return Err(format!("frame at pos {pos} says pos {}", header.pos));
         }
-        if off + header.total_size as usize > seg as usize || header.body_len() > self.cfg.entry_size_max_bytes as usize {
+        if off + header.total_size as usize > seg as usize || header.body_len() > self.cfg.entry_size_max_bytes as usize
+        {
             return Err(format!("frame at pos {pos} has impossible size {}", header.total_size));
         }
         // SAFETY: as above; size checked.
@@ -127,7 +128,10 @@ pub(crate) fn recover(
     let count = listed.len();
     for (i, (base, path)) in listed.into_iter().enumerate() {
         if base % seg != 0 {
-            return Err(corrupt(path.display().to_string(), format!("segment base not a multiple of segment size {seg}")));
+            return Err(corrupt(
+                path.display().to_string(),
+                format!("segment base not a multiple of segment size {seg}"),
+            ));
         }
         if let Some((prev, _)) = segments.last_key_value()
             && prev + seg != base
@@ -167,7 +171,10 @@ pub(crate) fn recover(
                     if checkpoint.is_none_or(|cp| cp.prev_index != prev_index) {
                         prev_term = if prev_index == 0 { 0 } else { h.term };
                         if prev_index > 0 {
-                            tracing::warn!(prev_index, "term of the entry before the log start is unknown; using the first entry's term");
+                            tracing::warn!(
+                                prev_index,
+                                "term of the entry before the log start is unknown; using the first entry's term"
+                            );
                         }
                     }
                 }

@@ -31,7 +31,11 @@ pub struct RetentionPolicy {
 
 impl Default for RetentionPolicy {
     fn default() -> RetentionPolicy {
-        RetentionPolicy { file_reserved_time_hours: FILE_RESERVED_TIME_HOURS_DEFAULT, disk_budget_bytes: None, keep_from_index_min: None }
+        RetentionPolicy {
+            file_reserved_time_hours: FILE_RESERVED_TIME_HOURS_DEFAULT,
+            disk_budget_bytes: None,
+            keep_from_index_min: None,
+        }
     }
 }
 

@@ -62,14 +62,38 @@ impl MessageStoreConfig {
 /// What applying one committed entry did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Message { index: u64, topic: String, queue_id: u32, queue_offset: u64, pos: u64, message_id: String },
-    TopicConfig { index: u64, topic: String },
-    ConsumerOffset { index: u64, group: String, topic: String, queue_id: u32, offset: u64 },
-    DeleteTopic { index: u64, topic: String },
-    Noop { index: u64 },
+    Message {
+        index: u64,
+        topic: String,
+        queue_id: u32,
+        queue_offset: u64,
+        pos: u64,
+        message_id: String,
+    },
+    TopicConfig {
+        index: u64,
+        topic: String,
+    },
+    ConsumerOffset {
+        index: u64,
+        group: String,
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+    },
+    DeleteTopic {
+        index: u64,
+        topic: String,
+    },
+    Noop {
+        index: u64,
+    },
     /// The body did not decode. Every replica holds the same (CRC-checked) bytes, so every
     /// replica skips it the same way.
-    Skipped { index: u64, reason: String },
+    Skipped {
+        index: u64,
+        reason: String,
+    },
 }
 
 impl Applied {
@@ -151,7 +175,12 @@ impl Snapshot {
         }
         w.varint(self.tables.offsets.len() as u64);
         for ((group, topic, queue_id), offset) in &self.tables.offsets {
-            let rec = Record::ConsumerOffset { group: group.clone(), topic: topic.clone(), queue_id: *queue_id, offset: *offset };
+            let rec = Record::ConsumerOffset {
+                group: group.clone(),
+                topic: topic.clone(),
+                queue_id: *queue_id,
+                offset: *offset,
+            };
             w.bytes(&rec.encode()?);
         }
         w.varint(self.queues.len() as u64);
@@ -237,7 +266,9 @@ impl std::fmt::Debug for MessageStore {
 impl MessageStore {
     pub fn open(mut cfg: MessageStoreConfig) -> Result<(MessageStore, StoreRecoveryReport)> {
         if !(1..=1 << 30).contains(&cfg.cq_entries_per_file) || cfg.checkpoint_interval_entries == 0 {
-            return Err(StorageError::Config("cq_entries_per_file must be in 1..=2^30, checkpoint_interval_entries > 0".into()));
+            return Err(StorageError::Config(
+                "cq_entries_per_file must be in 1..=2^30, checkpoint_interval_entries > 0".into(),
+            ));
         }
         cfg.commitlog.dir = cfg.dir.join("log");
         std::fs::create_dir_all(&cfg.dir).at(&cfg.dir)?;
@@ -303,7 +334,12 @@ impl MessageStore {
     }
 
     fn open_queue(&self, topic: &str, queue_id: u32) -> Result<Arc<ConsumeQueue>> {
-        Ok(Arc::new(ConsumeQueue::open(&self.queue_dir(topic, queue_id), topic, queue_id, self.cfg.cq_entries_per_file)?))
+        Ok(Arc::new(ConsumeQueue::open(
+            &self.queue_dir(topic, queue_id),
+            topic,
+            queue_id,
+            self.cfg.cq_entries_per_file,
+        )?))
     }
 
     /// Queue directories present on disk.
@@ -352,7 +388,9 @@ impl MessageStore {
             }
             if q.max_offset() < max {
                 let resume = match q.max_offset().checked_sub(1).and_then(|last| q.get(last)) {
-                    Some(last) if q.max_offset() > q.min_offset() => self.log.read_at_pos(last.pos).ok().map(|e| e.index()),
+                    Some(last) if q.max_offset() > q.min_offset() => {
+                        self.log.read_at_pos(last.pos).ok().map(|e| e.index())
+                    }
                     _ => None,
                 };
                 match resume {
@@ -398,7 +436,8 @@ impl MessageStore {
                     && entry.index() > *after
                     && failure.is_none()
                 {
-                    let cq = CqEntry { pos: entry.pos(), size: entry.size_bytes(), tag_hash: record::tag_hash(view.tag) };
+                    let cq =
+                        CqEntry { pos: entry.pos(), size: entry.size_bytes(), tag_hash: record::tag_hash(view.tag) };
                     match q.append(cq) {
                         Ok(_) => rebuilt += 1,
                         Err(err) => failure = Some(err),
@@ -566,7 +605,10 @@ impl MessageStore {
         let snapshot = Snapshot { applied_index: applied, tables: self.tables.read().clone(), queues: extents };
         let bytes = snapshot.encode()?;
         if bytes.len() as u64 > CHECKPOINT_BYTES_MAX {
-            return Err(StorageError::Invalid(format!("store checkpoint of {} bytes exceeds {CHECKPOINT_BYTES_MAX}", bytes.len())));
+            return Err(StorageError::Invalid(format!(
+                "store checkpoint of {} bytes exceeds {CHECKPOINT_BYTES_MAX}",
+                bytes.len()
+            )));
         }
         write_atomically(&self.cfg.dir, "store_checkpoint", &bytes)?;
         *last_checkpoint = applied;

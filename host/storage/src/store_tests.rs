@@ -73,7 +73,12 @@ fn apply_all(store: &MessageStore) -> Vec<Applied> {
 
 /// Everything observable through the read API, for comparing stores.
 fn observe(store: &MessageStore) -> String {
-    let mut s = format!("applied={} topics={:?} offsets={:?}\n", store.applied_index(), store.topics(), store.consumer_offsets());
+    let mut s = format!(
+        "applied={} topics={:?} offsets={:?}\n",
+        store.applied_index(),
+        store.topics(),
+        store.consumer_offsets()
+    );
     for topic in ["A", "B", "C"] {
         for q in 0..3 {
             let msgs = store.read_queue(topic, q, 0, 4096, usize::MAX).unwrap();
@@ -115,7 +120,9 @@ fn apply_and_read() {
     assert_eq!(applied[0], Applied::TopicConfig { index: 1, topic: "A".into() });
     assert!(matches!(&applied[1], Applied::Message { index: 2, queue_id: 1, queue_offset: 0, .. }));
     assert!(matches!(&applied[2], Applied::Message { index: 3, queue_id: 0, queue_offset: 0, .. }));
-    assert!(matches!(&applied[3], Applied::Message { index: 4, queue_id: 1, queue_offset: 1, message_id, .. } if message_id == "id-3"));
+    assert!(
+        matches!(&applied[3], Applied::Message { index: 4, queue_id: 1, queue_offset: 1, message_id, .. } if message_id == "id-3")
+    );
     assert!(matches!(&applied[6], Applied::Skipped { index: 7, .. }));
     assert_eq!(store.applied_index(), 7);
     assert_eq!(store.topic("A").unwrap().write_queue_nums, 2);
@@ -221,7 +228,10 @@ fn delete_topic_drops_queues_and_offsets() {
     append_records(&store, (1..=60).map(workload));
     append_records(&store, [Record::DeleteTopic { topic: "A".into() }, message("A", 0, 7)]);
     let applied = apply_all(&store);
-    assert!(matches!(&applied[applied.len() - 1], Applied::Message { queue_offset: 0, .. }), "re-created queue starts at 0");
+    assert!(
+        matches!(&applied[applied.len() - 1], Applied::Message { queue_offset: 0, .. }),
+        "re-created queue starts at 0"
+    );
     assert!(store.topic("A").is_none());
     assert!(store.consumer_offsets().iter().all(|(_, t, _, _)| t != "A"));
     assert_eq!(store.queue_max_offset("A", 1), 0);

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use wasmq_proto::wasmq::admin::{
-    BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse, ConsumerProgressResponse,
-    Message, PluginListResponse, PluginReloadResponse, SendMessageRequest, SendMessageResponse,
-    TopicConfig, TopicStatusResponse, TransferLeaderResponse, UpdateTopicResponse,
+    BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse, ConsumerProgressResponse, Message,
+    PluginListResponse, PluginReloadResponse, SendMessageRequest, SendMessageResponse, TopicConfig,
+    TopicStatusResponse, TransferLeaderResponse, UpdateTopicResponse,
 };
 
 /// What went wrong, in terms a remote operator can act on. Maps 1:1 to gRPC codes.
@@ -49,10 +49,7 @@ pub trait AdminBackend: Send + Sync + 'static {
     async fn send_message(&self, request: SendMessageRequest) -> AdminResult<SendMessageResponse>;
 
     /// Reads up to `max_count` committed messages of one queue from `offset`.
-    async fn consume_message(
-        &self,
-        request: ConsumeMessageRequest,
-    ) -> AdminResult<ConsumeMessageResponse>;
+    async fn consume_message(&self, request: ConsumeMessageRequest) -> AdminResult<ConsumeMessageResponse>;
 
     /// `Ok(None)` when this broker has no message with that id.
     async fn query_message_by_id(&self, message_id: &str) -> AdminResult<Option<Message>>;
@@ -66,9 +63,5 @@ pub trait AdminBackend: Send + Sync + 'static {
     async fn plugin_reload(&self) -> AdminResult<PluginReloadResponse>;
 
     /// Hands leadership to `to_node_id`; returns once it has moved or the attempt failed.
-    async fn transfer_leader(
-        &self,
-        to_node_id: &str,
-        timeout: Duration,
-    ) -> AdminResult<TransferLeaderResponse>;
+    async fn transfer_leader(&self, to_node_id: &str, timeout: Duration) -> AdminResult<TransferLeaderResponse>;
 }

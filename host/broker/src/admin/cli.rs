@@ -22,11 +22,7 @@ use super::service::{CONSUME_COUNT_MAX, LEADER_ADDR_METADATA};
 use crate::namesrv::client as ns_client;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "mqadmin",
-    version,
-    about = "wasmq admin tool (RocketMQ mqadmin commands)"
-)]
+#[command(name = "mqadmin", version, about = "wasmq admin tool (RocketMQ mqadmin commands)")]
 pub struct Cli {
     /// Print JSON instead of a table (for scripts).
     #[arg(long, global = true)]
@@ -178,82 +174,40 @@ pub enum Command {
 
 /// Runs one command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    let ctx = Ctx {
-        json: cli.json,
-        timeout: Duration::from_millis(cli.timeout_ms.max(1)),
-    };
+    let ctx = Ctx { json: cli.json, timeout: Duration::from_millis(cli.timeout_ms.max(1)) };
     let text = match cli.command {
         Command::ClusterList { n } => ctx.cluster_list(&n).await?,
-        Command::UpdateTopic {
-            n,
-            cluster,
-            broker_addr,
-            topic,
-            read_queue_nums,
-            write_queue_nums,
-            perm,
-        } => {
-            let config = pb::TopicConfig {
-                name: topic,
-                read_queue_nums,
-                write_queue_nums,
-                perm,
-            };
+        Command::UpdateTopic { n, cluster, broker_addr, topic, read_queue_nums, write_queue_nums, perm } => {
+            let config = pb::TopicConfig { name: topic, read_queue_nums, write_queue_nums, perm };
             ctx.update_topic(&n, cluster, broker_addr, config).await?
         }
         Command::TopicList { n } => {
             let (_, list) = ctx
-                .ask_namesrv(&n, |mut c| async move {
-                    c.get_topic_list(pb_ns::GetTopicListRequest {}).await
-                })
+                .ask_namesrv(&n, |mut c| async move { c.get_topic_list(pb_ns::GetTopicListRequest {}).await })
                 .await?;
             ctx.render_rows(&output::topic_list_rows(&list))
         }
         Command::TopicStatus { n, topic } => ctx.topic_status(&n, &topic).await?,
-        Command::SendMessage {
-            n,
-            topic,
-            body,
-            keys,
-            tags,
-            broker,
-            queue_id,
-        } => {
+        Command::SendMessage { n, topic, body, keys, tags, broker, queue_id } => {
             let request = pb::SendMessageRequest {
                 topic,
                 body: body.into_bytes(),
                 tag: tags.unwrap_or_default(),
-                keys: keys
-                    .map(|k| k.split_whitespace().map(String::from).collect())
-                    .unwrap_or_default(),
+                keys: keys.map(|k| k.split_whitespace().map(String::from).collect()).unwrap_or_default(),
                 properties: Default::default(),
                 queue_id,
             };
             ctx.send_message(&n, broker.as_deref(), request).await?
         }
-        Command::ConsumeMessage {
-            n,
-            topic,
-            queue_id,
-            offset,
-            count,
-            broker,
-        } => {
+        Command::ConsumeMessage { n, topic, queue_id, offset, count, broker } => {
             if !(1..=CONSUME_COUNT_MAX).contains(&count) {
                 bail!("-c {count}: count must be in [1, {CONSUME_COUNT_MAX}]");
             }
-            let request = pb::ConsumeMessageRequest {
-                topic,
-                queue_id,
-                offset,
-                max_count: count,
-            };
+            let request = pb::ConsumeMessageRequest { topic, queue_id, offset, max_count: count };
             ctx.consume_message(&n, broker.as_deref(), request).await?
         }
         Command::QueryMsgById { n, message_id } => ctx.query_by_id(&n, &message_id).await?,
-        Command::ConsumerProgress { n, group } => {
-            ctx.consumer_progress(&n, group.unwrap_or_default()).await?
-        }
+        Command::ConsumerProgress { n, group } => ctx.consumer_progress(&n, group.unwrap_or_default()).await?,
         Command::BrokerStatus { broker_addr } => {
             let mut client = ctx.admin(&broker_addr).await?;
             let status = client
@@ -289,19 +243,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             let text = ctx.render(&report, output::reload_text);
             if !report.failed.is_empty() {
                 out.write_all(text.as_bytes())?;
-                bail!(
-                    "{} plugin(s) failed to load on {broker_addr}",
-                    report.failed.len()
-                );
+                bail!("{} plugin(s) failed to load on {broker_addr}", report.failed.len());
             }
             text
         }
         Command::TransferLeader { broker_addr, to } => {
             let timeout_ms = ctx.timeout.as_millis() as u64;
-            let request = pb::TransferLeaderRequest {
-                to_node_id: to.clone(),
-                timeout_ms,
-            };
+            let request = pb::TransferLeaderRequest { to_node_id: to.clone(), timeout_ms };
             let (addr, answer) = ctx
                 .on_leader(&broker_addr, "transferLeader", |mut c| {
                     let request = request.clone();
@@ -342,25 +290,18 @@ fn rpc_error(what: &str, addr: &str, status: tonic::Status) -> anyhow::Error {
 
 impl Ctx {
     fn render_rows<R: Row>(&self, rows: &[R]) -> String {
-        if self.json {
-            output::json(rows)
-        } else {
-            output::table(rows)
-        }
+        if self.json { output::json(rows) } else { output::table(rows) }
     }
 
     fn render<T: serde::Serialize>(&self, value: &T, text: impl Fn(&T) -> String) -> String {
-        if self.json {
-            output::json(value)
-        } else {
-            text(value)
-        }
+        if self.json { output::json(value) } else { text(value) }
     }
 
     fn namesrv_addrs(&self, n: &NamesrvArg) -> Result<Vec<String>> {
-        let list = n.namesrv.as_deref().ok_or_else(|| {
-            anyhow!("no name server given: pass -n HOST:PORT or set NAMESRV_ADDR")
-        })?;
+        let list = n
+            .namesrv
+            .as_deref()
+            .ok_or_else(|| anyhow!("no name server given: pass -n HOST:PORT or set NAMESRV_ADDR"))?;
         ns_client::parse_addrs(list).with_context(|| format!("bad -n {list:?}"))
     }
 
@@ -384,10 +325,7 @@ impl Ctx {
             match call(client).await {
                 Ok(answer) => return Ok((addr.clone(), answer.into_inner())),
                 // A definite answer (e.g. topic not found) is not retried elsewhere.
-                Err(s)
-                    if s.code() != tonic::Code::Unavailable
-                        && s.code() != tonic::Code::DeadlineExceeded =>
-                {
+                Err(s) if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::DeadlineExceeded => {
                     return Err(rpc_error("name server query", addr, s));
                 }
                 Err(s) => failures.push(format!("{addr}: {}", s.message())),
@@ -416,32 +354,20 @@ impl Ctx {
         match call(client).await {
             Ok(answer) => Ok((addr.to_string(), answer.into_inner())),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                let leader = s
-                    .metadata()
-                    .get(LEADER_ADDR_METADATA)
-                    .and_then(|v| v.to_str().ok())
-                    .map(String::from);
+                let leader = s.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()).map(String::from);
                 let Some(leader) = leader.filter(|l| l != addr) else {
                     return Err(rpc_error(what, addr, s));
                 };
                 let client = self.admin(&leader).await?;
-                let answer = call(client)
-                    .await
-                    .map_err(|s| rpc_error(what, &leader, s))?;
+                let answer = call(client).await.map_err(|s| rpc_error(what, &leader, s))?;
                 Ok((leader, answer.into_inner()))
             }
             Err(s) => Err(rpc_error(what, addr, s)),
         }
     }
 
-    async fn cluster_info(
-        &self,
-        n: &NamesrvArg,
-    ) -> Result<(String, pb_ns::GetClusterInfoResponse)> {
-        self.ask_namesrv(n, |mut c| async move {
-            c.get_cluster_info(pb_ns::GetClusterInfoRequest {}).await
-        })
-        .await
+    async fn cluster_info(&self, n: &NamesrvArg) -> Result<(String, pb_ns::GetClusterInfoResponse)> {
+        self.ask_namesrv(n, |mut c| async move { c.get_cluster_info(pb_ns::GetClusterInfoRequest {}).await }).await
     }
 
     async fn cluster_list(&self, n: &NamesrvArg) -> Result<String> {
@@ -471,26 +397,17 @@ impl Ctx {
             (_, Some(addr)) => vec![addr],
             (Some(cluster), None) => {
                 let (_, info) = self.cluster_info(n).await?;
-                let groups: Vec<_> = info
-                    .brokers
-                    .iter()
-                    .filter(|g| g.cluster_name == cluster)
-                    .collect();
+                let groups: Vec<_> = info.brokers.iter().filter(|g| g.cluster_name == cluster).collect();
                 if groups.is_empty() {
                     bail!("cluster {cluster} has no live broker on the name server");
                 }
-                groups
-                    .into_iter()
-                    .map(|g| leader_addr(g).map(String::from))
-                    .collect::<Result<Vec<_>>>()?
+                groups.into_iter().map(|g| leader_addr(g).map(String::from)).collect::<Result<Vec<_>>>()?
             }
             (None, None) => bail!("updateTopic needs -c CLUSTER or -b BROKER_ADDR"),
         };
         let mut rows = Vec::new();
         for addr in targets {
-            let request = pb::UpdateTopicRequest {
-                topic: Some(config.clone()),
-            };
+            let request = pb::UpdateTopicRequest { topic: Some(config.clone()) };
             let (answered, answer) = self
                 .on_leader(&addr, "updateTopic", |mut c| {
                     let request = request.clone();
@@ -503,12 +420,7 @@ impl Ctx {
     }
 
     /// Leader addresses of the groups serving `topic` (optionally only `broker`).
-    async fn topic_targets(
-        &self,
-        n: &NamesrvArg,
-        topic: &str,
-        broker: Option<&str>,
-    ) -> Result<Vec<(String, String)>> {
+    async fn topic_targets(&self, n: &NamesrvArg, topic: &str, broker: Option<&str>) -> Result<Vec<(String, String)>> {
         let route = self.route(n, topic).await?;
         let mut targets = Vec::new();
         for group in &route.brokers {
@@ -518,10 +430,7 @@ impl Ctx {
             targets.push((group.broker_name.clone(), leader_addr(group)?.to_string()));
         }
         if targets.is_empty() {
-            bail!(
-                "broker {} does not serve topic {topic}",
-                broker.unwrap_or("?")
-            );
+            bail!("broker {} does not serve topic {topic}", broker.unwrap_or("?"));
         }
         Ok(targets)
     }
@@ -529,9 +438,7 @@ impl Ctx {
     async fn topic_status(&self, n: &NamesrvArg, topic: &str) -> Result<String> {
         let mut rows = Vec::new();
         for (_, addr) in self.topic_targets(n, topic, None).await? {
-            let request = pb::TopicStatusRequest {
-                topic: topic.to_string(),
-            };
+            let request = pb::TopicStatusRequest { topic: topic.to_string() };
             let (_, status) = self
                 .on_leader(&addr, "topicStatus", |mut c| {
                     let request = request.clone();
@@ -609,9 +516,7 @@ impl Ctx {
         }
         for group in &info.brokers {
             let addr = leader_addr(group)?;
-            let request = pb::QueryMessageByIdRequest {
-                message_id: message_id.to_string(),
-            };
+            let request = pb::QueryMessageByIdRequest { message_id: message_id.to_string() };
             let (_, answer) = self
                 .on_leader(addr, "queryMsgById", |mut c| {
                     let request = request.clone();
@@ -631,9 +536,7 @@ impl Ctx {
         let mut rows = Vec::new();
         for broker_group in &info.brokers {
             let addr = leader_addr(broker_group)?;
-            let request = pb::ConsumerProgressRequest {
-                group: group.clone(),
-            };
+            let request = pb::ConsumerProgressRequest { group: group.clone() };
             let (_, answer) = self
                 .on_leader(addr, "consumerProgress", |mut c| {
                     let request = request.clone();
@@ -655,17 +558,7 @@ fn leader_addr(group: &pb_ns::BrokerData) -> Result<&str> {
     group
         .nodes
         .iter()
-        .find(|node| {
-            matches!(
-                pb_ns::Role::try_from(node.role),
-                Ok(pb_ns::Role::Leader) | Ok(pb_ns::Role::Standalone)
-            )
-        })
+        .find(|node| matches!(pb_ns::Role::try_from(node.role), Ok(pb_ns::Role::Leader) | Ok(pb_ns::Role::Standalone)))
         .map(|node| node.client_addr.as_str())
-        .ok_or_else(|| {
-            anyhow!(
-                "broker group {} has no leader right now (election in progress?)",
-                group.broker_name
-            )
-        })
+        .ok_or_else(|| anyhow!("broker group {} has no leader right now (election in progress?)", group.broker_name))
 }

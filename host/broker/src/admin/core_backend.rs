@@ -38,11 +38,7 @@ impl CoreAdmin {
     pub fn new(ctx: &BrokerContext) -> CoreAdmin {
         CoreAdmin {
             core: ctx.core.clone(),
-            plugin_dir: ctx
-                .config
-                .plugin_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default(),
+            plugin_dir: ctx.config.plugin_dir().map(|d| d.display().to_string()).unwrap_or_default(),
             started: Instant::now(),
         }
     }
@@ -52,9 +48,9 @@ fn admin_error(e: BackendError) -> AdminError {
     match e {
         BackendError::TopicNotFound(t) => AdminError::NotFound(format!("topic {t}")),
         BackendError::NotLeader { leader } => AdminError::NotLeader { leader },
-        e @ (BackendError::MessageTooLarge { .. }
-        | BackendError::PluginReject(_)
-        | BackendError::BadRequest(_)) => AdminError::InvalidArgument(e.to_string()),
+        e @ (BackendError::MessageTooLarge { .. } | BackendError::PluginReject(_) | BackendError::BadRequest(_)) => {
+            AdminError::InvalidArgument(e.to_string())
+        }
         BackendError::Timeout(m) => AdminError::Unavailable(m),
         BackendError::Internal(m) => AdminError::Internal(m),
     }
@@ -101,9 +97,7 @@ fn topic_config(t: &wasmq_storage::record::TopicConfigRecord) -> pb::TopicConfig
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl CoreAdmin {
@@ -112,11 +106,7 @@ impl CoreAdmin {
         if max_offset == 0 {
             return 0;
         }
-        match self
-            .core
-            .read(topic, queue_id, max_offset - 1, 1, u64::MAX)
-            .await
-        {
+        match self.core.read(topic, queue_id, max_offset - 1, 1, u64::MAX).await {
             Ok(mut ms) => ms.pop().map_or(0, |m| ms_i64(m.store_timestamp_ms)),
             Err(_) => 0,
         }
@@ -178,41 +168,28 @@ impl AdminBackend for CoreAdmin {
             spec.message_type = old.message_type;
         }
         self.core.update_topic(spec).await.map_err(admin_error)?;
-        let now = self.core.topic(&topic.name).ok_or_else(|| {
-            AdminError::Internal(format!("topic {} missing after update", topic.name))
-        })?;
-        Ok(pb::UpdateTopicResponse {
-            existed: existing.is_some(),
-            topic: Some(topic_config(&now)),
-        })
+        let now = self
+            .core
+            .topic(&topic.name)
+            .ok_or_else(|| AdminError::Internal(format!("topic {} missing after update", topic.name)))?;
+        Ok(pb::UpdateTopicResponse { existed: existing.is_some(), topic: Some(topic_config(&now)) })
     }
 
     async fn topic_status(&self, topic: &str) -> AdminResult<pb::TopicStatusResponse> {
-        let status = self
-            .core
-            .topic_status(topic)
-            .ok_or_else(|| AdminError::NotFound(format!("topic {topic}")))?;
+        let status = self.core.topic_status(topic).ok_or_else(|| AdminError::NotFound(format!("topic {topic}")))?;
         let mut queues = Vec::with_capacity(status.queues.len());
         for q in status.queues {
             queues.push(pb::QueueStatus {
                 queue_id: q.queue_id,
                 min_offset: q.min_offset,
                 max_offset: q.max_offset,
-                last_update_timestamp_ms: self
-                    .last_store_time(topic, q.queue_id, q.max_offset)
-                    .await,
+                last_update_timestamp_ms: self.last_store_time(topic, q.queue_id, q.max_offset).await,
             });
         }
-        Ok(pb::TopicStatusResponse {
-            broker_name: self.core.options().broker_name.clone(),
-            queues,
-        })
+        Ok(pb::TopicStatusResponse { broker_name: self.core.options().broker_name.clone(), queues })
     }
 
-    async fn send_message(
-        &self,
-        r: pb::SendMessageRequest,
-    ) -> AdminResult<pb::SendMessageResponse> {
+    async fn send_message(&self, r: pb::SendMessageRequest) -> AdminResult<pb::SendMessageResponse> {
         let message_id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
         let outcome = self
             .core
@@ -242,39 +219,15 @@ impl AdminBackend for CoreAdmin {
         })
     }
 
-    async fn consume_message(
-        &self,
-        r: pb::ConsumeMessageRequest,
-    ) -> AdminResult<pb::ConsumeMessageResponse> {
-        let min_offset = self
-            .core
-            .min_offset(&r.topic, r.queue_id)
-            .await
-            .map_err(admin_error)?;
-        let max_offset = self
-            .core
-            .max_offset(&r.topic, r.queue_id)
-            .await
-            .map_err(admin_error)?;
+    async fn consume_message(&self, r: pb::ConsumeMessageRequest) -> AdminResult<pb::ConsumeMessageResponse> {
+        let min_offset = self.core.min_offset(&r.topic, r.queue_id).await.map_err(admin_error)?;
+        let max_offset = self.core.max_offset(&r.topic, r.queue_id).await.map_err(admin_error)?;
         let messages = if r.offset >= max_offset {
             Vec::new()
         } else {
-            self.core
-                .read(
-                    &r.topic,
-                    r.queue_id,
-                    r.offset,
-                    r.max_count,
-                    CONSUME_BYTES_MAX,
-                )
-                .await
-                .map_err(admin_error)?
+            self.core.read(&r.topic, r.queue_id, r.offset, r.max_count, CONSUME_BYTES_MAX).await.map_err(admin_error)?
         };
-        let next_offset = messages
-            .last()
-            .map_or(r.offset.max(min_offset).min(max_offset), |m| {
-                m.queue_offset + 1
-            });
+        let next_offset = messages.last().map_or(r.offset.max(min_offset).min(max_offset), |m| m.queue_offset + 1);
         Ok(pb::ConsumeMessageResponse {
             messages: messages.into_iter().map(message).collect(),
             next_offset,
@@ -300,22 +253,14 @@ impl AdminBackend for CoreAdmin {
                              messages scanned (the scan limit); there is no message-id index"
                         )));
                     }
-                    let batch = match self
-                        .core
-                        .read(
-                            &topic.topic,
-                            queue_id,
-                            offset,
-                            QUERY_SCAN_BATCH,
-                            CONSUME_BYTES_MAX,
-                        )
-                        .await
-                    {
-                        Ok(batch) => batch,
-                        // Unreadable topic (perm): nothing to find there.
-                        Err(BackendError::BadRequest(_)) => break,
-                        Err(e) => return Err(admin_error(e)),
-                    };
+                    let batch =
+                        match self.core.read(&topic.topic, queue_id, offset, QUERY_SCAN_BATCH, CONSUME_BYTES_MAX).await
+                        {
+                            Ok(batch) => batch,
+                            // Unreadable topic (perm): nothing to find there.
+                            Err(BackendError::BadRequest(_)) => break,
+                            Err(e) => return Err(admin_error(e)),
+                        };
                     let Some(last) = batch.last() else { break };
                     offset = last.queue_offset + 1;
                     scanned += batch.len() as u64;
@@ -335,10 +280,7 @@ impl AdminBackend for CoreAdmin {
             .into_iter()
             .filter(|(g, _, _, _)| group.is_empty() || g == group)
             .map(|(group, topic, queue_id, consumer_offset)| {
-                let broker_offset = self
-                    .core
-                    .queue_offsets(&topic, queue_id)
-                    .map_or(0, |(_, max)| max);
+                let broker_offset = self.core.queue_offsets(&topic, queue_id).map_or(0, |(_, max)| max);
                 pb::QueueProgress {
                     group,
                     topic,
@@ -349,10 +291,7 @@ impl AdminBackend for CoreAdmin {
                 }
             })
             .collect();
-        Ok(pb::ConsumerProgressResponse {
-            broker_name: self.core.options().broker_name.clone(),
-            queues,
-        })
+        Ok(pb::ConsumerProgressResponse { broker_name: self.core.options().broker_name.clone(), queues })
     }
 
     async fn plugin_list(&self) -> AdminResult<pb::PluginListResponse> {
@@ -367,34 +306,22 @@ impl AdminBackend for CoreAdmin {
                 kind: p.kind.as_str().to_string(),
                 topics: p.topics,
                 groups: Vec::new(),
-                order: i32::try_from(p.order).unwrap_or(if p.order < 0 {
-                    i32::MIN
-                } else {
-                    i32::MAX
-                }),
+                order: i32::try_from(p.order).unwrap_or(if p.order < 0 { i32::MIN } else { i32::MAX }),
                 on_error: p.on_error.as_str().to_string(),
                 digest: p.sha256,
-                loaded_at_ms: p
-                    .loaded_at
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| ms_i64(d.as_millis() as u64)),
+                loaded_at_ms: p.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| ms_i64(d.as_millis() as u64)),
                 description: p.description,
                 path: String::new(),
                 calls: p.calls,
                 errors: p.errors,
             })
             .collect();
-        Ok(pb::PluginListResponse {
-            plugin_dir: self.plugin_dir.clone(),
-            plugins,
-        })
+        Ok(pb::PluginListResponse { plugin_dir: self.plugin_dir.clone(), plugins })
     }
 
     async fn plugin_reload(&self) -> AdminResult<pb::PluginReloadResponse> {
         let Some(registry) = self.core.plugins().cloned() else {
-            return Err(AdminError::InvalidArgument(
-                "this broker has no pluginDir configured".into(),
-            ));
+            return Err(AdminError::InvalidArgument("this broker has no pluginDir configured".into()));
         };
         // Compiling components is CPU-heavy and blocking.
         let report = tokio::task::spawn_blocking(move || registry.reload_now())
@@ -405,19 +332,11 @@ impl AdminBackend for CoreAdmin {
         Ok(pb::PluginReloadResponse {
             loaded,
             removed: report.removed,
-            failed: report
-                .rejected
-                .into_iter()
-                .map(|(name, error)| format!("{name}: {error}"))
-                .collect(),
+            failed: report.rejected.into_iter().map(|(name, error)| format!("{name}: {error}")).collect(),
         })
     }
 
-    async fn transfer_leader(
-        &self,
-        to_node_id: &str,
-        timeout: Duration,
-    ) -> AdminResult<pb::TransferLeaderResponse> {
+    async fn transfer_leader(&self, to_node_id: &str, timeout: Duration) -> AdminResult<pb::TransferLeaderResponse> {
         let replicator = self.core.replicator();
         let status = replicator.status();
         match status.role {
@@ -428,9 +347,7 @@ impl AdminBackend for CoreAdmin {
             }
             Role::Leader => {}
             Role::Follower | Role::Candidate => {
-                return Err(AdminError::NotLeader {
-                    leader: self.core.leader_endpoint(),
-                });
+                return Err(AdminError::NotLeader { leader: self.core.leader_endpoint() });
             }
         }
         let members = &self.core.options().members;
@@ -442,10 +359,7 @@ impl AdminBackend for CoreAdmin {
             )));
         }
         if status.leader_id.as_deref() == Some(to_node_id) {
-            return Ok(pb::TransferLeaderResponse {
-                leader_id: to_node_id.to_string(),
-                term: status.term,
-            });
+            return Ok(pb::TransferLeaderResponse { leader_id: to_node_id.to_string(), term: status.term });
         }
         match tokio::time::timeout(timeout, replicator.transfer_leadership(to_node_id)).await {
             Err(_) => {
@@ -456,21 +370,13 @@ impl AdminBackend for CoreAdmin {
             }
             Ok(Err(ReplicationError::NotLeader { leader_id })) => {
                 return Err(AdminError::NotLeader {
-                    leader: leader_id.and_then(|id| {
-                        members
-                            .iter()
-                            .find(|(m, _)| *m == id)
-                            .map(|(_, e)| e.clone())
-                    }),
+                    leader: leader_id.and_then(|id| members.iter().find(|(m, _)| *m == id).map(|(_, e)| e.clone())),
                 });
             }
             Ok(Err(e)) => return Err(AdminError::Unavailable(e.to_string())),
             Ok(Ok(())) => {}
         }
         let after = replicator.status();
-        Ok(pb::TransferLeaderResponse {
-            leader_id: after.leader_id.unwrap_or_default(),
-            term: after.term,
-        })
+        Ok(pb::TransferLeaderResponse { leader_id: after.leader_id.unwrap_or_default(), term: after.term })
     }
 }

@@ -20,10 +20,7 @@ pub trait Row: Serialize {
 /// separated by two spaces, no trailing spaces.
 pub fn table<R: Row>(rows: &[R]) -> String {
     let headers: Vec<String> = R::headers().iter().map(|h| format!("#{h}")).collect();
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.cells().into_iter().map(|c| cut(&c)).collect())
-        .collect();
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.cells().into_iter().map(|c| cut(&c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for line in &cells {
         assert_eq!(line.len(), widths.len(), "row has a cell per header");
@@ -57,10 +54,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 
 fn cut(cell: &str) -> String {
     // Newlines and tabs would break the columns.
-    let flat: String = cell
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let flat: String = cell.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if flat.chars().count() <= CELL_CHARS_MAX {
         return flat;
     }
@@ -91,11 +85,7 @@ pub fn admin_role_name(role: i32) -> &'static str {
 
 /// `1.2s`, `350ms`: heartbeat ages are read by people.
 fn age(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else {
-        format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
-    }
+    if ms < 1000 { format!("{ms}ms") } else { format!("{}.{}s", ms / 1000, (ms % 1000) / 100) }
 }
 
 fn bytes_human(n: u64) -> String {
@@ -106,11 +96,7 @@ fn bytes_human(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 // ---- clusterList ----------------------------------------------------------------------
@@ -135,17 +121,7 @@ pub struct ClusterRow {
 
 impl Row for ClusterRow {
     fn headers() -> &'static [&'static str] {
-        &[
-            "Cluster Name",
-            "Broker Name",
-            "BID",
-            "Addr",
-            "Version",
-            "Role",
-            "Term",
-            "CommitIndex",
-            "Heartbeat",
-        ]
+        &["Cluster Name", "Broker Name", "BID", "Addr", "Version", "Role", "Term", "CommitIndex", "Heartbeat"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -199,11 +175,7 @@ impl Row for TopicListRow {
         &["Topic", "Cluster Name", "Broker Name"]
     }
     fn cells(&self) -> Vec<String> {
-        vec![
-            self.topic.clone(),
-            self.cluster_names.join(","),
-            self.broker_names.join(","),
-        ]
+        vec![self.topic.clone(), self.cluster_names.join(","), self.broker_names.join(",")]
     }
 }
 
@@ -247,10 +219,7 @@ impl Row for UpdateTopicRow {
     }
 }
 
-pub fn update_topic_row(
-    broker_addr: &str,
-    answer: &pb_admin::UpdateTopicResponse,
-) -> UpdateTopicRow {
+pub fn update_topic_row(broker_addr: &str, answer: &pb_admin::UpdateTopicResponse) -> UpdateTopicRow {
     let topic = answer.topic.clone().unwrap_or_default();
     UpdateTopicRow {
         broker_addr: broker_addr.to_string(),
@@ -276,13 +245,7 @@ pub struct TopicStatusRow {
 
 impl Row for TopicStatusRow {
     fn headers() -> &'static [&'static str] {
-        &[
-            "Broker Name",
-            "QID",
-            "Min Offset",
-            "Max Offset",
-            "Last Updated",
-        ]
+        &["Broker Name", "QID", "Min Offset", "Max Offset", "Last Updated"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -319,12 +282,7 @@ pub fn timestamp(ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03}", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -407,15 +365,7 @@ pub struct MessageRow {
 
 impl Row for MessageRow {
     fn headers() -> &'static [&'static str] {
-        &[
-            "MsgId",
-            "QID",
-            "Offset",
-            "Tag",
-            "Keys",
-            "Store Time",
-            "Body",
-        ]
+        &["MsgId", "QID", "Offset", "Tag", "Keys", "Store Time", "Body"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -433,10 +383,7 @@ impl Row for MessageRow {
 pub fn message_row(m: &pb_admin::Message) -> MessageRow {
     let (body, body_hex) = match std::str::from_utf8(&m.body) {
         Ok(text) => (text.to_string(), None),
-        Err(_) => (
-            String::from_utf8_lossy(&m.body).into_owned(),
-            Some(hex::encode(&m.body)),
-        ),
+        Err(_) => (String::from_utf8_lossy(&m.body).into_owned(), Some(hex::encode(&m.body))),
     };
     MessageRow {
         message_id: m.message_id.clone(),
@@ -445,11 +392,7 @@ pub fn message_row(m: &pb_admin::Message) -> MessageRow {
         queue_offset: m.queue_offset,
         tag: m.tag.clone(),
         keys: m.keys.clone(),
-        properties: m
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        properties: m.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         born_timestamp_ms: m.born_timestamp_ms,
         store_timestamp_ms: m.store_timestamp_ms,
         born_host: m.born_host.clone(),
@@ -462,11 +405,7 @@ pub fn message_row(m: &pb_admin::Message) -> MessageRow {
 
 /// queryMsgById prints one message as `Key: value` lines, like RocketMQ.
 pub fn message_details(m: &MessageRow) -> String {
-    let mut props: Vec<String> = m
-        .properties
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let mut props: Vec<String> = m.properties.iter().map(|(k, v)| format!("{k}={v}")).collect();
     props.sort();
     let lines = [
         ("Topic", m.topic.clone()),
@@ -506,15 +445,7 @@ pub struct ProgressRow {
 
 impl Row for ProgressRow {
     fn headers() -> &'static [&'static str] {
-        &[
-            "Group",
-            "Topic",
-            "Broker Name",
-            "QID",
-            "Broker Offset",
-            "Consumer Offset",
-            "Diff",
-        ]
+        &["Group", "Topic", "Broker Name", "QID", "Broker Offset", "Consumer Offset", "Diff"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -554,23 +485,14 @@ pub struct ProgressReport {
 
 pub fn progress_report(mut queues: Vec<ProgressRow>) -> ProgressReport {
     queues.sort_by(|a, b| {
-        (&a.group, &a.topic, &a.broker_name, a.queue_id).cmp(&(
-            &b.group,
-            &b.topic,
-            &b.broker_name,
-            b.queue_id,
-        ))
+        (&a.group, &a.topic, &a.broker_name, a.queue_id).cmp(&(&b.group, &b.topic, &b.broker_name, b.queue_id))
     });
     let diff_total = queues.iter().map(|q| q.diff).sum();
     ProgressReport { queues, diff_total }
 }
 
 pub fn progress_text(report: &ProgressReport) -> String {
-    format!(
-        "{}\nDiff Total: {}\n",
-        table(&report.queues),
-        report.diff_total
-    )
+    format!("{}\nDiff Total: {}\n", table(&report.queues), report.diff_total)
 }
 
 // ---- brokerStatus -----------------------------------------------------------------------
@@ -589,12 +511,7 @@ impl Row for PeerRow {
         &["Peer", "Raft Addr", "Match Index", "Lag"]
     }
     fn cells(&self) -> Vec<String> {
-        vec![
-            self.node_id.clone(),
-            self.raft_addr.clone(),
-            self.match_index.to_string(),
-            self.lag_entries.to_string(),
-        ]
+        vec![self.node_id.clone(), self.raft_addr.clone(), self.match_index.to_string(), self.lag_entries.to_string()]
     }
 }
 
@@ -744,9 +661,7 @@ pub struct PluginRow {
 
 impl Row for PluginRow {
     fn headers() -> &'static [&'static str] {
-        &[
-            "Name", "Kind", "Order", "Topics", "Groups", "OnError", "Digest", "Calls", "Errors",
-        ]
+        &["Name", "Kind", "Order", "Topics", "Groups", "OnError", "Digest", "Calls", "Errors"]
     }
     fn cells(&self) -> Vec<String> {
         vec![
@@ -794,11 +709,7 @@ pub struct ReloadReport {
 
 pub fn reload_text(r: &ReloadReport) -> String {
     let list = |v: &[String]| {
-        if v.is_empty() {
-            "-".to_string()
-        } else {
-            v.join(", ")
-        }
+        if v.is_empty() { "-".to_string() } else { v.join(", ") }
     };
     let mut out = format!(
         "plugin reload on {}: loaded {}, removed {}, failed {}\n",
@@ -835,10 +746,7 @@ mod tests {
             brokers: vec![pb_ns::BrokerData {
                 cluster_name: "DefaultCluster".into(),
                 broker_name: "RaftNode00".into(),
-                nodes: vec![
-                    node("n0", pb_ns::Role::Leader, 120),
-                    node("n1", pb_ns::Role::Follower, 1250),
-                ],
+                nodes: vec![node("n0", pb_ns::Role::Leader, 120), node("n1", pb_ns::Role::Follower, 1250)],
             }],
             expiry_ms: 3000,
         }
@@ -876,10 +784,7 @@ DefaultCluster  RaftNode00    n1    127.0.0.1:10911  0.1.0     FOLLOWER  7      
 
     #[test]
     fn empty_table_has_header_only() {
-        assert_eq!(
-            table::<TopicListRow>(&[]),
-            "#Topic  #Cluster Name  #Broker Name\n"
-        );
+        assert_eq!(table::<TopicListRow>(&[]), "#Topic  #Cluster Name  #Broker Name\n");
     }
 
     #[test]
@@ -901,10 +806,7 @@ DefaultCluster  RaftNode00    n1    127.0.0.1:10911  0.1.0     FOLLOWER  7      
 
     #[test]
     fn binary_body_keeps_exact_bytes_as_hex() {
-        let row = message_row(&pb_admin::Message {
-            body: vec![0xff, 0x00, 0x41],
-            ..Default::default()
-        });
+        let row = message_row(&pb_admin::Message { body: vec![0xff, 0x00, 0x41], ..Default::default() });
         assert_eq!(row.body_hex.as_deref(), Some("ff0041"));
         assert_eq!(row.body_size, 3);
     }
@@ -969,6 +871,9 @@ DefaultCluster  RaftNode00    n1    127.0.0.1:10911  0.1.0     FOLLOWER  7      
         let text = broker_status_text(&broker_status_report("127.0.0.1:10911", &status));
         assert!(text.contains("role           : LEADER\n"), "{text}");
         assert!(text.contains("diskUsed       : 3.0 MiB\n"), "{text}");
-        assert!(text.contains("#Peer  #Raft Addr       #Match Index  #Lag\nn1     127.0.0.1:40911  97            2\n"), "{text}");
+        assert!(
+            text.contains("#Peer  #Raft Addr       #Match Index  #Lag\nn1     127.0.0.1:40911  97            2\n"),
+            "{text}"
+        );
     }
 }

@@ -9,12 +9,11 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 use wasmq_proto::wasmq::admin::admin_server::{Admin, AdminServer};
 use wasmq_proto::wasmq::admin::{
-    BrokerStatusRequest, BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse,
-    ConsumerProgressRequest, ConsumerProgressResponse, PluginListRequest, PluginListResponse,
-    PluginReloadRequest, PluginReloadResponse, QueryMessageByIdRequest, QueryMessageByIdResponse,
-    SendMessageRequest, SendMessageResponse, ShutdownRequest, ShutdownResponse, TopicStatusRequest,
-    TopicStatusResponse, TransferLeaderRequest, TransferLeaderResponse, UpdateTopicRequest,
-    UpdateTopicResponse,
+    BrokerStatusRequest, BrokerStatusResponse, ConsumeMessageRequest, ConsumeMessageResponse, ConsumerProgressRequest,
+    ConsumerProgressResponse, PluginListRequest, PluginListResponse, PluginReloadRequest, PluginReloadResponse,
+    QueryMessageByIdRequest, QueryMessageByIdResponse, SendMessageRequest, SendMessageResponse, ShutdownRequest,
+    ShutdownResponse, TopicStatusRequest, TopicStatusResponse, TransferLeaderRequest, TransferLeaderResponse,
+    UpdateTopicRequest, UpdateTopicResponse,
 };
 
 use super::backend::{AdminBackend, AdminError};
@@ -35,10 +34,7 @@ pub const TRANSFER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
 /// The service to mount on the broker's listenPort. `shutdown` is the broker's stop
 /// trigger: the Shutdown RPC (loopback peers only) sets it to `true`.
-pub fn service(
-    backend: Arc<dyn AdminBackend>,
-    shutdown: Arc<watch::Sender<bool>>,
-) -> AdminServer<AdminService> {
+pub fn service(backend: Arc<dyn AdminBackend>, shutdown: Arc<watch::Sender<bool>>) -> AdminServer<AdminService> {
     AdminServer::new(AdminService { backend, shutdown })
 }
 
@@ -73,10 +69,7 @@ fn check_name(what: &str, value: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{what} is empty")));
     }
     if value.len() > NAME_BYTES_MAX {
-        return Err(Status::invalid_argument(format!(
-            "{what} is {} bytes, more than {NAME_BYTES_MAX}",
-            value.len()
-        )));
+        return Err(Status::invalid_argument(format!("{what} is {} bytes, more than {NAME_BYTES_MAX}", value.len())));
     }
     Ok(())
 }
@@ -87,30 +80,18 @@ impl Admin for AdminService {
         &self,
         _request: Request<BrokerStatusRequest>,
     ) -> Result<Response<BrokerStatusResponse>, Status> {
-        self.backend
-            .broker_status()
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.broker_status().await.map(Response::new).map_err(status)
     }
 
     async fn update_topic(
         &self,
         request: Request<UpdateTopicRequest>,
     ) -> Result<Response<UpdateTopicResponse>, Status> {
-        let topic = request
-            .into_inner()
-            .topic
-            .ok_or_else(|| Status::invalid_argument("missing topic"))?;
+        let topic = request.into_inner().topic.ok_or_else(|| Status::invalid_argument("missing topic"))?;
         check_name("topic", &topic.name)?;
-        for (what, n) in [
-            ("readQueueNums", topic.read_queue_nums),
-            ("writeQueueNums", topic.write_queue_nums),
-        ] {
+        for (what, n) in [("readQueueNums", topic.read_queue_nums), ("writeQueueNums", topic.write_queue_nums)] {
             if !(1..=QUEUE_NUMS_MAX).contains(&n) {
-                return Err(Status::invalid_argument(format!(
-                    "{what} = {n} is outside [1, {QUEUE_NUMS_MAX}]"
-                )));
+                return Err(Status::invalid_argument(format!("{what} = {n} is outside [1, {QUEUE_NUMS_MAX}]")));
             }
         }
         if topic.perm & !6 != 0 || topic.perm == 0 {
@@ -121,11 +102,7 @@ impl Admin for AdminService {
         }
         info!(topic = %topic.name, read = topic.read_queue_nums, write = topic.write_queue_nums,
             perm = topic.perm, "admin: update topic");
-        self.backend
-            .update_topic(topic)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.update_topic(topic).await.map(Response::new).map_err(status)
     }
 
     async fn topic_status(
@@ -134,11 +111,7 @@ impl Admin for AdminService {
     ) -> Result<Response<TopicStatusResponse>, Status> {
         let topic = request.into_inner().topic;
         check_name("topic", &topic)?;
-        self.backend
-            .topic_status(&topic)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.topic_status(&topic).await.map(Response::new).map_err(status)
     }
 
     async fn send_message(
@@ -159,15 +132,9 @@ impl Admin for AdminService {
             )));
         }
         if r.tag.len() > NAME_BYTES_MAX || r.keys.iter().any(|k| k.len() > NAME_BYTES_MAX) {
-            return Err(Status::invalid_argument(format!(
-                "tag and keys are limited to {NAME_BYTES_MAX} bytes each"
-            )));
+            return Err(Status::invalid_argument(format!("tag and keys are limited to {NAME_BYTES_MAX} bytes each")));
         }
-        self.backend
-            .send_message(r)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.send_message(r).await.map(Response::new).map_err(status)
     }
 
     async fn consume_message(
@@ -184,10 +151,7 @@ impl Admin for AdminService {
         }
         let max_count = r.max_count as usize;
         let response = self.backend.consume_message(r).await.map_err(status)?;
-        assert!(
-            response.messages.len() <= max_count,
-            "backend returned too many messages"
-        );
+        assert!(response.messages.len() <= max_count, "backend returned too many messages");
         Ok(Response::new(response))
     }
 
@@ -197,11 +161,7 @@ impl Admin for AdminService {
     ) -> Result<Response<QueryMessageByIdResponse>, Status> {
         let id = request.into_inner().message_id;
         check_name("message id", &id)?;
-        let message = self
-            .backend
-            .query_message_by_id(&id)
-            .await
-            .map_err(status)?;
+        let message = self.backend.query_message_by_id(&id).await.map_err(status)?;
         Ok(Response::new(QueryMessageByIdResponse { message }))
     }
 
@@ -213,22 +173,11 @@ impl Admin for AdminService {
         if group.len() > NAME_BYTES_MAX {
             return Err(Status::invalid_argument("group name too long"));
         }
-        self.backend
-            .consumer_progress(&group)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.consumer_progress(&group).await.map(Response::new).map_err(status)
     }
 
-    async fn plugin_list(
-        &self,
-        _request: Request<PluginListRequest>,
-    ) -> Result<Response<PluginListResponse>, Status> {
-        self.backend
-            .plugin_list()
-            .await
-            .map(Response::new)
-            .map_err(status)
+    async fn plugin_list(&self, _request: Request<PluginListRequest>) -> Result<Response<PluginListResponse>, Status> {
+        self.backend.plugin_list().await.map(Response::new).map_err(status)
     }
 
     async fn plugin_reload(
@@ -236,11 +185,7 @@ impl Admin for AdminService {
         _request: Request<PluginReloadRequest>,
     ) -> Result<Response<PluginReloadResponse>, Status> {
         info!("admin: plugin reload");
-        self.backend
-            .plugin_reload()
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.plugin_reload().await.map(Response::new).map_err(status)
     }
 
     async fn transfer_leader(
@@ -254,17 +199,10 @@ impl Admin for AdminService {
             ms => Duration::from_millis(ms).min(TRANSFER_TIMEOUT_MAX),
         };
         info!(to = %r.to_node_id, "admin: leader transfer");
-        self.backend
-            .transfer_leader(&r.to_node_id, timeout)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.backend.transfer_leader(&r.to_node_id, timeout).await.map(Response::new).map_err(status)
     }
 
-    async fn shutdown(
-        &self,
-        request: Request<ShutdownRequest>,
-    ) -> Result<Response<ShutdownResponse>, Status> {
+    async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
         // Only a local operator may stop the broker; listenPort is usually reachable remotely.
         match request.remote_addr() {
             Some(peer) if peer.ip().is_loopback() => {

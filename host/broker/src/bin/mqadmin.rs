@@ -16,9 +16,7 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    if let Some(code) =
-        wasmq_broker::upgrade::cli::dispatch(std::env::args_os(), &mut std::io::stdout().lock())
-    {
+    if let Some(code) = wasmq_broker::upgrade::cli::dispatch(std::env::args_os(), &mut std::io::stdout().lock()) {
         return code;
     }
     let cli = Cli::parse();

@@ -36,13 +36,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = config::load(&args.config)
-        .with_context(|| format!("load config {}", args.config.display()))?;
+    let loaded = config::load(&args.config).with_context(|| format!("load config {}", args.config.display()))?;
     // Nothing is created here; `server::start` validates again with `StoreCheck::Create`.
-    loaded
-        .config
-        .validate(&args.config, StoreCheck::WithoutCreating)
-        .context("invalid config")?;
+    loaded.config.validate(&args.config, StoreCheck::WithoutCreating).context("invalid config")?;
     init_tracing(&loaded.config.log_level)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
@@ -57,9 +53,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("start tokio runtime")?;
     runtime.block_on(async move {
-        let broker = server::start(loaded.config, args.config, server::default_extensions())
-            .await
-            .context("start broker")?;
+        let broker =
+            server::start(loaded.config, args.config, server::default_extensions()).await.context("start broker")?;
         server::run_until_signal(broker).await
     })
 }
@@ -67,8 +62,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 fn init_tracing(log_level: &str) -> anyhow::Result<()> {
     // RUST_LOG wins over logLevel, as operators expect.
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(&directives)
-            .with_context(|| format!("RUST_LOG={directives}"))?,
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(&directives).with_context(|| format!("RUST_LOG={directives}"))?
+        }
         _ => EnvFilter::try_new(log_level).with_context(|| format!("logLevel={log_level}"))?,
     };
     tracing_subscriber::fmt()

@@ -62,9 +62,8 @@ async fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let config = load_config(&args)?;
-    let server = service::start(&config)
-        .await
-        .with_context(|| format!("starting name server on {}", config.listen_addr()))?;
+    let server =
+        service::start(&config).await.with_context(|| format!("starting name server on {}", config.listen_addr()))?;
     if let Some(path) = &config.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing pid file {}", path.display()))?;
@@ -81,10 +80,7 @@ async fn main() -> Result<()> {
         _ = requested.wait_for(|s| *s) => info!("shutdown RPC: shutting down"),
     }
     server.shutdown();
-    let result = server
-        .wait()
-        .await
-        .context("name server stopped with an error");
+    let result = server.wait().await.context("name server stopped with an error");
     if let Some(path) = &config.pid_file {
         let _ = std::fs::remove_file(path);
     }

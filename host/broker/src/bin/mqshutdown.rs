@@ -15,11 +15,7 @@ use wasmq_proto::wasmq::namesrv::ShutdownRequest as NamesrvShutdown;
 use wasmq_proto::wasmq::namesrv::name_server_client::NameServerClient;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "mqshutdown",
-    version,
-    about = "stop a local wasmq broker or name server"
-)]
+#[command(name = "mqshutdown", version, about = "stop a local wasmq broker or name server")]
 struct Args {
     #[command(subcommand)]
     target: Target,
@@ -50,17 +46,11 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 fn read_pid(path: &Path) -> Result<libc::pid_t> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading pid file {}", path.display()))?;
-    let pid: libc::pid_t = text
-        .trim()
-        .parse()
-        .with_context(|| format!("pid file {} does not hold a pid: {text:?}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading pid file {}", path.display()))?;
+    let pid: libc::pid_t =
+        text.trim().parse().with_context(|| format!("pid file {} does not hold a pid: {text:?}", path.display()))?;
     if pid <= 1 {
-        bail!(
-            "pid file {} holds {pid}, not a process to stop",
-            path.display()
-        );
+        bail!("pid file {} holds {pid}, not a process to stop", path.display());
     }
     Ok(pid)
 }
@@ -91,10 +81,7 @@ fn check_command(pid: libc::pid_t, expected: &str) -> Result<()> {
     let comm_path = format!("/proc/{pid}/comm");
     match std::fs::read_to_string(&comm_path) {
         Ok(comm) if comm.trim() == expected => Ok(()),
-        Ok(comm) => bail!(
-            "process {pid} is {:?}, not {expected}; stale pid file? (not signalled)",
-            comm.trim()
-        ),
+        Ok(comm) => bail!("process {pid} is {:?}, not {expected}; stale pid file? (not signalled)", comm.trim()),
         // No procfs (not Linux): nothing more to check.
         Err(_) if !Path::new("/proc/self").exists() => Ok(()),
         Err(e) => bail!("process {pid} not found ({comm_path}: {e})"),
@@ -116,10 +103,7 @@ async fn stop_by_pid(path: &Path, expected: &str, wait: Duration) -> Result<()> 
     let deadline = Instant::now() + wait;
     while alive(pid) && check_command(pid, expected).is_ok() {
         if Instant::now() >= deadline {
-            bail!(
-                "{expected} pid {pid} still running {} ms after SIGTERM",
-                wait.as_millis()
-            );
+            bail!("{expected} pid {pid} still running {} ms after SIGTERM", wait.as_millis());
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -137,10 +121,7 @@ async fn wait_port_closed(addr: &str, what: &str, wait: Duration) -> Result<()> 
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!(
-                "{what} at {addr} still accepts connections {} ms after shutdown",
-                wait.as_millis()
-            );
+            bail!("{what} at {addr} still accepts connections {} ms after shutdown", wait.as_millis());
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -149,18 +130,9 @@ async fn wait_port_closed(addr: &str, what: &str, wait: Duration) -> Result<()> 
 async fn run(args: Args) -> Result<()> {
     let wait = Duration::from_millis(args.wait_ms);
     match args.target {
-        Target::Broker {
-            pid_file: Some(path),
-            ..
-        } => stop_by_pid(&path, "mqbroker", wait).await,
-        Target::Namesrv {
-            pid_file: Some(path),
-            ..
-        } => stop_by_pid(&path, "mqnamesrv", wait).await,
-        Target::Broker {
-            addr,
-            pid_file: None,
-        } => {
+        Target::Broker { pid_file: Some(path), .. } => stop_by_pid(&path, "mqbroker", wait).await,
+        Target::Namesrv { pid_file: Some(path), .. } => stop_by_pid(&path, "mqnamesrv", wait).await,
+        Target::Broker { addr, pid_file: None } => {
             let channel = ns_client::endpoint(&addr, RPC_TIMEOUT)?
                 .connect()
                 .await
@@ -171,10 +143,7 @@ async fn run(args: Args) -> Result<()> {
                 .with_context(|| format!("broker {addr} refused shutdown"))?;
             wait_port_closed(&addr, "broker", wait).await
         }
-        Target::Namesrv {
-            addr,
-            pid_file: None,
-        } => {
+        Target::Namesrv { addr, pid_file: None } => {
             let mut client: NameServerClient<_> = ns_client::connect(&addr, RPC_TIMEOUT)
                 .await
                 .with_context(|| format!("cannot reach name server {addr}"))?;

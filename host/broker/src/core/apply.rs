@@ -18,11 +18,7 @@ const APPLY_BATCH_ENTRIES_MAX: u64 = 4096;
 /// Pause before retrying a failed apply (disk error): the loop must not spin.
 const APPLY_RETRY_MS: u64 = 200;
 
-pub(super) async fn run(
-    core: Arc<BrokerCore>,
-    applied_tx: watch::Sender<EntryIndex>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn run(core: Arc<BrokerCore>, applied_tx: watch::Sender<EntryIndex>, mut stop: watch::Receiver<bool>) {
     let mut committed = core.replicator.committed();
     let mut applied = *applied_tx.borrow();
     loop {
@@ -32,10 +28,7 @@ pub(super) async fn run(
         let commit = *committed.borrow_and_update();
         if commit > applied {
             let last_index = core.log.last_index();
-            assert!(
-                commit <= last_index,
-                "commit index {commit} beyond the local log's last index {last_index}"
-            );
+            assert!(commit <= last_index, "commit index {commit} beyond the local log's last index {last_index}");
             let to = commit.min(applied + APPLY_BATCH_ENTRIES_MAX);
             let store = core.store.clone();
             let result = tokio::task::spawn_blocking(move || store.apply_up_to(to)).await;

@@ -9,8 +9,8 @@ use wasmq_storage::record::Record;
 use super::BrokerCore;
 use super::topics::topic_info;
 use crate::messaging::backend::{
-    BackendError, BackendResult, FilterKind, GroupMember, MessagingBackend, OutgoingMessage,
-    PERM_READ, RouteInfo, SendOutcome, StoredMessage, TopicInfo,
+    BackendError, BackendResult, FilterKind, GroupMember, MessagingBackend, OutgoingMessage, PERM_READ, RouteInfo,
+    SendOutcome, StoredMessage, TopicInfo,
 };
 
 /// Messages per read call, whatever the caller asks.
@@ -20,10 +20,7 @@ const WAIT_MS_MAX: u64 = 60_000;
 
 impl BrokerCore {
     fn readable_queue(&self, topic: &str, queue_id: u32) -> BackendResult<()> {
-        let t = self
-            .store
-            .topic(topic)
-            .ok_or_else(|| BackendError::TopicNotFound(topic.to_string()))?;
+        let t = self.store.topic(topic).ok_or_else(|| BackendError::TopicNotFound(topic.to_string()))?;
         if t.perm & PERM_READ == 0 {
             return Err(BackendError::BadRequest(format!("topic {topic} is not readable")));
         }
@@ -37,10 +34,7 @@ impl BrokerCore {
     }
 
     fn max_offset_now(&self, topic: &str, queue_id: u32) -> u64 {
-        self.store
-            .queue_offsets(topic, queue_id)
-            .map(|(_, max)| max)
-            .unwrap_or(0)
+        self.store.queue_offsets(topic, queue_id).map(|(_, max)| max).unwrap_or(0)
     }
 }
 
@@ -75,10 +69,7 @@ impl MessagingBackend for BrokerCore {
             .collect();
         // Leader first (stable sort keeps config order otherwise).
         members.sort_by_key(|m| !m.is_leader);
-        Ok(RouteInfo {
-            broker_name: self.options.broker_name.clone(),
-            members,
-        })
+        Ok(RouteInfo { broker_name: self.options.broker_name.clone(), members })
     }
 
     async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
@@ -98,12 +89,11 @@ impl MessagingBackend for BrokerCore {
         let store = self.store.clone();
         let topic_name = topic.to_string();
         let store_host = self.options.self_endpoint.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            store.read(&topic_name, queue_id, offset, max_count, max_bytes)
-        })
-        .await
-        .map_err(|e| BackendError::Internal(format!("read task: {e}")))?
-        .map_err(|e| BackendError::Internal(e.to_string()))?;
+        let records =
+            tokio::task::spawn_blocking(move || store.read(&topic_name, queue_id, offset, max_count, max_bytes))
+                .await
+                .map_err(|e| BackendError::Internal(format!("read task: {e}")))?
+                .map_err(|e| BackendError::Internal(e.to_string()))?;
         let mut out = Vec::with_capacity(records.len());
         let mut previous: Option<u64> = None;
         for (queue_offset, r) in records {
@@ -136,11 +126,7 @@ impl MessagingBackend for BrokerCore {
 
     async fn min_offset(&self, topic: &str, queue_id: u32) -> BackendResult<u64> {
         self.readable_queue(topic, queue_id)?;
-        Ok(self
-            .store
-            .queue_offsets(topic, queue_id)
-            .map(|(min, _)| min)
-            .unwrap_or(0))
+        Ok(self.store.queue_offsets(topic, queue_id).map(|(min, _)| min).unwrap_or(0))
     }
 
     async fn max_offset(&self, topic: &str, queue_id: u32) -> BackendResult<u64> {
@@ -156,8 +142,7 @@ impl MessagingBackend for BrokerCore {
         timeout: Duration,
     ) -> BackendResult<u64> {
         self.readable_queue(topic, queue_id)?;
-        let deadline =
-            tokio::time::Instant::now() + timeout.min(Duration::from_millis(WAIT_MS_MAX));
+        let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_millis(WAIT_MS_MAX));
         let mut applied = self.applied.clone();
         loop {
             // Mark the current value seen before checking, so an apply between the check
@@ -174,15 +159,8 @@ impl MessagingBackend for BrokerCore {
         }
     }
 
-    async fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> BackendResult<()> {
-        wasmq_storage::record::validate_group(group)
-            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> BackendResult<()> {
+        wasmq_storage::record::validate_group(group).map_err(|e| BackendError::BadRequest(e.to_string()))?;
         self.readable_queue(topic, queue_id)?;
         self.replicate(&[Record::ConsumerOffset {
             group: group.to_string(),
@@ -194,12 +172,7 @@ impl MessagingBackend for BrokerCore {
         Ok(())
     }
 
-    async fn consumer_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-    ) -> BackendResult<Option<u64>> {
+    async fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> BackendResult<Option<u64>> {
         Ok(self.store.consumer_offset(group, topic, queue_id))
     }
 
@@ -211,10 +184,7 @@ impl MessagingBackend for BrokerCore {
         expression: &str,
         messages: &[StoredMessage],
     ) -> BackendResult<Vec<bool>> {
-        let has_filter = self
-            .plugins
-            .as_ref()
-            .is_some_and(|p| p.has_filters_for(group, topic));
+        let has_filter = self.plugins.as_ref().is_some_and(|p| p.has_filters_for(group, topic));
         if !has_filter {
             return match kind {
                 FilterKind::Tag => Ok(vec![true; messages.len()]),
@@ -224,18 +194,15 @@ impl MessagingBackend for BrokerCore {
             };
         }
         let plugins = self.plugins.clone().expect("checked above");
-        let (group, topic, expression) =
-            (group.to_string(), topic.to_string(), expression.to_string());
+        let (group, topic, expression) = (group.to_string(), topic.to_string(), expression.to_string());
         let messages = messages.to_vec();
         let kind = match kind {
             FilterKind::Tag => ExpressionKind::Tag,
             FilterKind::Sql92 => ExpressionKind::Sql92,
         };
         tokio::task::spawn_blocking(move || {
-            let props: Vec<Vec<(String, String)>> = messages
-                .iter()
-                .map(|m| m.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .collect();
+            let props: Vec<Vec<(String, String)>> =
+                messages.iter().map(|m| m.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).collect();
             let views: Vec<FilterMessage<'_>> = messages
                 .iter()
                 .zip(&props)

@@ -55,8 +55,11 @@ pub(super) async fn run(core: Arc<BrokerCore>, mut stop: watch::Receiver<bool>) 
         let full = disk.fs_used_percent >= limits.full_percent();
         if core.disk_full.swap(full, Ordering::Relaxed) != full {
             if full {
-                tracing::error!(used_percent = disk.fs_used_percent, limit = limits.full_percent(),
-                    "disk full: refusing sends until space is freed");
+                tracing::error!(
+                    used_percent = disk.fs_used_percent,
+                    limit = limits.full_percent(),
+                    "disk full: refusing sends until space is freed"
+                );
             } else {
                 tracing::info!(used_percent = disk.fs_used_percent, "disk below the full mark again; accepting sends");
             }
@@ -71,9 +74,7 @@ pub(super) async fn run(core: Arc<BrokerCore>, mut stop: watch::Receiver<bool>) 
             keep_from_index_min: core.raft_keep_from_index(),
         };
         let store = core.store.clone();
-        let result =
-            tokio::task::spawn_blocking(move || store.enforce_retention(&policy, SystemTime::now()))
-                .await;
+        let result = tokio::task::spawn_blocking(move || store.enforce_retention(&policy, SystemTime::now())).await;
         match result {
             Ok(Ok(report)) if !report.deleted_segments.is_empty() => tracing::info!(
                 deleted = report.deleted_segments.len(),

@@ -200,49 +200,33 @@ impl BrokerCore {
     }
 
     fn endpoint_of(&self, id: &str) -> Option<String> {
-        self.options
-            .members
-            .iter()
-            .find(|(member, _)| member == id)
-            .map(|(_, endpoint)| endpoint.clone())
+        self.options.members.iter().find(|(member, _)| member == id).map(|(_, endpoint)| endpoint.clone())
     }
 
     fn not_leader(&self) -> BackendError {
-        BackendError::NotLeader {
-            leader: self.leader_endpoint(),
-        }
+        BackendError::NotLeader { leader: self.leader_endpoint() }
     }
 
     /// Waits until entry `index` is applied.
-    pub(crate) async fn wait_applied(
-        &self,
-        index: EntryIndex,
-        timeout: Duration,
-    ) -> BackendResult<()> {
+    pub(crate) async fn wait_applied(&self, index: EntryIndex, timeout: Duration) -> BackendResult<()> {
         let mut applied = self.applied.clone();
         match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(BackendError::Internal("broker core stopped".into())),
-            Err(_) => Err(BackendError::Timeout(format!(
-                "entry {index} not applied within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(_) => {
+                Err(BackendError::Timeout(format!("entry {index} not applied within {} ms", timeout.as_millis())))
+            }
         }
     }
 
     /// Proposes records and waits until they are applied. Returns the entry range.
-    pub(crate) async fn replicate(
-        &self,
-        records: &[Record],
-    ) -> BackendResult<crate::replication::CommittedRange> {
+    pub(crate) async fn replicate(&self, records: &[Record]) -> BackendResult<crate::replication::CommittedRange> {
         if !self.replicator.status().role.is_writable() {
             return Err(self.not_leader());
         }
         let mut payloads = Vec::with_capacity(records.len());
         for r in records {
-            let bytes = r
-                .encode()
-                .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+            let bytes = r.encode().map_err(|e| BackendError::BadRequest(e.to_string()))?;
             payloads.push(Bytes::from(bytes));
         }
         let timeout = Duration::from_millis(self.options.commit_timeout_ms);
@@ -250,10 +234,7 @@ impl BrokerCore {
             Ok(Ok(range)) => range,
             Ok(Err(e)) => return Err(self.replication_error(e)),
             Err(_) => {
-                return Err(BackendError::Timeout(format!(
-                    "not committed within {} ms",
-                    timeout.as_millis()
-                )));
+                return Err(BackendError::Timeout(format!("not committed within {} ms", timeout.as_millis())));
             }
         };
         assert_eq!(range.len(), records.len() as u64);
@@ -263,16 +244,16 @@ impl BrokerCore {
 
     fn replication_error(&self, e: ReplicationError) -> BackendError {
         match e {
-            ReplicationError::NotLeader { leader_id } => BackendError::NotLeader {
-                leader: leader_id.and_then(|id| self.endpoint_of(&id)),
-            },
+            ReplicationError::NotLeader { leader_id } => {
+                BackendError::NotLeader { leader: leader_id.and_then(|id| self.endpoint_of(&id)) }
+            }
             ReplicationError::Rejected(m) => BackendError::BadRequest(m),
             ReplicationError::Timeout { timeout_ms } => {
                 BackendError::Timeout(format!("not committed within {timeout_ms} ms"))
             }
-            e @ (ReplicationError::Storage(_)
-            | ReplicationError::ShuttingDown
-            | ReplicationError::Transfer(_)) => BackendError::Internal(e.to_string()),
+            e @ (ReplicationError::Storage(_) | ReplicationError::ShuttingDown | ReplicationError::Transfer(_)) => {
+                BackendError::Internal(e.to_string())
+            }
         }
     }
 
@@ -292,8 +273,7 @@ impl BrokerCore {
     /// Creates or updates a topic through the replicated log (leader only). Returns the
     /// entry index of the change.
     pub async fn update_topic(&self, spec: TopicSpec) -> BackendResult<EntryIndex> {
-        wasmq_storage::record::validate_topic(&spec.name)
-            .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        wasmq_storage::record::validate_topic(&spec.name).map_err(|e| BackendError::BadRequest(e.to_string()))?;
         if spec.write_queue_nums == 0 || spec.read_queue_nums == 0 {
             return Err(BackendError::BadRequest(format!(
                 "topic {}: read and write queue counts must be at least 1",
@@ -307,10 +287,7 @@ impl BrokerCore {
 
     /// The topic's config, creating reserved (`%RETRY%`, `%DLQ%`) topics and, with
     /// `autoCreateTopicEnable`, any topic on first use.
-    pub(crate) async fn topic_for_write(
-        &self,
-        name: &str,
-    ) -> BackendResult<wasmq_storage::record::TopicConfigRecord> {
+    pub(crate) async fn topic_for_write(&self, name: &str) -> BackendResult<wasmq_storage::record::TopicConfigRecord> {
         if let Some(t) = self.store.topic(name) {
             return Ok(t);
         }
@@ -322,9 +299,7 @@ impl BrokerCore {
             return Err(BackendError::TopicNotFound(name.to_string()));
         };
         self.update_topic(TopicSpec::new(name, queues)).await?;
-        self.store
-            .topic(name)
-            .ok_or_else(|| BackendError::Internal(format!("topic {name} missing after create")))
+        self.store.topic(name).ok_or_else(|| BackendError::Internal(format!("topic {name} missing after create")))
     }
 
     pub fn topic(&self, name: &str) -> Option<wasmq_storage::record::TopicConfigRecord> {

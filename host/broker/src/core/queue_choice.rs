@@ -58,8 +58,7 @@ mod tests {
         }
         assert_eq!(q, group_queue("order-42", 8));
         // Different groups spread over queues.
-        let distinct: std::collections::HashSet<u32> =
-            (0..64).map(|i| group_queue(&format!("g{i}"), 8)).collect();
+        let distinct: std::collections::HashSet<u32> = (0..64).map(|i| group_queue(&format!("g{i}"), 8)).collect();
         assert!(distinct.len() >= 6, "{distinct:?}");
     }
 

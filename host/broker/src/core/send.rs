@@ -6,19 +6,14 @@ use wasmq_plugin::{RouteInput, RouteOutcome};
 use wasmq_storage::record::{MessageRecord, Record, TopicConfigRecord};
 
 use super::BrokerCore;
-use crate::messaging::backend::{
-    BackendError, BackendResult, OutgoingMessage, PERM_WRITE, SendOutcome,
-};
+use crate::messaging::backend::{BackendError, BackendResult, OutgoingMessage, PERM_WRITE, SendOutcome};
 
 /// Redirects followed per message: a router may redirect to a topic whose router
 /// redirects again, but not forever.
 const REDIRECTS_MAX: usize = 4;
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn to_i64(field: &str, v: u64) -> BackendResult<i64> {
@@ -29,10 +24,7 @@ impl BrokerCore {
     pub(crate) async fn send_message(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
         let max = u64::from(self.options.max_message_size_bytes);
         if msg.body.len() as u64 > max {
-            return Err(BackendError::MessageTooLarge {
-                size_bytes: msg.body.len() as u64,
-                max_bytes: max,
-            });
+            return Err(BackendError::MessageTooLarge { size_bytes: msg.body.len() as u64, max_bytes: max });
         }
         if msg.message_id.is_empty() {
             return Err(BackendError::BadRequest("empty message id".into()));
@@ -46,17 +38,10 @@ impl BrokerCore {
                 self.options.disk.full_percent()
             )));
         }
-        let _permit = self
-            .send_permits
-            .acquire()
-            .await
-            .map_err(|_| BackendError::Internal("broker core stopped".into()))?;
+        let _permit =
+            self.send_permits.acquire().await.map_err(|_| BackendError::Internal("broker core stopped".into()))?;
 
-        let properties: Vec<(String, String)> = msg
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let properties: Vec<(String, String)> = msg.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (topic, queue_id) = self.place(&msg, &properties).await?;
         let record = MessageRecord {
             topic: topic.topic.clone(),
@@ -69,19 +54,13 @@ impl BrokerCore {
             store_timestamp_ms: now_ms(),
             born_host: msg.born_host.clone(),
             message_id: msg.message_id.clone(),
-            delivery_timestamp_ms: msg
-                .delivery_timestamp_ms
-                .map(|t| to_i64("delivery_timestamp_ms", t))
-                .transpose()?,
+            delivery_timestamp_ms: msg.delivery_timestamp_ms.map(|t| to_i64("delivery_timestamp_ms", t)).transpose()?,
             reconsume_times: msg.reconsume_times,
             body: msg.body,
         };
         let range = self.replicate(&[Record::Message(record)]).await?;
         let placement = self.take_outcome(range.last).ok_or_else(|| {
-            BackendError::Internal(format!(
-                "entry {} applied but its queue offset was not recorded",
-                range.last
-            ))
+            BackendError::Internal(format!("entry {} applied but its queue offset was not recorded", range.last))
         })?;
         assert_eq!(placement.queue_id, queue_id, "apply placed the message elsewhere");
         Ok(SendOutcome {
@@ -151,11 +130,7 @@ impl BrokerCore {
                 }
             }
         }
-        let queue_id = self.chooser.choose(
-            topic.write_queue_nums,
-            msg.message_group.as_deref(),
-            msg.queue_id,
-        );
+        let queue_id = self.chooser.choose(topic.write_queue_nums, msg.message_group.as_deref(), msg.queue_id);
         Ok((topic, queue_id))
     }
 

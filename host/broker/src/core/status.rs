@@ -64,27 +64,15 @@ pub struct BrokerStatus {
 
 impl BrokerCore {
     pub fn status(&self) -> BrokerStatus {
-        let mut topics: Vec<TopicStatus> = self
-            .store
-            .topics()
-            .into_iter()
-            .map(|t| self.topic_status_of(t))
-            .collect();
+        let mut topics: Vec<TopicStatus> = self.store.topics().into_iter().map(|t| self.topic_status_of(t)).collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         let mut consumer_offsets: Vec<ConsumerOffsetStatus> = self
             .store
             .consumer_offsets()
             .into_iter()
-            .map(|(group, topic, queue_id, offset)| ConsumerOffsetStatus {
-                group,
-                topic,
-                queue_id,
-                offset,
-            })
+            .map(|(group, topic, queue_id, offset)| ConsumerOffsetStatus { group, topic, queue_id, offset })
             .collect();
-        consumer_offsets.sort_by(|a, b| {
-            (&a.group, &a.topic, a.queue_id).cmp(&(&b.group, &b.topic, b.queue_id))
-        });
+        consumer_offsets.sort_by(|a, b| (&a.group, &a.topic, a.queue_id).cmp(&(&b.group, &b.topic, b.queue_id)));
         BrokerStatus {
             cluster_name: self.options.cluster_name.clone(),
             broker_name: self.options.broker_name.clone(),
@@ -110,13 +98,8 @@ impl BrokerCore {
         let queue_count = t.read_queue_nums.max(t.write_queue_nums);
         let queues = (0..queue_count)
             .map(|queue_id| {
-                let (min_offset, max_offset) =
-                    self.store.queue_offsets(&t.topic, queue_id).unwrap_or((0, 0));
-                QueueStatus {
-                    queue_id,
-                    min_offset,
-                    max_offset,
-                }
+                let (min_offset, max_offset) = self.store.queue_offsets(&t.topic, queue_id).unwrap_or((0, 0));
+                QueueStatus { queue_id, min_offset, max_offset }
             })
             .collect();
         TopicStatus {
@@ -131,8 +114,7 @@ impl BrokerCore {
 
     pub fn disk_status(&self) -> DiskStatus {
         let segments = self.log.segment_infos();
-        let (fs_total_bytes, fs_available_bytes) =
-            fs_space(&self.log.config().dir).unwrap_or((0, 0));
+        let (fs_total_bytes, fs_available_bytes) = fs_space(&self.log.config().dir).unwrap_or((0, 0));
         let used = fs_total_bytes.saturating_sub(fs_available_bytes);
         DiskStatus {
             commit_log_bytes: segments.iter().map(|s| s.size_bytes).sum(),

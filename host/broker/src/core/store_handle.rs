@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use wasmq_storage::StorageError;
 use wasmq_storage::commitlog::{CommitLog, FlushMode};
 use wasmq_storage::record::{MessageRecord, TopicConfigRecord};
 use wasmq_storage::store::{Applied, MessageStore, MessageStoreConfig};
-use wasmq_storage::StorageError;
 
 use super::Placement;
 use crate::config::{BrokerConfig, FlushDiskType};
@@ -46,32 +46,24 @@ pub fn open(config: &BrokerConfig) -> anyhow::Result<OpenedStore> {
         FlushDiskType::SyncFlush => FlushMode::Sync,
         FlushDiskType::AsyncFlush => FlushMode::Async,
     };
-    let (store, report) = MessageStore::open(cfg)
-        .with_context(|| format!("open message store in {}", root.display()))?;
+    let (store, report) =
+        MessageStore::open(cfg).with_context(|| format!("open message store in {}", root.display()))?;
     tracing::debug!(
         applied_index = report.applied_index,
         checkpoint_found = report.checkpoint_found,
         "broker store ready"
     );
     let log = store.log().clone();
-    Ok(OpenedStore {
-        store: StoreHandle {
-            inner: Arc::new(store),
-        },
-        log,
-    })
+    Ok(OpenedStore { store: StoreHandle { inner: Arc::new(store) }, log })
 }
 
 fn link_commit_log_dir(link: &Path, target: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(target).with_context(|| format!("create {}", target.display()))?;
     match std::fs::read_link(link) {
         Ok(existing) if existing == target => Ok(()),
-        Ok(existing) => bail!(
-            "{} links to {}, but storePathCommitLog is {}",
-            link.display(),
-            existing.display(),
-            target.display()
-        ),
+        Ok(existing) => {
+            bail!("{} links to {}, but storePathCommitLog is {}", link.display(), existing.display(), target.display())
+        }
         Err(_) if link.exists() => bail!(
             "{} is a directory, but storePathCommitLog is {}: move it there or unset storePathCommitLog",
             link.display(),
@@ -93,18 +85,9 @@ impl StoreHandle {
         let mut placements = Vec::new();
         for a in applied {
             match a {
-                Applied::Message {
-                    index,
-                    queue_id,
-                    queue_offset,
-                    ..
-                } => placements.push((
-                    index,
-                    Placement {
-                        queue_id,
-                        queue_offset,
-                    },
-                )),
+                Applied::Message { index, queue_id, queue_offset, .. } => {
+                    placements.push((index, Placement { queue_id, queue_offset }))
+                }
                 Applied::Skipped { index, reason } => {
                     tracing::warn!(index, %reason, "committed entry skipped by apply");
                 }
@@ -138,13 +121,7 @@ impl StoreHandle {
     ) -> Result<Vec<(u64, MessageRecord)>, StorageError> {
         Ok(self
             .inner
-            .read_queue(
-                topic,
-                queue_id,
-                offset,
-                max_count as usize,
-                usize::try_from(max_bytes).unwrap_or(usize::MAX),
-            )?
+            .read_queue(topic, queue_id, offset, max_count as usize, usize::try_from(max_bytes).unwrap_or(usize::MAX))?
             .into_iter()
             .map(|m| (m.queue_offset, m.message))
             .collect())

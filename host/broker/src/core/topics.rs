@@ -51,10 +51,7 @@ pub fn is_reserved(topic: &str) -> bool {
 }
 
 fn reserved_suffix(topic: &str) -> Option<&str> {
-    topic
-        .strip_prefix(RETRY_PREFIX)
-        .or_else(|| topic.strip_prefix(DLQ_PREFIX))
-        .filter(|group| !group.is_empty())
+    topic.strip_prefix(RETRY_PREFIX).or_else(|| topic.strip_prefix(DLQ_PREFIX)).filter(|group| !group.is_empty())
 }
 
 pub fn message_type_to_backend(t: MessageType) -> TopicMessageType {
@@ -63,9 +60,7 @@ pub fn message_type_to_backend(t: MessageType) -> TopicMessageType {
         MessageType::Delay => TopicMessageType::Delay,
         MessageType::Transaction => TopicMessageType::Transaction,
         // RocketMQ treats unspecified / mixed topics like normal ones for typing purposes.
-        MessageType::Normal | MessageType::Unspecified | MessageType::Mixed => {
-            TopicMessageType::Normal
-        }
+        MessageType::Normal | MessageType::Unspecified | MessageType::Mixed => TopicMessageType::Normal,
     }
 }
 

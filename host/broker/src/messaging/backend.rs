@@ -182,21 +182,10 @@ pub trait MessagingBackend: Send + Sync + 'static {
     ) -> BackendResult<u64>;
 
     /// Records the group's consume progress (next offset to consume); replicated.
-    async fn commit_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-    ) -> BackendResult<()>;
+    async fn commit_offset(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> BackendResult<()>;
 
     /// The group's committed progress, `None` if it never committed.
-    async fn consumer_offset(
-        &self,
-        group: &str,
-        topic: &str,
-        queue_id: u32,
-    ) -> BackendResult<Option<u64>>;
+    async fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> BackendResult<Option<u64>>;
 
     /// Runs the filter plugins that apply to (group, topic). One bool per message,
     /// `true` = deliver. No plugin: all `true` for `Tag` (the front end already

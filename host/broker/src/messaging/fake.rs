@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::backend::{
-    BackendError, BackendResult, FilterKind, GroupMember, MessagingBackend, OutgoingMessage,
-    PERM_READ, PERM_WRITE, RouteInfo, SendOutcome, StoredMessage, TopicInfo, TopicMessageType,
+    BackendError, BackendResult, FilterKind, GroupMember, MessagingBackend, OutgoingMessage, PERM_READ, PERM_WRITE,
+    RouteInfo, SendOutcome, StoredMessage, TopicInfo, TopicMessageType,
 };
 
 /// Most messages one fake queue holds (tests are bounded too).
@@ -147,7 +147,9 @@ impl MessagingBackend for FakeBackend {
             let mut st = self.state.lock();
             st.round_robin += 1;
             let rr = st.round_robin;
-            if !st.topics.contains_key(&msg.topic) && (msg.topic.starts_with("%DLQ%") || msg.topic.starts_with("%RETRY%")) {
+            if !st.topics.contains_key(&msg.topic)
+                && (msg.topic.starts_with("%DLQ%") || msg.topic.starts_with("%RETRY%"))
+            {
                 drop(st);
                 self.create_topic(&msg.topic, 1, TopicMessageType::Normal);
                 st = self.state.lock();
@@ -183,7 +185,14 @@ impl MessagingBackend for FakeBackend {
         Ok(outcome)
     }
 
-    async fn read(&self, topic: &str, queue_id: u32, offset: u64, max_count: u32, max_bytes: u64) -> BackendResult<Vec<StoredMessage>> {
+    async fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_count: u32,
+        max_bytes: u64,
+    ) -> BackendResult<Vec<StoredMessage>> {
         self.with_queue(topic, queue_id, |q| {
             let mut out = Vec::new();
             let mut bytes = 0u64;
@@ -206,7 +215,13 @@ impl MessagingBackend for FakeBackend {
         self.with_queue(topic, queue_id, |q| q.len() as u64)
     }
 
-    async fn wait_for_new(&self, topic: &str, queue_id: u32, after_offset: u64, timeout: Duration) -> BackendResult<u64> {
+    async fn wait_for_new(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        after_offset: u64,
+        timeout: Duration,
+    ) -> BackendResult<u64> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register interest before checking, so a send in between is not missed.
@@ -234,7 +249,14 @@ impl MessagingBackend for FakeBackend {
         Ok(self.state.lock().offsets.get(&(group.to_string(), topic.to_string(), queue_id)).copied())
     }
 
-    async fn filter(&self, _group: &str, _topic: &str, kind: FilterKind, expression: &str, messages: &[StoredMessage]) -> BackendResult<Vec<bool>> {
+    async fn filter(
+        &self,
+        _group: &str,
+        _topic: &str,
+        kind: FilterKind,
+        expression: &str,
+        messages: &[StoredMessage],
+    ) -> BackendResult<Vec<bool>> {
         match kind {
             FilterKind::Tag => Ok(vec![true; messages.len()]),
             FilterKind::Sql92 => messages.iter().map(|m| fake_sql_matches(expression, m)).collect(),

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use prost_types::{Duration as PbDuration, Timestamp};
-use wasmq_proto::apache::rocketmq::v2 as v2;
 use v2::Code;
+use wasmq_proto::apache::rocketmq::v2;
 
 use super::backend::{OutgoingMessage, StoredMessage, TopicMessageType};
 use super::status::status;
@@ -102,10 +102,8 @@ pub fn to_outgoing(
 ) -> Result<OutgoingMessage, v2::Status> {
     assert!(queue_count >= 1);
     let topic = validate_topic(msg.topic.as_ref())?;
-    let sys = msg
-        .system_properties
-        .as_ref()
-        .ok_or_else(|| status(Code::BadRequest, "message has no system_properties"))?;
+    let sys =
+        msg.system_properties.as_ref().ok_or_else(|| status(Code::BadRequest, "message has no system_properties"))?;
     if sys.message_id.is_empty() || sys.message_id.len() > MESSAGE_ID_BYTES_MAX {
         return Err(status(Code::IllegalMessageId, format!("message_id must be 1..={MESSAGE_ID_BYTES_MAX} bytes")));
     }
@@ -125,7 +123,10 @@ pub fn to_outgoing(
     }
     if let Some(tag) = &sys.tag {
         if tag.trim().is_empty() || tag.len() > TAG_BYTES_MAX || tag.contains('|') || has_separator(tag) {
-            return Err(status(Code::IllegalMessageTag, format!("tag {tag:?} must be non-blank, <= {TAG_BYTES_MAX} bytes, no '|'")));
+            return Err(status(
+                Code::IllegalMessageTag,
+                format!("tag {tag:?} must be non-blank, <= {TAG_BYTES_MAX} bytes, no '|'"),
+            ));
         }
     }
     if sys.keys.len() > KEYS_COUNT_MAX {
@@ -133,7 +134,10 @@ pub fn to_outgoing(
     }
     for key in &sys.keys {
         if key.trim().is_empty() || key.len() > KEY_BYTES_MAX || has_separator(key) || key.contains(' ') {
-            return Err(status(Code::IllegalMessageKey, format!("key {key:?} must be non-blank, <= {KEY_BYTES_MAX} bytes, no spaces")));
+            return Err(status(
+                Code::IllegalMessageKey,
+                format!("key {key:?} must be non-blank, <= {KEY_BYTES_MAX} bytes, no spaces"),
+            ));
         }
     }
     if msg.user_properties.len() > PROPERTIES_COUNT_MAX {
@@ -143,7 +147,10 @@ pub fn to_outgoing(
     let mut properties = BTreeMap::new();
     for (k, v) in &msg.user_properties {
         if k.is_empty() || has_separator(k) {
-            return Err(status(Code::IllegalMessagePropertyKey, format!("property key {k:?} is empty or has a 0x01/0x02 byte")));
+            return Err(status(
+                Code::IllegalMessagePropertyKey,
+                format!("property key {k:?} is empty or has a 0x01/0x02 byte"),
+            ));
         }
         if has_separator(v) {
             return Err(status(Code::IllegalMessagePropertyKey, format!("property {k:?} value has a 0x01/0x02 byte")));
@@ -159,7 +166,10 @@ pub fn to_outgoing(
     }
     if let Some(g) = &sys.message_group {
         if g.trim().is_empty() || g.len() > MESSAGE_GROUP_BYTES_MAX || has_separator(g) {
-            return Err(status(Code::IllegalMessageGroup, format!("message group must be 1..={MESSAGE_GROUP_BYTES_MAX} bytes")));
+            return Err(status(
+                Code::IllegalMessageGroup,
+                format!("message group must be 1..={MESSAGE_GROUP_BYTES_MAX} bytes"),
+            ));
         }
     }
     if sys.born_host.len() > BORN_HOST_BYTES_MAX {
@@ -225,12 +235,20 @@ pub struct Delivery {
 
 /// Wire form of a stored message. The body digest is CRC32 (IEEE) as uppercase hex,
 /// which the official clients verify.
-pub fn to_wire(m: &StoredMessage, topic_type: TopicMessageType, namespace: &str, delivery: Option<&Delivery>) -> v2::Message {
+pub fn to_wire(
+    m: &StoredMessage,
+    topic_type: TopicMessageType,
+    namespace: &str,
+    delivery: Option<&Delivery>,
+) -> v2::Message {
     let sys = v2::SystemProperties {
         tag: m.tag.clone(),
         keys: m.keys.clone(),
         message_id: m.message_id.clone(),
-        body_digest: Some(v2::Digest { r#type: v2::DigestType::Crc32 as i32, checksum: format!("{:08X}", crc32_ieee(&m.body)) }),
+        body_digest: Some(v2::Digest {
+            r#type: v2::DigestType::Crc32 as i32,
+            checksum: format!("{:08X}", crc32_ieee(&m.body)),
+        }),
         body_encoding: v2::Encoding::Identity as i32,
         message_type: wire_message_type(topic_type) as i32,
         born_timestamp: Some(to_timestamp(m.born_timestamp_ms)),
@@ -354,10 +372,22 @@ mod tests {
     #[test]
     fn each_bad_input_gets_its_code() {
         let ok = || wire("orders", b"x");
-        assert_eq!(code(to_outgoing(&wire("bad topic", b"x"), TopicMessageType::Normal, 1, 10, 0)), Code::IllegalTopic as i32);
-        assert_eq!(code(to_outgoing(&wire(&"t".repeat(65), b"x"), TopicMessageType::Normal, 1, 10, 0)), Code::IllegalTopic as i32);
-        assert_eq!(code(to_outgoing(&wire("orders", b""), TopicMessageType::Normal, 1, 10, 0)), Code::MessageBodyEmpty as i32);
-        assert_eq!(code(to_outgoing(&wire("orders", &[0; 11]), TopicMessageType::Normal, 1, 10, 0)), Code::MessageBodyTooLarge as i32);
+        assert_eq!(
+            code(to_outgoing(&wire("bad topic", b"x"), TopicMessageType::Normal, 1, 10, 0)),
+            Code::IllegalTopic as i32
+        );
+        assert_eq!(
+            code(to_outgoing(&wire(&"t".repeat(65), b"x"), TopicMessageType::Normal, 1, 10, 0)),
+            Code::IllegalTopic as i32
+        );
+        assert_eq!(
+            code(to_outgoing(&wire("orders", b""), TopicMessageType::Normal, 1, 10, 0)),
+            Code::MessageBodyEmpty as i32
+        );
+        assert_eq!(
+            code(to_outgoing(&wire("orders", &[0; 11]), TopicMessageType::Normal, 1, 10, 0)),
+            Code::MessageBodyTooLarge as i32
+        );
         let mut m = ok();
         m.system_properties.as_mut().unwrap().message_id.clear();
         assert_eq!(code(to_outgoing(&m, TopicMessageType::Normal, 1, 10, 0)), Code::IllegalMessageId as i32);
@@ -375,9 +405,15 @@ mod tests {
         assert_eq!(code(to_outgoing(&m, TopicMessageType::Normal, 1, 10, 0)), Code::IllegalMessagePropertyKey as i32);
         let mut m = ok();
         m.system_properties.as_mut().unwrap().message_type = v2::MessageType::Fifo as i32;
-        assert_eq!(code(to_outgoing(&m, TopicMessageType::Fifo, 1, 10, 0)), Code::MessagePropertyConflictWithType as i32);
+        assert_eq!(
+            code(to_outgoing(&m, TopicMessageType::Fifo, 1, 10, 0)),
+            Code::MessagePropertyConflictWithType as i32
+        );
         m.system_properties.as_mut().unwrap().message_group = Some("g1".into());
-        assert_eq!(code(to_outgoing(&m, TopicMessageType::Normal, 1, 10, 0)), Code::MessagePropertyConflictWithType as i32);
+        assert_eq!(
+            code(to_outgoing(&m, TopicMessageType::Normal, 1, 10, 0)),
+            Code::MessagePropertyConflictWithType as i32
+        );
         let fifo = to_outgoing(&m, TopicMessageType::Fifo, 8, 10, 0).unwrap();
         assert_eq!(fifo.queue_id, Some(crc32c::crc32c(b"g1") % 8));
         let mut m = ok();

@@ -29,8 +29,5 @@ mod service_tests;
 /// Wall-clock ms since the Unix epoch (receipt handle deadlines survive a leader
 /// change, so they are wall-clock, not monotonic).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -138,7 +138,12 @@ pub fn dlq_topic(group: &str) -> String {
 impl PopService {
     pub fn new(backend: Arc<dyn MessagingBackend>, limits: PopLimits) -> Self {
         assert!(limits.inflight_per_queue_max > 0 && limits.queues_max > 0 && limits.scan_per_receive_max > 0);
-        PopService { backend, limits, queues: Mutex::new(HashMap::new()), deadline_moved: Arc::new(tokio::sync::Notify::new()) }
+        PopService {
+            backend,
+            limits,
+            queues: Mutex::new(HashMap::new()),
+            deadline_moved: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     /// Drops all state (this node lost or regained leadership: whatever it knew may
@@ -168,7 +173,9 @@ impl PopService {
         }
         if queues.len() >= self.limits.queues_max {
             // Forget idle queues (nothing in flight): their progress is committed.
-            queues.retain(|_, q| q.try_lock().map(|s| s.as_ref().is_some_and(|s| !s.inflight.is_empty())).unwrap_or(true));
+            queues.retain(|_, q| {
+                q.try_lock().map(|s| s.as_ref().is_some_and(|s| !s.inflight.is_empty())).unwrap_or(true)
+            });
             if queues.len() >= self.limits.queues_max {
                 return Err(PopError::TooManyQueues(queues.len()));
             }
@@ -182,7 +189,8 @@ impl PopService {
         }
         let min = self.backend.min_offset(&key.topic, key.queue_id).await?;
         // A group that never committed starts at the oldest retained message.
-        let committed = self.backend.consumer_offset(&key.group, &key.topic, key.queue_id).await?.unwrap_or(min).max(min);
+        let committed =
+            self.backend.consumer_offset(&key.group, &key.topic, key.queue_id).await?.unwrap_or(min).max(min);
         *slot = Some(QueueState { cursor: committed, committed, ..Default::default() });
         Ok(())
     }
@@ -274,7 +282,8 @@ impl PopService {
                 st.cursor = min;
                 st.inflight.retain(|o, _| *o >= min);
             }
-            let batch = self.backend.read(&key.topic, key.queue_id, st.cursor, want, self.limits.read_bytes_max).await?;
+            let batch =
+                self.backend.read(&key.topic, key.queue_id, st.cursor, want, self.limits.read_bytes_max).await?;
             if batch.is_empty() {
                 break;
             }
@@ -344,7 +353,12 @@ impl PopService {
     }
 
     /// Moves the invisibility deadline; returns the new handle.
-    pub async fn change_invisible(&self, h: &ReceiptHandle, invisible_ms: u64, now_ms: u64) -> Result<ReceiptHandle, PopError> {
+    pub async fn change_invisible(
+        &self,
+        h: &ReceiptHandle,
+        invisible_ms: u64,
+        now_ms: u64,
+    ) -> Result<ReceiptHandle, PopError> {
         let key = QueueKey { group: h.group.clone(), topic: h.topic.clone(), queue_id: h.queue_id };
         let q = self.queue(&key)?;
         let mut slot = q.lock().await;
@@ -483,19 +497,25 @@ mod tests {
     fn setup(t: TopicMessageType) -> (Arc<FakeBackend>, PopService, TopicInfo) {
         let b = FakeBackend::new("127.0.0.1:1");
         b.create_topic("t", 1, t);
-        let pop = PopService::new(b.clone(), PopLimits { inflight_per_queue_max: 8, commit_interval_ms: 0, ..Default::default() });
-        let info = TopicInfo {
-            name: "t".into(),
-            read_queue_count: 1,
-            write_queue_count: 1,
-            perm: 6,
-            message_type: t,
-        };
+        let pop = PopService::new(
+            b.clone(),
+            PopLimits { inflight_per_queue_max: 8, commit_interval_ms: 0, ..Default::default() },
+        );
+        let info = TopicInfo { name: "t".into(), read_queue_count: 1, write_queue_count: 1, perm: 6, message_type: t };
         (b, pop, info)
     }
 
     fn req<'a>(info: &'a TopicInfo, sub: &'a Subscription, batch: u32, now: u64) -> ReceiveRequest<'a> {
-        ReceiveRequest { group: "g", topic: info, queue_id: 0, subscription: sub, batch_max: batch, invisible_ms: 1000, max_attempts: 3, now_ms: now }
+        ReceiveRequest {
+            group: "g",
+            topic: info,
+            queue_id: 0,
+            subscription: sub,
+            batch_max: batch,
+            invisible_ms: 1000,
+            max_attempts: 3,
+            now_ms: now,
+        }
     }
 
     #[tokio::test]
@@ -560,7 +580,10 @@ mod tests {
         assert_eq!(got[0].message.queue_offset, 2);
         let bad = Subscription::Sql92("i > 1".into());
         send(&b, "t", "A", 1).await;
-        assert!(matches!(pop.receive(&req(&info, &bad, 10, 0)).await, Err(PopError::Backend(BackendError::BadRequest(_)))));
+        assert!(matches!(
+            pop.receive(&req(&info, &bad, 10, 0)).await,
+            Err(PopError::Backend(BackendError::BadRequest(_)))
+        ));
     }
 
     #[tokio::test]
@@ -614,7 +637,13 @@ mod tests {
         let b = FakeBackend::new("127.0.0.1:1");
         b.create_topic("t", 1, TopicMessageType::Normal);
         let pop = PopService::new(b.clone(), PopLimits { commit_interval_ms: 60_000, ..Default::default() });
-        let info = TopicInfo { name: "t".into(), read_queue_count: 1, write_queue_count: 1, perm: 6, message_type: TopicMessageType::Normal };
+        let info = TopicInfo {
+            name: "t".into(),
+            read_queue_count: 1,
+            write_queue_count: 1,
+            perm: 6,
+            message_type: TopicMessageType::Normal,
+        };
         send(&b, "t", "A", 3).await;
         let all = Subscription::Tag(TagExpression::All);
         let got = pop.receive(&req(&info, &all, 3, 0)).await.unwrap();

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use wasmq_proto::apache::rocketmq::v2 as v2;
 use v2::Code;
+use wasmq_proto::apache::rocketmq::v2;
 
 use super::backend::{MessagingBackend, StoredMessage};
 use super::pop::{Subscription, select};

@@ -21,11 +21,18 @@ const PYTEST_TIMEOUT: Duration = Duration::from_secs(900);
 #[ignore = "needs the official Python client in .tools/venv (tests/python/requirements.txt)"]
 async fn official_python_client_against_fake_backend() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = std::env::var("WASMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo.join(".tools/venv/bin/python"));
+    let python =
+        std::env::var("WASMQ_PYTHON").map(PathBuf::from).unwrap_or_else(|_| repo.join(".tools/venv/bin/python"));
     assert!(python.exists(), "no Python at {} (see module docs)", python.display());
 
     let (addr, backend, server) = serve_fake(|b| b.create_topic("wasmq-py", 8, TopicMessageType::Normal)).await;
-    let status = run_pytest(&python, &repo, &addr.to_string(), &["tests/python/test_official_client.py", "tests/python/test_proto_compat.py"]).await;
+    let status = run_pytest(
+        &python,
+        &repo,
+        &addr.to_string(),
+        &["tests/python/test_official_client.py", "tests/python/test_proto_compat.py"],
+    )
+    .await;
     assert!(status.success(), "pytest against the leader failed: {status}");
     // The round trip really went through this server.
     assert!(backend.messages("wasmq-py").len() >= 1000);
@@ -51,7 +58,9 @@ async fn official_python_client_against_fake_backend() {
     assert!(backend.messages("wasmq-py").len() >= before + 1000, "sends reached the leader");
 }
 
-async fn serve_fake(setup: impl FnOnce(&FakeBackend)) -> (std::net::SocketAddr, std::sync::Arc<FakeBackend>, tokio::task::JoinHandle<()>) {
+async fn serve_fake(
+    setup: impl FnOnce(&FakeBackend),
+) -> (std::net::SocketAddr, std::sync::Arc<FakeBackend>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let backend = FakeBackend::new(&addr.to_string());
@@ -67,7 +76,12 @@ async fn serve_fake(setup: impl FnOnce(&FakeBackend)) -> (std::net::SocketAddr, 
     (addr, backend, server)
 }
 
-async fn run_pytest(python: &std::path::Path, repo: &std::path::Path, endpoint: &str, args: &[&str]) -> std::process::ExitStatus {
+async fn run_pytest(
+    python: &std::path::Path,
+    repo: &std::path::Path,
+    endpoint: &str,
+    args: &[&str],
+) -> std::process::ExitStatus {
     let mut cmd = tokio::process::Command::new(python);
     cmd.current_dir(repo)
         .args(["-m", "pytest", "-q", "-rs"])

@@ -12,14 +12,14 @@ use std::time::Duration;
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response};
-use wasmq_proto::apache::rocketmq::v2 as v2;
 use v2::Code;
 use v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use wasmq_proto::apache::rocketmq::v2;
 
 use super::backend::{MessagingBackend, PERM_READ, PERM_WRITE, RouteInfo, TopicInfo};
-use super::now_ms;
 use super::forward::{self, Forwarder};
 use super::message_codec::{self, Delivery, duration_ms, to_timestamp, validate_group, validate_topic};
+use super::now_ms;
 use super::pop::{PopError, PopLimits, PopService, QueueKey, ReceiveRequest, Subscription};
 use super::receipt_handle::ReceiptHandle;
 use super::status::{from_backend, is_ok, ok, status};
@@ -155,13 +155,12 @@ fn endpoints(route: &RouteInfo) -> Result<v2::Endpoints, v2::Status> {
     let mut all_ipv4 = true;
     let mut all_ipv6 = true;
     for m in &route.members {
-        let (host, port) = m
-            .client_endpoint
-            .rsplit_once(':')
-            .ok_or_else(|| status(Code::InternalServerError, format!("member endpoint {:?} has no port", m.client_endpoint)))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| status(Code::InternalServerError, format!("member endpoint {:?} has a bad port", m.client_endpoint)))?;
+        let (host, port) = m.client_endpoint.rsplit_once(':').ok_or_else(|| {
+            status(Code::InternalServerError, format!("member endpoint {:?} has no port", m.client_endpoint))
+        })?;
+        let port: u16 = port.parse().map_err(|_| {
+            status(Code::InternalServerError, format!("member endpoint {:?} has a bad port", m.client_endpoint))
+        })?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         all_ipv4 &= host.parse::<std::net::Ipv4Addr>().is_ok();
         all_ipv6 &= host.parse::<std::net::Ipv6Addr>().is_ok();
@@ -194,10 +193,9 @@ fn pin_endpoints<'a>(queues: impl Iterator<Item = &'a mut v2::MessageQueue>, rea
     for queue in queues {
         let Some(endpoints) = queue.broker.as_mut().and_then(|b| b.endpoints.as_mut()) else { continue };
         let reached_index = reached.and_then(|addr| {
-            endpoints
-                .addresses
-                .iter()
-                .position(|a| a.port == i32::from(addr.port()) && a.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == addr.ip()))
+            endpoints.addresses.iter().position(|a| {
+                a.port == i32::from(addr.port()) && a.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == addr.ip())
+            })
         });
         // Leader first otherwise (see `endpoints`).
         let keep = reached_index.unwrap_or(0);
@@ -284,11 +282,17 @@ impl Messaging {
             return LeaderRoute::Local;
         }
         if forward::is_forwarded(request.metadata()) {
-            return LeaderRoute::Unavailable(status(Code::HaNotAvailable, "forwarded to a node that is no longer the leader; retry"));
+            return LeaderRoute::Unavailable(status(
+                Code::HaNotAvailable,
+                "forwarded to a node that is no longer the leader; retry",
+            ));
         }
         match self.backend.leader_client_endpoint() {
             Some(leader) => LeaderRoute::Forward(leader),
-            None => LeaderRoute::Unavailable(status(Code::HaNotAvailable, "no leader is known (election in progress); retry")),
+            None => LeaderRoute::Unavailable(status(
+                Code::HaNotAvailable,
+                "no leader is known (election in progress); retry",
+            )),
         }
     }
 
@@ -308,7 +312,10 @@ impl Messaging {
         Ok(v2::QueryRouteResponse { status: Some(ok()), message_queues: message_queues(&topic, namespace, &route)? })
     }
 
-    async fn query_assignment_impl(&self, req: v2::QueryAssignmentRequest) -> Result<v2::QueryAssignmentResponse, v2::Status> {
+    async fn query_assignment_impl(
+        &self,
+        req: v2::QueryAssignmentRequest,
+    ) -> Result<v2::QueryAssignmentResponse, v2::Status> {
         validate_group(req.group.as_ref())?;
         let topic = self.topic(req.topic.as_ref()).await?;
         let route = self.backend.route().await.map_err(|e| from_backend(&e))?;
@@ -349,7 +356,10 @@ impl Messaging {
             return Err(status(Code::BadRequest, "no messages"));
         }
         if req.messages.len() > self.config.send_batch_max {
-            return Err(status(Code::BadRequest, format!("more than {} messages in one request", self.config.send_batch_max)));
+            return Err(status(
+                Code::BadRequest,
+                format!("more than {} messages in one request", self.config.send_batch_max),
+            ));
         }
         let mut entries = Vec::with_capacity(req.messages.len());
         for msg in &req.messages {
@@ -398,17 +408,25 @@ impl Messaging {
     }
 
     fn invisible_ms(&self, d: Option<&prost_types::Duration>) -> Result<u64, v2::Status> {
-        let ms = d.and_then(duration_ms).ok_or_else(|| status(Code::IllegalInvisibleTime, "invisible_duration is required"))?;
+        let ms = d
+            .and_then(duration_ms)
+            .ok_or_else(|| status(Code::IllegalInvisibleTime, "invisible_duration is required"))?;
         if ms < self.config.invisible_ms_min || ms > self.config.invisible_ms_max {
             return Err(status(
                 Code::IllegalInvisibleTime,
-                format!("invisible_duration must be {}..={} ms", self.config.invisible_ms_min, self.config.invisible_ms_max),
+                format!(
+                    "invisible_duration must be {}..={} ms",
+                    self.config.invisible_ms_min, self.config.invisible_ms_max
+                ),
             ));
         }
         Ok(ms)
     }
 
-    async fn change_invisible_impl(&self, req: v2::ChangeInvisibleDurationRequest) -> Result<v2::ChangeInvisibleDurationResponse, v2::Status> {
+    async fn change_invisible_impl(
+        &self,
+        req: v2::ChangeInvisibleDurationRequest,
+    ) -> Result<v2::ChangeInvisibleDurationResponse, v2::Status> {
         let group = validate_group(req.group.as_ref())?;
         let topic = validate_topic(req.topic.as_ref())?;
         let h = self.decode_handle(&req.receipt_handle, &group, &topic)?;
@@ -417,7 +435,10 @@ impl Messaging {
         Ok(v2::ChangeInvisibleDurationResponse { status: Some(ok()), receipt_handle: moved.encode() })
     }
 
-    async fn dead_letter_impl(&self, req: v2::ForwardMessageToDeadLetterQueueRequest) -> Result<v2::ForwardMessageToDeadLetterQueueResponse, v2::Status> {
+    async fn dead_letter_impl(
+        &self,
+        req: v2::ForwardMessageToDeadLetterQueueRequest,
+    ) -> Result<v2::ForwardMessageToDeadLetterQueueResponse, v2::Status> {
         let group = validate_group(req.group.as_ref())?;
         let topic = validate_topic(req.topic.as_ref())?;
         let h = self.decode_handle(&req.receipt_handle, &group, &topic)?;
@@ -450,15 +471,23 @@ impl Messaging {
                 }
                 Ok(Subscription::Sql92(f.expression.clone()))
             }
-            Some(f) => Ok(Subscription::Tag(TagExpression::parse(&f.expression).map_err(|e| status(Code::IllegalFilterExpression, e))?)),
+            Some(f) => Ok(Subscription::Tag(
+                TagExpression::parse(&f.expression).map_err(|e| status(Code::IllegalFilterExpression, e))?,
+            )),
         }
     }
 
     /// How long a long poll may wait: the request's wish, our cap, and the client's
     /// deadline minus time to deliver the answer.
-    fn poll_ms(&self, requested: Option<&prost_types::Duration>, client_deadline: Option<Duration>) -> Result<u64, v2::Status> {
+    fn poll_ms(
+        &self,
+        requested: Option<&prost_types::Duration>,
+        client_deadline: Option<Duration>,
+    ) -> Result<u64, v2::Status> {
         let requested_ms = match requested {
-            Some(d) => duration_ms(d).ok_or_else(|| status(Code::IllegalPollingTime, "long_polling_timeout is negative"))?,
+            Some(d) => {
+                duration_ms(d).ok_or_else(|| status(Code::IllegalPollingTime, "long_polling_timeout is negative"))?
+            }
             None => self.config.long_polling_ms_default,
         };
         let mut poll_ms = requested_ms.min(self.config.long_polling_ms_max);
@@ -469,7 +498,11 @@ impl Messaging {
         Ok(poll_ms)
     }
 
-    async fn pull_impl(&self, req: v2::PullMessageRequest, client_deadline: Option<Duration>) -> Vec<v2::PullMessageResponse> {
+    async fn pull_impl(
+        &self,
+        req: v2::PullMessageRequest,
+        client_deadline: Option<Duration>,
+    ) -> Vec<v2::PullMessageResponse> {
         use v2::pull_message_response::Content;
         let _slot = match self.receive_slot() {
             Ok(slot) => slot,
@@ -479,7 +512,10 @@ impl Messaging {
             let group = validate_group(req.group.as_ref())?;
             let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
             if topic.perm & PERM_READ == 0 || queue_id >= topic.read_queue_count {
-                return Err(status(Code::Forbidden, format!("queue {queue_id} of topic {} is not readable", topic.name)));
+                return Err(status(
+                    Code::Forbidden,
+                    format!("queue {queue_id} of topic {} is not readable", topic.name),
+                ));
             }
             if req.offset < 0 {
                 return Err(status(Code::IllegalOffset, "offset is negative"));
@@ -533,7 +569,10 @@ impl Messaging {
         if req.offset < min as i64 || req.offset > max as i64 {
             return Err(status(Code::IllegalOffset, format!("offset {} outside {min}..={max}", req.offset)));
         }
-        self.backend.commit_offset(&group, &topic.name, queue_id, req.offset as u64).await.map_err(|e| from_backend(&e))?;
+        self.backend
+            .commit_offset(&group, &topic.name, queue_id, req.offset as u64)
+            .await
+            .map_err(|e| from_backend(&e))?;
         // Receives of this group restart from the new offset.
         self.pop.forget(&QueueKey { group, topic: topic.name, queue_id });
         Ok(v2::UpdateOffsetResponse { status: Some(ok()) })
@@ -544,7 +583,10 @@ impl Messaging {
         let (topic, queue_id) = self.queue_of(req.message_queue.as_ref()).await?;
         match self.backend.consumer_offset(&group, &topic.name, queue_id).await.map_err(|e| from_backend(&e))? {
             Some(offset) => Ok(v2::GetOffsetResponse { status: Some(ok()), offset: offset as i64 }),
-            None => Err(status(Code::OffsetNotFound, format!("group {group} has no offset for {} queue {queue_id}", topic.name))),
+            None => Err(status(
+                Code::OffsetNotFound,
+                format!("group {group} has no offset for {} queue {queue_id}", topic.name),
+            )),
         }
     }
 
@@ -558,7 +600,10 @@ impl Messaging {
     }
 
     /// Validated receive parameters, or the status to answer with.
-    async fn receive_plan(&self, req: &v2::ReceiveMessageRequest) -> Result<(String, TopicInfo, u32, Subscription, u32, u64), v2::Status> {
+    async fn receive_plan(
+        &self,
+        req: &v2::ReceiveMessageRequest,
+    ) -> Result<(String, TopicInfo, u32, Subscription, u32, u64), v2::Status> {
         let group = validate_group(req.group.as_ref())?;
         let mq = req.message_queue.as_ref().ok_or_else(|| status(Code::BadRequest, "message_queue is required"))?;
         let topic = self.topic(mq.topic.as_ref()).await?;
@@ -584,13 +629,22 @@ impl Messaging {
         let before = self.receives_in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = StreamGuard(self.receives_in_flight.clone());
         if before >= self.config.receives_in_flight_max {
-            return Err(status(Code::TooManyRequests, format!("more than {} receives in progress; retry", self.config.receives_in_flight_max)));
+            return Err(status(
+                Code::TooManyRequests,
+                format!("more than {} receives in progress; retry", self.config.receives_in_flight_max),
+            ));
         }
         Ok(guard)
     }
 
-    async fn receive_impl(&self, req: v2::ReceiveMessageRequest, client_deadline: Option<Duration>) -> Vec<v2::ReceiveMessageResponse> {
-        let one = |s: v2::Status| vec![v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) }];
+    async fn receive_impl(
+        &self,
+        req: v2::ReceiveMessageRequest,
+        client_deadline: Option<Duration>,
+    ) -> Vec<v2::ReceiveMessageResponse> {
+        let one = |s: v2::Status| {
+            vec![v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) }]
+        };
         let _slot = match self.receive_slot() {
             Ok(slot) => slot,
             Err(s) => return one(s),
@@ -667,7 +721,9 @@ impl Messaging {
                 // check again shortly rather than spin.
                 tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
             } else {
-                let waits = cursors.iter().map(|&(q, cursor)| Box::pin(self.backend.wait_for_new(&topic.name, q, cursor, wait)));
+                let waits = cursors
+                    .iter()
+                    .map(|&(q, cursor)| Box::pin(self.backend.wait_for_new(&topic.name, q, cursor, wait)));
                 tokio::select! {
                     (first, _, _) = futures::future::select_all(waits) => {
                         if let Err(e) = first {
@@ -686,7 +742,9 @@ impl Messaging {
         for d in delivered {
             let delivery = Delivery { receipt_handle: d.handle.encode(), attempt: d.handle.attempt, invisible_ms };
             let wire = message_codec::to_wire(&d.message, topic.message_type, &namespace, Some(&delivery));
-            out.push(v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Message(wire)) });
+            out.push(v2::ReceiveMessageResponse {
+                content: Some(v2::receive_message_response::Content::Message(wire)),
+            });
         }
         out.push(v2::ReceiveMessageResponse {
             content: Some(v2::receive_message_response::Content::DeliveryTimestamp(to_timestamp(delivery_started_ms))),
@@ -847,7 +905,8 @@ impl MessagingService for Messaging {
             Err(s) => return reply(Err(s)),
         };
         let req = request.into_inner();
-        let consumer = req.client_type == v2::ClientType::PushConsumer as i32 || req.client_type == v2::ClientType::SimpleConsumer as i32;
+        let consumer = req.client_type == v2::ClientType::PushConsumer as i32
+            || req.client_type == v2::ClientType::SimpleConsumer as i32;
         let group = if consumer {
             match validate_group(req.group.as_ref()) {
                 Ok(g) => Some(g),
@@ -866,7 +925,10 @@ impl MessagingService for Messaging {
         reply(self.send_message_impl(request.into_inner()).await)
     }
 
-    async fn query_assignment(&self, request: Request<v2::QueryAssignmentRequest>) -> RpcResult<v2::QueryAssignmentResponse> {
+    async fn query_assignment(
+        &self,
+        request: Request<v2::QueryAssignmentRequest>,
+    ) -> RpcResult<v2::QueryAssignmentResponse> {
         require_client_id!(request, v2::QueryAssignmentResponse);
         let reached = request.local_addr();
         let local = self.query_assignment_impl(request.get_ref().clone()).await.map(|mut answer| {
@@ -890,7 +952,10 @@ impl MessagingService for Messaging {
 
     type ReceiveMessageStream = BoxStream<v2::ReceiveMessageResponse>;
 
-    async fn receive_message(&self, request: Request<v2::ReceiveMessageRequest>) -> RpcResult<Self::ReceiveMessageStream> {
+    async fn receive_message(
+        &self,
+        request: Request<v2::ReceiveMessageRequest>,
+    ) -> RpcResult<Self::ReceiveMessageStream> {
         if let Err(s) = client_id(&request) {
             let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
             return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))));
@@ -902,14 +967,20 @@ impl MessagingService for Messaging {
                 return match client.receive_message(forward::forward_request(request)).await {
                     Ok(upstream) => Ok(Response::new(Box::pin(upstream.into_inner()))),
                     Err(e) => {
-                        let s = status(Code::HaNotAvailable, format!("leader {leader} unreachable from this follower: {}", e.message()));
-                        let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
+                        let s = status(
+                            Code::HaNotAvailable,
+                            format!("leader {leader} unreachable from this follower: {}", e.message()),
+                        );
+                        let only = v2::ReceiveMessageResponse {
+                            content: Some(v2::receive_message_response::Content::Status(s)),
+                        };
                         Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))))
                     }
                 };
             }
             LeaderRoute::Unavailable(s) => {
-                let only = v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
+                let only =
+                    v2::ReceiveMessageResponse { content: Some(v2::receive_message_response::Content::Status(s)) };
                 return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))));
             }
         }
@@ -962,13 +1033,19 @@ impl MessagingService for Messaging {
         reply(self.query_offset_impl(request.into_inner()).await)
     }
 
-    async fn end_transaction(&self, _request: Request<v2::EndTransactionRequest>) -> RpcResult<v2::EndTransactionResponse> {
+    async fn end_transaction(
+        &self,
+        _request: Request<v2::EndTransactionRequest>,
+    ) -> RpcResult<v2::EndTransactionResponse> {
         unsupported("EndTransaction (transactional messages)")
     }
 
     type TelemetryStream = BoxStream<v2::TelemetryCommand>;
 
-    async fn telemetry(&self, request: Request<tonic::Streaming<v2::TelemetryCommand>>) -> RpcResult<Self::TelemetryStream> {
+    async fn telemetry(
+        &self,
+        request: Request<tonic::Streaming<v2::TelemetryCommand>>,
+    ) -> RpcResult<Self::TelemetryStream> {
         let id = match client_id(&request) {
             Ok(id) => id,
             Err(s) => {
@@ -979,7 +1056,10 @@ impl MessagingService for Messaging {
         let open = self.telemetry_streams.fetch_add(1, Ordering::SeqCst);
         if open >= self.config.telemetry_streams_max {
             self.telemetry_streams.fetch_sub(1, Ordering::SeqCst);
-            let only = v2::TelemetryCommand { status: Some(status(Code::TooManyRequests, "too many telemetry streams")), command: None };
+            let only = v2::TelemetryCommand {
+                status: Some(status(Code::TooManyRequests, "too many telemetry streams")),
+                command: None,
+            };
             return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(only)]))));
         }
         let guard = StreamGuard(self.telemetry_streams.clone());
@@ -1023,7 +1103,10 @@ impl MessagingService for Messaging {
         reply(self.change_invisible_impl(request.into_inner()).await)
     }
 
-    async fn recall_message(&self, _request: Request<v2::RecallMessageRequest>) -> RpcResult<v2::RecallMessageResponse> {
+    async fn recall_message(
+        &self,
+        _request: Request<v2::RecallMessageRequest>,
+    ) -> RpcResult<v2::RecallMessageResponse> {
         unsupported("RecallMessage")
     }
 

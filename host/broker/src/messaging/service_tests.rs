@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use wasmq_proto::apache::rocketmq::v2 as v2;
 use v2::messaging_service_client::MessagingServiceClient;
+use wasmq_proto::apache::rocketmq::v2;
 
 use super::backend::{GroupMember, MessagingBackend, RouteInfo, TopicMessageType};
 use super::fake::FakeBackend;
@@ -154,9 +154,20 @@ fn handle(m: &v2::Message) -> String {
     m.system_properties.as_ref().unwrap().receipt_handle.clone().unwrap()
 }
 
-async fn ack(c: &mut MessagingServiceClient<Channel>, group: &str, topic: &str, handles: &[String]) -> v2::AckMessageResponse {
-    let entries = handles.iter().map(|h| v2::AckMessageEntry { message_id: String::new(), receipt_handle: h.clone(), lite_topic: None }).collect();
-    c.ack_message(req(v2::AckMessageRequest { group: resource(group), topic: resource(topic), entries })).await.unwrap().into_inner()
+async fn ack(
+    c: &mut MessagingServiceClient<Channel>,
+    group: &str,
+    topic: &str,
+    handles: &[String],
+) -> v2::AckMessageResponse {
+    let entries = handles
+        .iter()
+        .map(|h| v2::AckMessageEntry { message_id: String::new(), receipt_handle: h.clone(), lite_topic: None })
+        .collect();
+    c.ack_message(req(v2::AckMessageRequest { group: resource(group), topic: resource(topic), entries }))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test]
@@ -170,7 +181,11 @@ async fn query_route_lists_queues_and_pins_the_reached_member() {
         ],
     });
     let mut c = client(s.addr).await;
-    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None })).await.unwrap().into_inner();
+    let r = c
+        .query_route(req(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
     assert_eq!(r.message_queues.len(), 2);
     for (i, q) in r.message_queues.iter().enumerate() {
@@ -186,11 +201,23 @@ async fn query_route_lists_queues_and_pins_the_reached_member() {
         let ports: Vec<i32> = e.addresses.iter().map(|a| a.port).collect();
         assert_eq!(ports, vec![s.addr.port() as i32], "the reached member");
     }
-    let missing = c.query_route(req(v2::QueryRouteRequest { topic: resource("nope"), endpoints: None })).await.unwrap().into_inner();
+    let missing = c
+        .query_route(req(v2::QueryRouteRequest { topic: resource("nope"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(missing.status.unwrap().code, v2::Code::TopicNotFound as i32);
-    let bad = c.query_route(req(v2::QueryRouteRequest { topic: resource("no spaces"), endpoints: None })).await.unwrap().into_inner();
+    let bad = c
+        .query_route(req(v2::QueryRouteRequest { topic: resource("no spaces"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(bad.status.unwrap().code, v2::Code::IllegalTopic as i32);
-    let anonymous = c.query_route(tonic::Request::new(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None })).await.unwrap().into_inner();
+    let anonymous = c
+        .query_route(tonic::Request::new(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(anonymous.status.unwrap().code, v2::Code::ClientIdRequired as i32);
 }
 
@@ -198,11 +225,17 @@ async fn query_route_lists_queues_and_pins_the_reached_member() {
 async fn send_receive_filter_ack_round_trip() {
     let s = serve().await;
     let mut c = client(s.addr).await;
-    let msgs: Vec<_> = (0..20).map(|i| message("orders", &format!("m{i}"), if i % 2 == 0 { "A" } else { "B" }, format!("body-{i}").as_bytes())).collect();
+    let msgs: Vec<_> = (0..20)
+        .map(|i| {
+            message("orders", &format!("m{i}"), if i % 2 == 0 { "A" } else { "B" }, format!("body-{i}").as_bytes())
+        })
+        .collect();
     let sent = send(&mut c, msgs).await;
     assert_eq!(sent.status.unwrap().code, v2::Code::Ok as i32);
     assert_eq!(sent.entries.len(), 20);
-    assert!(sent.entries.iter().all(|e| e.status.as_ref().unwrap().code == v2::Code::Ok as i32 && !e.message_id.is_empty()));
+    assert!(
+        sent.entries.iter().all(|e| e.status.as_ref().unwrap().code == v2::Code::Ok as i32 && !e.message_id.is_empty())
+    );
 
     let mut got = Vec::new();
     for queue in 0..2 {
@@ -394,7 +427,11 @@ async fn telemetry_answers_settings_and_heartbeat_checks_groups() {
         status: None,
         command: Some(v2::telemetry_command::Command::Settings(v2::Settings {
             client_type: Some(v2::ClientType::Producer as i32),
-            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing { topics: vec![resource("orders").unwrap()], max_body_size: 1, validate_message_type: true })),
+            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                topics: vec![resource("orders").unwrap()],
+                max_body_size: 1,
+                validate_message_type: true,
+            })),
             ..Default::default()
         })),
     };
@@ -407,18 +444,29 @@ async fn telemetry_answers_settings_and_heartbeat_checks_groups() {
     assert_eq!(p.max_body_size, 4 * 1024 * 1024);
     drop(tx);
 
-    let hb = |client_type: v2::ClientType, group: Option<v2::Resource>| v2::HeartbeatRequest { group, client_type: client_type as i32 };
+    let hb = |client_type: v2::ClientType, group: Option<v2::Resource>| v2::HeartbeatRequest {
+        group,
+        client_type: client_type as i32,
+    };
     let ok = c.heartbeat(req(hb(v2::ClientType::SimpleConsumer, resource("G1")))).await.unwrap().into_inner();
     assert_eq!(ok.status.unwrap().code, v2::Code::Ok as i32);
     let bad = c.heartbeat(req(hb(v2::ClientType::PushConsumer, None))).await.unwrap().into_inner();
     assert_eq!(bad.status.unwrap().code, v2::Code::IllegalConsumerGroup as i32);
     let a = c
-        .query_assignment(req(v2::QueryAssignmentRequest { topic: resource("orders"), group: resource("G1"), endpoints: None }))
+        .query_assignment(req(v2::QueryAssignmentRequest {
+            topic: resource("orders"),
+            group: resource("G1"),
+            endpoints: None,
+        }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(a.assignments.len(), 2);
-    let t = c.notify_client_termination(req(v2::NotifyClientTerminationRequest { group: resource("G1") })).await.unwrap().into_inner();
+    let t = c
+        .notify_client_termination(req(v2::NotifyClientTerminationRequest { group: resource("G1") }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(t.status.unwrap().code, v2::Code::Ok as i32);
 }
 
@@ -439,7 +487,13 @@ fn mq(topic: &str, id: i32) -> Option<v2::MessageQueue> {
 }
 
 /// (status code, messages, next offset) of one PullMessage call.
-async fn pull(c: &mut MessagingServiceClient<Channel>, queue: i32, offset: i64, expr: &str, poll_ms: u64) -> (i32, Vec<v2::Message>, Option<i64>) {
+async fn pull(
+    c: &mut MessagingServiceClient<Channel>,
+    queue: i32,
+    offset: i64,
+    expr: &str,
+    poll_ms: u64,
+) -> (i32, Vec<v2::Message>, Option<i64>) {
     let r = v2::PullMessageRequest {
         group: resource("P1"),
         message_queue: mq("orders", queue),
@@ -465,7 +519,11 @@ async fn pull_and_consumer_managed_offsets() {
     let s = serve().await;
     let mut c = client(s.addr).await;
     let before = super::now_ms();
-    send(&mut c, (0..10).map(|i| message("orders", &format!("p{i}"), if i % 2 == 0 { "A" } else { "B" }, b"x")).collect()).await;
+    send(
+        &mut c,
+        (0..10).map(|i| message("orders", &format!("p{i}"), if i % 2 == 0 { "A" } else { "B" }, b"x")).collect(),
+    )
+    .await;
     let queue = 1; // the fake round-robins: queue 1 gets the even (tag A) messages
     let (code, msgs, next) = pull(&mut c, queue, 0, "*", 0).await;
     assert_eq!(code, v2::Code::Ok as i32);
@@ -473,14 +531,19 @@ async fn pull_and_consumer_managed_offsets() {
     assert!(msgs.iter().all(|m| m.system_properties.as_ref().unwrap().receipt_handle.is_none()));
     assert_eq!(next, Some(5));
     let (code, msgs, next) = pull(&mut c, queue, 0, "B", 200).await;
-    assert_eq!((code, msgs.len(), next), (v2::Code::MessageNotFound as i32, 0, Some(5)), "filtered all, offset advanced");
+    assert_eq!(
+        (code, msgs.len(), next),
+        (v2::Code::MessageNotFound as i32, 0, Some(5)),
+        "filtered all, offset advanced"
+    );
     let (code, _, _) = pull(&mut c, queue, -1, "*", 0).await;
     assert_eq!(code, v2::Code::IllegalOffset as i32);
 
     let get = |queue: i32| v2::GetOffsetRequest { group: resource("P1"), message_queue: mq("orders", queue) };
     let r = c.get_offset(req(get(queue))).await.unwrap().into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::OffsetNotFound as i32);
-    let update = |offset: i64| v2::UpdateOffsetRequest { group: resource("P1"), message_queue: mq("orders", queue), offset };
+    let update =
+        |offset: i64| v2::UpdateOffsetRequest { group: resource("P1"), message_queue: mq("orders", queue), offset };
     let r = c.update_offset(req(update(3))).await.unwrap().into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
     let r = c.get_offset(req(get(queue))).await.unwrap().into_inner();
@@ -499,7 +562,11 @@ async fn pull_and_consumer_managed_offsets() {
     assert_eq!(r.offset, 5);
     let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, Some(before)))).await.unwrap().into_inner();
     assert_eq!(r.offset, 0, "every message was stored after `before`");
-    let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, Some(super::now_ms() + 60_000)))).await.unwrap().into_inner();
+    let r = c
+        .query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, Some(super::now_ms() + 60_000))))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.offset, 5, "nothing stored in the future");
     let r = c.query_offset(req(query(v2::QueryOffsetPolicy::Timestamp, None))).await.unwrap().into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::BadRequest as i32);
@@ -519,9 +586,17 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     let mut c = client(follower.addr).await;
     // A topic only the leader has yet: the follower asks the leader.
     leader.backend.create_topic("fresh", 3, TopicMessageType::Normal);
-    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("fresh"), endpoints: None })).await.unwrap().into_inner();
+    let r = c
+        .query_route(req(v2::QueryRouteRequest { topic: resource("fresh"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((r.status.unwrap().code, r.message_queues.len()), (v2::Code::Ok as i32, 3));
-    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("nowhere"), endpoints: None })).await.unwrap().into_inner();
+    let r = c
+        .query_route(req(v2::QueryRouteRequest { topic: resource("nowhere"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::TopicNotFound as i32);
     let sent = send(&mut c, vec![message("orders", "fw", "A", b"via follower")]).await;
     assert_eq!(sent.status.unwrap().code, v2::Code::Ok as i32);
@@ -558,7 +633,11 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     assert_eq!(acked.status.unwrap().code, v2::Code::HaNotAvailable as i32);
     assert!(follower.backend.commits.lock().is_empty());
     // Reads that any member can serve still work.
-    let r = c.query_route(req(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None })).await.unwrap().into_inner();
+    let r = c
+        .query_route(req(v2::QueryRouteRequest { topic: resource("orders"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
 }
 

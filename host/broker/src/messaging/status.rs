@@ -2,8 +2,8 @@
 //! from backend errors. Errors travel inside responses with gRPC status OK, as the
 //! official clients expect; a gRPC error is only used when no response fits.
 
-use wasmq_proto::apache::rocketmq::v2 as v2;
 use v2::Code;
+use wasmq_proto::apache::rocketmq::v2;
 
 use super::backend::BackendError;
 

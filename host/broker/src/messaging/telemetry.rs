@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use wasmq_proto::apache::rocketmq::v2 as v2;
+use wasmq_proto::apache::rocketmq::v2;
 
 use super::backend::TopicMessageType;
 use super::message_codec::to_duration;
@@ -135,7 +135,8 @@ impl ClientRegistry {
         };
         match &reported.pub_sub {
             Some(v2::settings::PubSub::Subscription(s)) => {
-                let attempts = group.as_deref().map(|g| self.max_attempts(g)).unwrap_or(self.limits.max_attempts_default);
+                let attempts =
+                    group.as_deref().map(|g| self.max_attempts(g)).unwrap_or(self.limits.max_attempts_default);
                 answer.backoff_policy = Some(v2::RetryPolicy {
                     max_attempts: attempts as i32,
                     strategy: Some(v2::retry_policy::Strategy::CustomizedBackoff(v2::CustomizedBackoff {
@@ -197,7 +198,10 @@ mod tests {
         let r = ClientRegistry::new(TelemetryLimits::default());
         let reported = v2::Settings {
             client_type: Some(v2::ClientType::Producer as i32),
-            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing { max_body_size: 1 << 27, ..Default::default() })),
+            pub_sub: Some(v2::settings::PubSub::Publishing(v2::Publishing {
+                max_body_size: 1 << 27,
+                ..Default::default()
+            })),
             ..Default::default()
         };
         let a = r.answer("c1", &reported, &[], 4 << 20, 1);

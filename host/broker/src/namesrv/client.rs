@@ -14,9 +14,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 use wasmq_proto::wasmq::namesrv::name_server_client::NameServerClient;
-use wasmq_proto::wasmq::namesrv::{
-    BrokerHeartbeat, RegisterBrokerRequest, UnregisterBrokerRequest,
-};
+use wasmq_proto::wasmq::namesrv::{BrokerHeartbeat, RegisterBrokerRequest, UnregisterBrokerRequest};
 
 /// The broker heartbeat period RocketMQ-on-DLedger setups expect (name server expiry is 3×).
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
@@ -35,20 +33,13 @@ pub enum ClientError {
     #[error("{count} name server addresses, more than the limit of {NAMESRV_ADDRS_MAX}")]
     TooManyAddresses { count: usize },
     #[error("connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    Connect { addr: String, source: tonic::transport::Error },
 }
 
 /// Splits RocketMQ's `namesrvAddr` syntax (`host:port;host:port`, commas also accepted).
 pub fn parse_addrs(list: &str) -> Result<Vec<String>, ClientError> {
-    let addrs: Vec<String> = list
-        .split([';', ','])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let addrs: Vec<String> =
+        list.split([';', ',']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
     if addrs.is_empty() {
         return Err(ClientError::NoAddress);
     }
@@ -64,45 +55,22 @@ pub fn parse_addrs(list: &str) -> Result<Vec<String>, ClientError> {
 /// A gRPC endpoint for `host:port` (or a full `http://` URI) with connect and request
 /// timeouts of `timeout`.
 pub fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, ClientError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let has_port = uri
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let has_port = uri.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
     if !has_port {
-        return Err(ClientError::BadAddress {
-            addr: addr.into(),
-            reason: "expected host:port".into(),
-        });
+        return Err(ClientError::BadAddress { addr: addr.into(), reason: "expected host:port".into() });
     }
     Endpoint::from_shared(uri)
-        .map(|e| {
-            e.connect_timeout(timeout)
-                .timeout(timeout)
-                .tcp_nodelay(true)
-        })
-        .map_err(|e| ClientError::BadAddress {
-            addr: addr.into(),
-            reason: e.to_string(),
-        })
+        .map(|e| e.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true))
+        .map_err(|e| ClientError::BadAddress { addr: addr.into(), reason: e.to_string() })
 }
 
 /// Connects to one name server.
-pub async fn connect(
-    addr: &str,
-    timeout: Duration,
-) -> Result<NameServerClient<Channel>, ClientError> {
-    let channel =
-        endpoint(addr, timeout)?
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.into(),
-                source,
-            })?;
+pub async fn connect(addr: &str, timeout: Duration) -> Result<NameServerClient<Channel>, ClientError> {
+    let channel = endpoint(addr, timeout)?
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect { addr: addr.into(), source })?;
     Ok(NameServerClient::new(channel))
 }
 
@@ -153,12 +121,8 @@ where
     HeartbeatHandle { stop, tasks }
 }
 
-async fn heartbeat_loop<F>(
-    addr: String,
-    interval: Duration,
-    status_fn: Arc<F>,
-    mut stop: watch::Receiver<bool>,
-) where
+async fn heartbeat_loop<F>(addr: String, interval: Duration, status_fn: Arc<F>, mut stop: watch::Receiver<bool>)
+where
     F: Fn() -> BrokerHeartbeat + Send + Sync + 'static,
 {
     // A request must finish before the next tick is due.
@@ -182,14 +146,8 @@ async fn heartbeat_loop<F>(
             _ = stop.wait_for(|s| *s) => break,
         }
         let heartbeat = status_fn();
-        let key = (
-            heartbeat.cluster_name.clone(),
-            heartbeat.broker_name.clone(),
-            heartbeat.node_id.clone(),
-        );
-        let request = RegisterBrokerRequest {
-            broker: Some(heartbeat),
-        };
+        let key = (heartbeat.cluster_name.clone(), heartbeat.broker_name.clone(), heartbeat.node_id.clone());
+        let request = RegisterBrokerRequest { broker: Some(heartbeat) };
         match client.register_broker(request).await {
             Ok(_) => {
                 if failures > 0 {
@@ -210,11 +168,7 @@ async fn heartbeat_loop<F>(
         last = Some(key);
     }
     if let Some((cluster_name, broker_name, node_id)) = last {
-        let goodbye = client.unregister_broker(UnregisterBrokerRequest {
-            cluster_name,
-            broker_name,
-            node_id,
-        });
+        let goodbye = client.unregister_broker(UnregisterBrokerRequest { cluster_name, broker_name, node_id });
         match tokio::time::timeout(UNREGISTER_TIMEOUT, goodbye).await {
             Ok(Ok(_)) => info!(namesrv = %addr, "unregistered from name server"),
             Ok(Err(status)) => {
@@ -231,19 +185,10 @@ mod tests {
 
     #[test]
     fn parse_addrs_accepts_rocketmq_syntax() {
-        assert_eq!(
-            parse_addrs("127.0.0.1:9876; 127.0.0.1:9877,").unwrap(),
-            vec!["127.0.0.1:9876", "127.0.0.1:9877"]
-        );
+        assert_eq!(parse_addrs("127.0.0.1:9876; 127.0.0.1:9877,").unwrap(), vec!["127.0.0.1:9876", "127.0.0.1:9877"]);
         assert!(matches!(parse_addrs(" ; "), Err(ClientError::NoAddress)));
-        assert!(matches!(
-            parse_addrs("127.0.0.1"),
-            Err(ClientError::BadAddress { .. })
-        ));
+        assert!(matches!(parse_addrs("127.0.0.1"), Err(ClientError::BadAddress { .. })));
         let many = vec!["127.0.0.1:1"; NAMESRV_ADDRS_MAX + 1].join(";");
-        assert!(matches!(
-            parse_addrs(&many),
-            Err(ClientError::TooManyAddresses { .. })
-        ));
+        assert!(matches!(parse_addrs(&many), Err(ClientError::TooManyAddresses { .. })));
     }
 }

@@ -48,15 +48,9 @@ impl Default for NamesrvConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("parse {path}: {source}")]
-    Parse {
-        path: String,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: String, source: Box<toml::de::Error> },
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
@@ -67,24 +61,17 @@ const BROKER_EXPIRY_MS_MAX: u64 = 600_000;
 
 impl NamesrvConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::from_toml_str(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                source,
-            },
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.display().to_string(), source },
             other => other,
         })
     }
 
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: NamesrvConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: "<string>".into(),
-            source: Box::new(source),
-        })?;
+        let config: NamesrvConfig = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: "<string>".into(), source: Box::new(source) })?;
         config.validate()?;
         Ok(config)
     }
@@ -96,18 +83,14 @@ impl NamesrvConfig {
                 self.broker_expiry_ms
             )));
         }
-        if self.expiry_sweep_interval_ms == 0
-            || self.expiry_sweep_interval_ms > self.broker_expiry_ms
-        {
+        if self.expiry_sweep_interval_ms == 0 || self.expiry_sweep_interval_ms > self.broker_expiry_ms {
             return Err(ConfigError::Invalid(format!(
                 "expirySweepIntervalMs = {} must be in [1, brokerExpiryMs = {}]",
                 self.expiry_sweep_interval_ms, self.broker_expiry_ms
             )));
         }
         if self.brokers_max == 0 || self.topics_per_broker_max == 0 {
-            return Err(ConfigError::Invalid(
-                "brokersMax and topicsPerBrokerMax must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("brokersMax and topicsPerBrokerMax must be at least 1".into()));
         }
         Ok(())
     }
@@ -142,10 +125,9 @@ mod tests {
 
     #[test]
     fn camel_case_keys_are_read() {
-        let config = NamesrvConfig::from_toml_str(
-            "listenPort = 19876\nbindAddress = \"0.0.0.0\"\nbrokerExpiryMs = 1500\n",
-        )
-        .unwrap();
+        let config =
+            NamesrvConfig::from_toml_str("listenPort = 19876\nbindAddress = \"0.0.0.0\"\nbrokerExpiryMs = 1500\n")
+                .unwrap();
         assert_eq!(config.listen_port, 19876);
         assert_eq!(config.listen_addr().to_string(), "0.0.0.0:19876");
         assert_eq!(config.broker_expiry(), Duration::from_millis(1500));

@@ -23,17 +23,12 @@ pub async fn run(ctx: BrokerContext) {
     }
     let core = ctx.core.clone();
     let raft_addr = if ctx.config.enable_d_leger_commit_log {
-        ctx.config
-            .dledger_self()
-            .map(|p| p.address)
-            .unwrap_or_default()
+        ctx.config.dledger_self().map(|p| p.address).unwrap_or_default()
     } else {
         String::new()
     };
     tracing::info!(namesrv = ?addrs, "registering with name servers");
-    let handle = client::spawn_heartbeat(addrs, HEARTBEAT_INTERVAL_DEFAULT, move || {
-        heartbeat(&core, &raft_addr)
-    });
+    let handle = client::spawn_heartbeat(addrs, HEARTBEAT_INTERVAL_DEFAULT, move || heartbeat(&core, &raft_addr));
     let mut shutdown = ctx.shutdown.clone();
     let _ = shutdown.wait_for(|stop| *stop).await;
     handle.stop().await;

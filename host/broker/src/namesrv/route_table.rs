@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use wasmq_proto::wasmq::namesrv::{
-    BrokerData, BrokerHeartbeat, BrokerNode, GetRouteResponse, QueueData, Role, TopicInfo,
-    TopicListEntry,
+    BrokerData, BrokerHeartbeat, BrokerNode, GetRouteResponse, QueueData, Role, TopicInfo, TopicListEntry,
 };
 
 /// Limits on what the table holds. Each bounds memory a misbehaving client could take.
@@ -77,11 +76,7 @@ impl RouteTable {
     pub fn new(limits: TableLimits, expiry: Duration) -> Self {
         assert!(limits.brokers_max > 0 && limits.topics_per_broker_max > 0);
         assert!(!expiry.is_zero());
-        RouteTable {
-            nodes: BTreeMap::new(),
-            limits,
-            expiry,
-        }
+        RouteTable { nodes: BTreeMap::new(), limits, expiry }
     }
 
     pub fn expiry(&self) -> Duration {
@@ -102,11 +97,7 @@ impl RouteTable {
     }
 
     /// Registers or refreshes one node. Returns whether the node is new (was not live).
-    pub fn register(
-        &mut self,
-        mut heartbeat: BrokerHeartbeat,
-        now: Instant,
-    ) -> Result<bool, RegisterError> {
+    pub fn register(&mut self, mut heartbeat: BrokerHeartbeat, now: Instant) -> Result<bool, RegisterError> {
         self.validate(&mut heartbeat)?;
         let key = NodeKey {
             cluster_name: heartbeat.cluster_name.clone(),
@@ -118,18 +109,10 @@ impl RouteTable {
             // Make room from expired entries before refusing a live node.
             self.expire(now);
             if self.nodes.len() >= self.limits.brokers_max {
-                return Err(RegisterError::TooManyBrokers {
-                    brokers_max: self.limits.brokers_max,
-                });
+                return Err(RegisterError::TooManyBrokers { brokers_max: self.limits.brokers_max });
             }
         }
-        self.nodes.insert(
-            key,
-            NodeEntry {
-                heartbeat,
-                last_heartbeat: now,
-            },
-        );
+        self.nodes.insert(key, NodeEntry { heartbeat, last_heartbeat: now });
         assert!(self.nodes.len() <= self.limits.brokers_max);
         Ok(!was_live)
     }
@@ -137,18 +120,14 @@ impl RouteTable {
     /// Checks a heartbeat against the limits and sorts its topics.
     fn validate(&self, hb: &mut BrokerHeartbeat) -> Result<(), RegisterError> {
         let limits = &self.limits;
-        for (what, value) in [
-            ("cluster name", &hb.cluster_name),
-            ("broker name", &hb.broker_name),
-            ("node id", &hb.node_id),
-        ] {
+        for (what, value) in
+            [("cluster name", &hb.cluster_name), ("broker name", &hb.broker_name), ("node id", &hb.node_id)]
+        {
             check_name(what, value, limits.name_bytes_max)?;
         }
-        for (what, value) in [
-            ("client address", &hb.client_addr),
-            ("raft address", &hb.raft_addr),
-            ("version", &hb.version),
-        ] {
+        for (what, value) in
+            [("client address", &hb.client_addr), ("raft address", &hb.raft_addr), ("version", &hb.version)]
+        {
             if value.len() > limits.address_bytes_max {
                 return Err(RegisterError::Invalid(format!(
                     "{what} is {} bytes, more than {}",
@@ -162,10 +141,7 @@ impl RouteTable {
         }
         match Role::try_from(hb.role) {
             Ok(Role::Unspecified) | Err(_) => {
-                return Err(RegisterError::Invalid(format!(
-                    "role {} is not valid",
-                    hb.role
-                )));
+                return Err(RegisterError::Invalid(format!("role {} is not valid", hb.role)));
             }
             Ok(_) => {}
         }
@@ -178,23 +154,15 @@ impl RouteTable {
         hb.topics.sort_by(|a, b| a.name.cmp(&b.name));
         for pair in hb.topics.windows(2) {
             if pair[0].name == pair[1].name {
-                return Err(RegisterError::Invalid(format!(
-                    "topic {} is reported twice",
-                    pair[0].name
-                )));
+                return Err(RegisterError::Invalid(format!("topic {} is reported twice", pair[0].name)));
             }
         }
         for topic in &hb.topics {
             check_name("topic", &topic.name, limits.name_bytes_max)?;
-            if topic.read_queue_nums > limits.queue_nums_max
-                || topic.write_queue_nums > limits.queue_nums_max
-            {
+            if topic.read_queue_nums > limits.queue_nums_max || topic.write_queue_nums > limits.queue_nums_max {
                 return Err(RegisterError::Invalid(format!(
                     "topic {}: queue counts {}/{} exceed {}",
-                    topic.name,
-                    topic.read_queue_nums,
-                    topic.write_queue_nums,
-                    limits.queue_nums_max
+                    topic.name, topic.read_queue_nums, topic.write_queue_nums, limits.queue_nums_max
                 )));
             }
         }
@@ -229,9 +197,8 @@ impl RouteTable {
         let mut groups: Vec<BrokerData> = Vec::new();
         // BTreeMap order is (cluster, broker, node), so groups arrive contiguous and sorted.
         for (key, entry) in self.live_nodes(now) {
-            let same_group = groups.last().is_some_and(|g| {
-                g.cluster_name == key.cluster_name && g.broker_name == key.broker_name
-            });
+            let same_group =
+                groups.last().is_some_and(|g| g.cluster_name == key.cluster_name && g.broker_name == key.broker_name);
             if !same_group {
                 groups.push(BrokerData {
                     cluster_name: key.cluster_name.clone(),
@@ -270,11 +237,7 @@ impl RouteTable {
             return None;
         }
         assert_eq!(queues.len(), brokers.len());
-        Some(GetRouteResponse {
-            topic: topic.to_string(),
-            queues,
-            brokers,
-        })
+        Some(GetRouteResponse { topic: topic.to_string(), queues, brokers })
     }
 
     /// Every topic some live node reports, sorted, with the clusters and groups serving it.
@@ -303,16 +266,10 @@ fn check_name(what: &str, value: &str, bytes_max: usize) -> Result<(), RegisterE
         return Err(RegisterError::Invalid(format!("{what} is empty")));
     }
     if value.len() > bytes_max {
-        return Err(RegisterError::Invalid(format!(
-            "{what} is {} bytes, more than {bytes_max}",
-            value.len()
-        )));
+        return Err(RegisterError::Invalid(format!("{what} is {} bytes, more than {bytes_max}", value.len())));
     }
     // RocketMQ's character set for topic and group names; also keeps table output sane.
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '%' | '|' | '.')))
-    {
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '%' | '|' | '.'))) {
         return Err(RegisterError::Invalid(format!(
             "{what} {value:?} contains {c:?}; allowed: letters, digits, - _ % | ."
         )));
@@ -321,18 +278,12 @@ fn check_name(what: &str, value: &str, bytes_max: usize) -> Result<(), RegisterE
 }
 
 fn find_topic<'a>(hb: &'a BrokerHeartbeat, topic: &str) -> Option<&'a TopicInfo> {
-    hb.topics
-        .binary_search_by(|t| t.name.as_str().cmp(topic))
-        .ok()
-        .map(|i| &hb.topics[i])
+    hb.topics.binary_search_by(|t| t.name.as_str().cmp(topic)).ok().map(|i| &hb.topics[i])
 }
 
 /// Leader first, then the most advanced replica.
 fn freshness(hb: &BrokerHeartbeat) -> (bool, u64, u64) {
-    let leads = matches!(
-        Role::try_from(hb.role),
-        Ok(Role::Leader) | Ok(Role::Standalone)
-    );
+    let leads = matches!(Role::try_from(hb.role), Ok(Role::Leader) | Ok(Role::Standalone));
     (leads, hb.term, hb.committed_index)
 }
 
@@ -388,18 +339,9 @@ mod tests {
     fn node_expires_after_missed_heartbeats_and_route_follows() {
         let mut t = table();
         let t0 = Instant::now();
-        assert!(
-            t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t0)
-                .unwrap()
-        );
-        assert!(
-            t.register(heartbeat("g0", "n1", Role::Follower, &[("T", 8)]), t0)
-                .unwrap()
-        );
-        assert!(
-            t.register(heartbeat("g1", "n0", Role::Leader, &[("T", 4)]), t0)
-                .unwrap()
-        );
+        assert!(t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t0).unwrap());
+        assert!(t.register(heartbeat("g0", "n1", Role::Follower, &[("T", 8)]), t0).unwrap());
+        assert!(t.register(heartbeat("g1", "n0", Role::Leader, &[("T", 4)]), t0).unwrap());
 
         let route = t.route("T", t0 + Duration::from_secs(1)).unwrap();
         assert_eq!(route.queues.len(), 2);
@@ -409,10 +351,7 @@ mod tests {
 
         // g0/n0 keeps heartbeating, the others stop.
         let t1 = t0 + Duration::from_millis(2500);
-        assert!(
-            !t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t1)
-                .unwrap()
-        );
+        assert!(!t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), t1).unwrap());
         let t2 = t0 + Duration::from_millis(3000);
         let route = t.route("T", t2).unwrap();
         assert_eq!(route.queues.len(), 1, "g1 expired: {route:?}");
@@ -443,8 +382,7 @@ mod tests {
         t.register(stale, now).unwrap();
         t.register(fresh, now).unwrap();
         assert_eq!(t.route("T", now).unwrap().queues[0].write_queue_nums, 16);
-        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now)
-            .unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now).unwrap();
         assert_eq!(t.route("T", now).unwrap().queues[0].write_queue_nums, 8);
         assert!(t.route("Other", now).is_none());
     }
@@ -453,13 +391,8 @@ mod tests {
     fn unregister_removes_at_once() {
         let mut t = table();
         let now = Instant::now();
-        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now)
-            .unwrap();
-        let key = NodeKey {
-            cluster_name: "DefaultCluster".into(),
-            broker_name: "g0".into(),
-            node_id: "n0".into(),
-        };
+        t.register(heartbeat("g0", "n0", Role::Leader, &[("T", 8)]), now).unwrap();
+        let key = NodeKey { cluster_name: "DefaultCluster".into(), broker_name: "g0".into(), node_id: "n0".into() };
         assert!(t.unregister(&key));
         assert!(!t.unregister(&key));
         assert!(t.route("T", now).is_none());
@@ -467,80 +400,51 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let limits = TableLimits {
-            brokers_max: 2,
-            topics_per_broker_max: 2,
-            ..TableLimits::default()
-        };
+        let limits = TableLimits { brokers_max: 2, topics_per_broker_max: 2, ..TableLimits::default() };
         let mut t = RouteTable::new(limits, Duration::from_secs(3));
         let now = Instant::now();
-        t.register(heartbeat("g0", "n0", Role::Leader, &[]), now)
-            .unwrap();
-        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now)
-            .unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[]), now).unwrap();
+        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now).unwrap();
         assert_eq!(
             t.register(heartbeat("g0", "n2", Role::Follower, &[]), now),
             Err(RegisterError::TooManyBrokers { brokers_max: 2 })
         );
         // Refreshing a known node is always allowed.
-        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now)
-            .unwrap();
+        t.register(heartbeat("g0", "n1", Role::Follower, &[]), now).unwrap();
         // Once a node lapses, its slot is reused.
         let later = now + Duration::from_secs(3);
-        t.register(heartbeat("g0", "n0", Role::Leader, &[]), later)
-            .unwrap();
-        t.register(heartbeat("g0", "n2", Role::Follower, &[]), later)
-            .unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[]), later).unwrap();
+        t.register(heartbeat("g0", "n2", Role::Follower, &[]), later).unwrap();
         assert_eq!(t.len(), 2);
 
         assert!(matches!(
-            t.register(
-                heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("B", 1), ("C", 1)]),
-                later
-            ),
-            Err(RegisterError::TooManyTopics {
-                count: 3,
-                topics_max: 2
-            })
+            t.register(heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("B", 1), ("C", 1)]), later),
+            Err(RegisterError::TooManyTopics { count: 3, topics_max: 2 })
         ));
         assert!(matches!(
-            t.register(
-                heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("A", 2)]),
-                later
-            ),
+            t.register(heartbeat("g0", "n0", Role::Leader, &[("A", 1), ("A", 2)]), later),
             Err(RegisterError::Invalid(_))
         ));
         assert!(matches!(
             t.register(heartbeat("g0", "n0", Role::Leader, &[("A", 5000)]), later),
             Err(RegisterError::Invalid(_))
         ));
-        assert!(matches!(
-            t.register(heartbeat("g 0", "n0", Role::Leader, &[]), later),
-            Err(RegisterError::Invalid(_))
-        ));
+        assert!(matches!(t.register(heartbeat("g 0", "n0", Role::Leader, &[]), later), Err(RegisterError::Invalid(_))));
         assert!(matches!(
             t.register(heartbeat("g0", "n0", Role::Unspecified, &[]), later),
             Err(RegisterError::Invalid(_))
         ));
         let mut no_addr = heartbeat("g0", "n0", Role::Leader, &[]);
         no_addr.client_addr.clear();
-        assert!(matches!(
-            t.register(no_addr, later),
-            Err(RegisterError::Invalid(_))
-        ));
+        assert!(matches!(t.register(no_addr, later), Err(RegisterError::Invalid(_))));
     }
 
     #[test]
     fn topic_list_merges_groups() {
         let mut t = table();
         let now = Instant::now();
-        t.register(
-            heartbeat("g0", "n0", Role::Leader, &[("B", 1), ("A", 1)]),
-            now,
-        )
-        .unwrap();
-        t.register(heartbeat("g1", "n0", Role::Leader, &[("A", 1)]), now)
-            .unwrap();
+        t.register(heartbeat("g0", "n0", Role::Leader, &[("B", 1), ("A", 1)]), now).unwrap();
+        t.register(heartbeat("g1", "n0", Role::Leader, &[("A", 1)]), now).unwrap();
         let list = t.topic_list(now);
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].name, "A");

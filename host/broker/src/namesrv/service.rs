@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use wasmq_proto::wasmq::namesrv::name_server_server::{NameServer, NameServerServer};
 use wasmq_proto::wasmq::namesrv::{
-    GetClusterInfoRequest, GetClusterInfoResponse, GetRouteRequest, GetRouteResponse,
-    GetTopicListRequest, GetTopicListResponse, RegisterBrokerRequest, RegisterBrokerResponse,
-    ShutdownRequest, ShutdownResponse, UnregisterBrokerRequest, UnregisterBrokerResponse,
+    GetClusterInfoRequest, GetClusterInfoResponse, GetRouteRequest, GetRouteResponse, GetTopicListRequest,
+    GetTopicListResponse, RegisterBrokerRequest, RegisterBrokerResponse, ShutdownRequest, ShutdownResponse,
+    UnregisterBrokerRequest, UnregisterBrokerResponse,
 };
 
 use super::config::NamesrvConfig;
@@ -49,10 +49,7 @@ impl NameServer for NameServerService {
         &self,
         request: Request<RegisterBrokerRequest>,
     ) -> Result<Response<RegisterBrokerResponse>, Status> {
-        let heartbeat = request
-            .into_inner()
-            .broker
-            .ok_or_else(|| Status::invalid_argument("missing broker"))?;
+        let heartbeat = request.into_inner().broker.ok_or_else(|| Status::invalid_argument("missing broker"))?;
         let who = format!(
             "{}/{}/{} at {}",
             heartbeat.cluster_name, heartbeat.broker_name, heartbeat.node_id, heartbeat.client_addr
@@ -69,9 +66,7 @@ impl NameServer for NameServerService {
         if is_new {
             info!(broker = %who, role, "broker registered");
         }
-        Ok(Response::new(RegisterBrokerResponse {
-            expiry_ms: u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX),
-        }))
+        Ok(Response::new(RegisterBrokerResponse { expiry_ms: u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX) }))
     }
 
     async fn unregister_broker(
@@ -79,11 +74,7 @@ impl NameServer for NameServerService {
         request: Request<UnregisterBrokerRequest>,
     ) -> Result<Response<UnregisterBrokerResponse>, Status> {
         let r = request.into_inner();
-        let key = NodeKey {
-            cluster_name: r.cluster_name,
-            broker_name: r.broker_name,
-            node_id: r.node_id,
-        };
+        let key = NodeKey { cluster_name: r.cluster_name, broker_name: r.broker_name, node_id: r.node_id };
         let removed = self.table.lock().unregister(&key);
         if removed {
             info!(cluster = %key.cluster_name, broker = %key.broker_name, node = %key.node_id,
@@ -92,18 +83,13 @@ impl NameServer for NameServerService {
         Ok(Response::new(UnregisterBrokerResponse { removed }))
     }
 
-    async fn get_route(
-        &self,
-        request: Request<GetRouteRequest>,
-    ) -> Result<Response<GetRouteResponse>, Status> {
+    async fn get_route(&self, request: Request<GetRouteRequest>) -> Result<Response<GetRouteResponse>, Status> {
         let topic = request.into_inner().topic;
         if topic.is_empty() {
             return Err(Status::invalid_argument("topic is empty"));
         }
         let route = self.table.lock().route(&topic, Instant::now());
-        route
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no live broker serves topic {topic}")))
+        route.map(Response::new).ok_or_else(|| Status::not_found(format!("no live broker serves topic {topic}")))
     }
 
     async fn get_cluster_info(
@@ -125,10 +111,7 @@ impl NameServer for NameServerService {
         Ok(Response::new(GetTopicListResponse { topics }))
     }
 
-    async fn shutdown(
-        &self,
-        request: Request<ShutdownRequest>,
-    ) -> Result<Response<ShutdownResponse>, Status> {
+    async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
         // Only a local operator may stop the name server; the port may be reachable remotely.
         match request.remote_addr() {
             Some(peer) if peer.ip().is_loopback() => {
@@ -146,10 +129,7 @@ impl NameServer for NameServerService {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("name server transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("name server task panicked: {0}")]
@@ -198,40 +178,25 @@ impl RunningNamesrv {
 /// Binds `config.listen_addr()` and serves until shutdown is requested.
 pub async fn start(config: &NamesrvConfig) -> Result<RunningNamesrv, ServeError> {
     let addr = config.listen_addr();
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let table = Arc::new(Mutex::new(RouteTable::new(
-        config.limits(),
-        config.broker_expiry(),
-    )));
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+    let table = Arc::new(Mutex::new(RouteTable::new(config.limits(), config.broker_expiry())));
     let (shutdown, _) = watch::channel(false);
     let service = NameServerService::new(table.clone(), shutdown.clone());
 
     let mut stop = shutdown.subscribe();
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NameServerServer::new(service))
-            .serve_with_incoming_shutdown(incoming, async move {
+        tonic::transport::Server::builder().add_service(NameServerServer::new(service)).serve_with_incoming_shutdown(
+            incoming,
+            async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
-            }),
+            },
+        ),
     );
-    let sweeper = tokio::spawn(sweep(
-        table.clone(),
-        Duration::from_millis(config.expiry_sweep_interval_ms),
-    ));
+    let sweeper = tokio::spawn(sweep(table.clone(), Duration::from_millis(config.expiry_sweep_interval_ms)));
     info!(%local_addr, expiry_ms = config.broker_expiry_ms, "name server listening");
-    Ok(RunningNamesrv {
-        local_addr,
-        table,
-        shutdown,
-        server,
-        sweeper,
-    })
+    Ok(RunningNamesrv { local_addr, table, shutdown, server, sweeper })
 }
 
 /// Frees expired registrations. Reads already skip them; this only bounds memory and logs.

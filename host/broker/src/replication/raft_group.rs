@@ -134,18 +134,26 @@ impl RaftReplicator {
         let self_node = members
             .node_id(&cfg.self_id)
             .ok_or_else(|| bad(format!("self id `{}` is not among the members", cfg.self_id)))?;
-        let (hs_file, stored) = HardStateFile::open(&cfg.data_dir).map_err(|e| ReplicationError::Storage(e.to_string()))?;
-        let hard_state = HardState {
-            term: stored.term,
-            voted_for: stored.voted_for.as_deref().and_then(|id| members.node_id(id)),
-        };
+        let (hs_file, stored) =
+            HardStateFile::open(&cfg.data_dir).map_err(|e| ReplicationError::Storage(e.to_string()))?;
+        let hard_state =
+            HardState { term: stored.term, voted_for: stored.voted_for.as_deref().and_then(|id| members.node_id(id)) };
         let preferred_leader_id = match &cfg.preferred_leader {
             None => None,
-            Some(id) => Some(members.node_id(id).ok_or_else(|| bad(format!("preferred leader `{id}` is not a member")))?),
+            Some(id) => {
+                Some(members.node_id(id).ok_or_else(|| bad(format!("preferred leader `{id}` is not a member")))?)
+            }
         };
         let raft_config = RaftConfig { preferred_leader_id, rng_seed: rand::random(), ..cfg.raft.clone() };
-        let node = RaftNode::new(self_node, &members.node_ids(), raft_config, hard_state, CommitLogRaftLog::new(log.clone()), 0)
-            .map_err(|e| bad(e.to_string()))?;
+        let node = RaftNode::new(
+            self_node,
+            &members.node_ids(),
+            raft_config,
+            hard_state,
+            CommitLogRaftLog::new(log.clone()),
+            0,
+        )
+        .map_err(|e| bad(e.to_string()))?;
 
         let listen = listen_address(members.address(self_node)).map_err(bad)?;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -513,10 +521,17 @@ impl Driver {
         }
         match self.node.propose(&req.payloads) {
             Ok(p) => {
-                self.pending.push_back(PendingProposal { first: p.range.start, last: p.range.end - 1, term: p.term, reply: req.reply });
+                self.pending.push_back(PendingProposal {
+                    first: p.range.start,
+                    last: p.range.end - 1,
+                    term: p.term,
+                    reply: req.reply,
+                });
                 Ok(None)
             }
-            Err(RaftError::Propose(ProposeError::Backpressure { .. } | ProposeError::TransferInProgress)) => Ok(Some(req)),
+            Err(RaftError::Propose(ProposeError::Backpressure { .. } | ProposeError::TransferInProgress)) => {
+                Ok(Some(req))
+            }
             Err(RaftError::Propose(ProposeError::NotLeader { leader_hint })) => {
                 let leader_id = leader_hint.map(|l| self.members.name(l).to_string());
                 let _ = req.reply.send(Err(ReplicationError::NotLeader { leader_id }));
@@ -575,13 +590,15 @@ impl Driver {
 
         let last = self.log.last_index();
         if self.node.flushed_index() < last {
-            let flushed = if self.sync_flush { self.log.flush().map_err(|e| format!("commitlog flush: {e}"))? } else { last };
+            let flushed =
+                if self.sync_flush { self.log.flush().map_err(|e| format!("commitlog flush: {e}"))? } else { last };
             self.node.on_flushed(flushed.min(last)).map_err(err_text)?;
         }
 
         let ready = self.node.take_ready();
         if let Some(hs) = ready.hard_state {
-            let stored = StoredHardState { term: hs.term, voted_for: hs.voted_for.map(|v| self.members.name(v).to_string()) };
+            let stored =
+                StoredHardState { term: hs.term, voted_for: hs.voted_for.map(|v| self.members.name(v).to_string()) };
             self.hs_file.store(&stored).map_err(|e| format!("persist raft hard state: {e}"))?;
         }
         for (to, msg) in ready.messages {
@@ -589,7 +606,11 @@ impl Driver {
             if tx.try_send(msg).is_err() {
                 self.dropped_outbound += 1;
                 if self.dropped_outbound.is_power_of_two() {
-                    tracing::warn!(peer = self.members.name(to), dropped = self.dropped_outbound, "raft peer queue full, messages dropped");
+                    tracing::warn!(
+                        peer = self.members.name(to),
+                        dropped = self.dropped_outbound,
+                        "raft peer queue full, messages dropped"
+                    );
                 }
             }
         }
@@ -620,7 +641,8 @@ impl Driver {
             }
             let p = self.pending.pop_front().expect("front exists");
             let result = if lost {
-                let leader_id = self.node.leader_id().filter(|&l| l != self.node.id()).map(|l| self.members.name(l).to_string());
+                let leader_id =
+                    self.node.leader_id().filter(|&l| l != self.node.id()).map(|l| self.members.name(l).to_string());
                 Err(ReplicationError::NotLeader { leader_id })
             } else {
                 Ok(CommittedRange { first: p.first, last: p.last, term: p.term })

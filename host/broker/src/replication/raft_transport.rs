@@ -82,20 +82,29 @@ pub fn to_proto(msg: Message) -> pb::RaftMessage {
             prev_term,
             // `Vec::from(Bytes)` reuses the buffer when it is not shared (entries read for
             // one peer are not), so bodies are not copied again.
-            entries: entries.into_iter().map(|e| pb::Entry { index: e.index, term: e.term, data: Vec::from(e.data) }).collect(),
+            entries: entries
+                .into_iter()
+                .map(|e| pb::Entry { index: e.index, term: e.term, data: Vec::from(e.data) })
+                .collect(),
             commit,
         }),
-        Message::AppendResponse { term, success, match_index, durable_index, reject_prev_index, hint_index, hint_term } => {
-            Kind::AppendResponse(pb::AppendResponse {
-                term,
-                success,
-                match_index,
-                durable_index,
-                reject_prev_index,
-                hint_index,
-                hint_term,
-            })
-        }
+        Message::AppendResponse {
+            term,
+            success,
+            match_index,
+            durable_index,
+            reject_prev_index,
+            hint_index,
+            hint_term,
+        } => Kind::AppendResponse(pb::AppendResponse {
+            term,
+            success,
+            match_index,
+            durable_index,
+            reject_prev_index,
+            hint_index,
+            hint_term,
+        }),
         Message::Heartbeat { term, commit } => Kind::Heartbeat(pb::Heartbeat { term, commit }),
         Message::TimeoutNow { term } => Kind::TimeoutNow(pb::TimeoutNow { term }),
     };
@@ -108,13 +117,19 @@ pub fn from_proto(msg: pb::RaftMessage) -> Option<Message> {
     Some(match msg.kind? {
         Kind::PreVote(m) => Message::PreVote { term: m.term, last_index: m.last_index, last_term: m.last_term },
         Kind::PreVoteResponse(m) => Message::PreVoteResponse { term: m.term, granted: m.granted },
-        Kind::Vote(m) => Message::Vote { term: m.term, last_index: m.last_index, last_term: m.last_term, transfer: m.transfer },
+        Kind::Vote(m) => {
+            Message::Vote { term: m.term, last_index: m.last_index, last_term: m.last_term, transfer: m.transfer }
+        }
         Kind::VoteResponse(m) => Message::VoteResponse { term: m.term, granted: m.granted },
         Kind::Append(m) => Message::Append {
             term: m.term,
             prev_index: m.prev_index,
             prev_term: m.prev_term,
-            entries: m.entries.into_iter().map(|e| Entry { index: e.index, term: e.term, data: Bytes::from(e.data) }).collect(),
+            entries: m
+                .entries
+                .into_iter()
+                .map(|e| Entry { index: e.index, term: e.term, data: Bytes::from(e.data) })
+                .collect(),
             commit: m.commit,
         },
         Kind::AppendResponse(m) => Message::AppendResponse {
@@ -140,7 +155,12 @@ pub struct RaftPeerService {
 }
 
 impl RaftPeerService {
-    pub fn new(members: Arc<Members>, self_node: NodeId, inbox: mpsc::Sender<(NodeId, Message)>, dropped: Arc<AtomicU64>) -> Self {
+    pub fn new(
+        members: Arc<Members>,
+        self_node: NodeId,
+        inbox: mpsc::Sender<(NodeId, Message)>,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
         RaftPeerService { members, self_node, inbox, dropped }
     }
 
@@ -179,7 +199,9 @@ impl pb::raft_server::Raft for RaftPeerService {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(Status::unavailable("raft member is stopping")),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Status::unavailable("raft member is stopping"));
+                }
             }
         }
         Ok(Response::new(pb::DeliverReply { accepted }))
@@ -236,7 +258,8 @@ pub fn spawn_peer_sender(
                     Err(_) => break,
                 }
             }
-            let batch = pb::MessageBatch { group: group.clone(), from_id: from_id.clone(), to_id: to_id.clone(), messages };
+            let batch =
+                pb::MessageBatch { group: group.clone(), from_id: from_id.clone(), to_id: to_id.clone(), messages };
             match client.deliver(batch).await {
                 Ok(_) => {
                     if failures > 0 {

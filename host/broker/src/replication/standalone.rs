@@ -14,10 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use wasmq_storage::commitlog::CommitLog;
 
-use super::{
-    CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, ReplicationError, ReplicationStatus,
-    Replicator, Role,
-};
+use super::{CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, ReplicationError, ReplicationStatus, Replicator, Role};
 use crate::config::FlushDiskType;
 
 /// Proposals queued for the writer thread; more wait in `propose` (backpressure).
@@ -106,11 +103,7 @@ fn writer_loop(
                 let mut next = first_index;
                 for p in batch.drain(..) {
                     let n = p.payloads.len() as u64;
-                    let range = CommittedRange {
-                        first: next,
-                        last: next + n - 1,
-                        term,
-                    };
+                    let range = CommittedRange { first: next, last: next + n - 1, term };
                     next += n;
                     // A proposer that gave up (dropped its future) still had its entries
                     // committed; nothing to undo.
@@ -139,10 +132,7 @@ fn write_batch(
     batch: &[Proposal],
     entries: usize,
 ) -> Result<(EntryIndex, EntryIndex, u64), wasmq_storage::error::StorageError> {
-    let bodies: Vec<&[u8]> = batch
-        .iter()
-        .flat_map(|p| p.payloads.iter().map(|b| b.as_ref()))
-        .collect();
+    let bodies: Vec<&[u8]> = batch.iter().flat_map(|p| p.payloads.iter().map(|b| b.as_ref())).collect();
     assert_eq!(bodies.len(), entries);
     // Standalone nodes never change term; keep whatever the log has (0 when new).
     let term = log.last_term();
@@ -182,14 +172,7 @@ impl Replicator for StandaloneReplicator {
         let n = payloads.len() as u64;
         let (reply, reply_rx) = oneshot::channel();
         let queue = self.queue.read().clone().ok_or(ReplicationError::ShuttingDown)?;
-        queue
-            .send(Proposal {
-                payloads,
-                bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| ReplicationError::ShuttingDown)?;
+        queue.send(Proposal { payloads, bytes, reply }).await.map_err(|_| ReplicationError::ShuttingDown)?;
         let range = reply_rx.await.map_err(|_| ReplicationError::ShuttingDown)??;
         assert_eq!(range.len(), n);
         Ok(range)
@@ -262,8 +245,7 @@ mod tests {
                 let mut ranges = Vec::new();
                 for i in 0..50u32 {
                     let n = (i % 3 + 1) as usize;
-                    let payloads =
-                        (0..n).map(|k| Bytes::from(format!("{t}-{i}-{k}"))).collect();
+                    let payloads = (0..n).map(|k| Bytes::from(format!("{t}-{i}-{k}"))).collect();
                     ranges.push((t, i, r.propose(payloads).await.unwrap()));
                 }
                 ranges
@@ -291,10 +273,7 @@ mod tests {
             assert!(log.flushed_index() >= next - 1);
         }
         r.shutdown().await.unwrap();
-        assert!(matches!(
-            r.propose(vec![Bytes::from_static(b"x")]).await,
-            Err(ReplicationError::ShuttingDown)
-        ));
+        assert!(matches!(r.propose(vec![Bytes::from_static(b"x")]).await, Err(ReplicationError::ShuttingDown)));
         drop(r);
         drop(log);
         // Reopened: everything is there and counts as committed.
@@ -317,8 +296,7 @@ mod tests {
     async fn limits_are_rejected_before_writing() {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path(), FlushDiskType::AsyncFlush);
-        let r = StandaloneReplicator::start(log.clone(), "b".into(), FlushDiskType::AsyncFlush)
-            .unwrap();
+        let r = StandaloneReplicator::start(log.clone(), "b".into(), FlushDiskType::AsyncFlush).unwrap();
         assert!(matches!(r.propose(vec![]).await, Err(ReplicationError::Rejected(_))));
         let big = Bytes::from(vec![0u8; 64 * 1024 + 1]);
         assert!(matches!(r.propose(vec![big]).await, Err(ReplicationError::Rejected(_))));

@@ -64,10 +64,7 @@ pub struct Outcome {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UpgradeError + '_ {
-    move |e| UpgradeError::Io {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    }
+    move |e| UpgradeError::Io { path: path.to_path_buf(), why: e.to_string() }
 }
 
 fn with_suffix(dir: &Path, marker: &str, ts: u64) -> PathBuf {
@@ -80,35 +77,20 @@ fn with_suffix(dir: &Path, marker: &str, ts: u64) -> PathBuf {
 pub fn perform(plan: &Plan) -> Result<Outcome, UpgradeError> {
     if !plan.accepted() {
         return Err(UpgradeError::Refused(
-            plan.findings
-                .iter()
-                .filter(|f| f.level == super::plan::Level::Error)
-                .map(|f| f.text.clone())
-                .collect(),
+            plan.findings.iter().filter(|f| f.level == super::plan::Level::Error).map(|f| f.text.clone()).collect(),
         ));
     }
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let src = plan.source_node();
-    let members: Vec<String> = plan.new[0]
-        .config
-        .dledger_peers()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let members: Vec<String> =
+        plan.new[0].config.dledger_peers().unwrap_or_default().into_iter().map(|p| p.id).collect();
 
     // Old dirs to back up: each root, plus its commitlog dir when it lives elsewhere.
     let mut backups: Vec<(PathBuf, PathBuf)> = Vec::new();
     for o in &plan.old {
         let root = o.config.store_root();
         for dir in [root.clone(), o.log_dir.clone()] {
-            if (dir == root || !dir.starts_with(&root))
-                && dir.exists()
-                && !backups.iter().any(|(d, _)| d == &dir)
-            {
+            if (dir == root || !dir.starts_with(&root)) && dir.exists() && !backups.iter().any(|(d, _)| d == &dir) {
                 backups.push((dir.clone(), with_suffix(&dir, BACKUP_MARKER, ts)));
             }
         }
@@ -132,10 +114,7 @@ pub fn perform(plan: &Plan) -> Result<Outcome, UpgradeError> {
             let root = n.config.store_root();
             let staging = with_suffix(&root, STAGING_MARKER, ts);
             if staging.exists() {
-                return Err(UpgradeError::Io {
-                    path: staging,
-                    why: "staging directory exists already".into(),
-                });
+                return Err(UpgradeError::Io { path: staging, why: "staging directory exists already".into() });
             }
             staged.push((staging.clone(), root));
             copy_dir(&src.log_dir, &staging.join("log"))?;
@@ -187,24 +166,16 @@ pub fn perform(plan: &Plan) -> Result<Outcome, UpgradeError> {
         timestamp: ts,
         source_node: src.id.clone(),
         entries_copied: src.extent.entries,
-        new_stores: plan
-            .new
-            .iter()
-            .map(|n| (n.id.clone(), n.config.store_root()))
-            .collect(),
+        new_stores: plan.new.iter().map(|n| (n.id.clone(), n.config.store_root())).collect(),
         backups: manifest.backups,
     })
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), UpgradeError> {
-    std::fs::rename(from, to).map_err(|e| UpgradeError::Io {
-        path: from.to_path_buf(),
-        why: format!("rename to {}: {e}", to.display()),
-    })?;
+    std::fs::rename(from, to)
+        .map_err(|e| UpgradeError::Io { path: from.to_path_buf(), why: format!("rename to {}: {e}", to.display()) })?;
     if let Some(parent) = to.parent() {
-        std::fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io(parent))?;
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
     }
     Ok(())
 }
@@ -232,9 +203,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), UpgradeError> {
             copy_dir(&path, &target)?;
         } else if kind.is_file() {
             std::fs::copy(&path, &target).map_err(io(&path))?;
-            std::fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&target))?;
+            std::fs::File::open(&target).and_then(|f| f.sync_all()).map_err(io(&target))?;
         } else {
             return Err(UpgradeError::Io {
                 path,
@@ -242,27 +211,20 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), UpgradeError> {
             });
         }
     }
-    std::fs::File::open(to)
-        .and_then(|d| d.sync_all())
-        .map_err(io(to))
+    std::fs::File::open(to).and_then(|d| d.sync_all()).map_err(io(to))
 }
 
 /// Opens the staged copy the way the new broker will and checks it holds exactly the
 /// source's log.
-fn verify_copy(
-    log_dir: &Path,
-    new: &BrokerConfig,
-    src: &super::plan::OldNode,
-) -> Result<(), UpgradeError> {
+fn verify_copy(log_dir: &Path, new: &BrokerConfig, src: &super::plan::OldNode) -> Result<(), UpgradeError> {
     let mut cfg = CommitLogConfig::new(log_dir);
     cfg.segment_size_bytes = new.mapped_file_size_commit_log;
     // Largest body the segment allows: the copy must not be cut by a smaller limit here (the
     // plan checked maxMessageSize separately).
-    cfg.entry_size_max_bytes =
-        (new.mapped_file_size_commit_log - HEADER_SIZE as u64).min(u32::MAX as u64) as u32;
+    cfg.entry_size_max_bytes = (new.mapped_file_size_commit_log - HEADER_SIZE as u64).min(u32::MAX as u64) as u32;
     cfg.flush_mode = FlushMode::Sync;
-    let (log, _report) = CommitLog::open(cfg)
-        .map_err(|e| UpgradeError::Verify(format!("{}: {e}", log_dir.display())))?;
+    let (log, _report) =
+        CommitLog::open(cfg).map_err(|e| UpgradeError::Verify(format!("{}: {e}", log_dir.display())))?;
     let s = log.summary();
     let want = &src.extent;
     let same = if want.is_empty() {
@@ -273,8 +235,7 @@ fn verify_copy(
             && s.max_pos == want.max_pos
             && s.last_entry_crc == want.last_entry_crc
     };
-    log.close()
-        .map_err(|e| UpgradeError::Verify(e.to_string()))?;
+    log.close().map_err(|e| UpgradeError::Verify(e.to_string()))?;
     if !same {
         return Err(UpgradeError::Verify(format!(
             "copy in {} ends at entry {} term {} pos {} crc {:08x}, the source {} at entry {} term {} pos {} crc {:08x}",
@@ -310,26 +271,16 @@ pub fn finish(new_configs: &[PathBuf]) -> Result<FinishOutcome, UpgradeError> {
     let mut roots = Vec::new();
     let mut past = Vec::new();
     for path in new_configs {
-        let c = config::load(path)
-            .map_err(|e| UpgradeError::Config {
-                path: path.clone(),
-                why: e.to_string(),
-            })?
-            .config;
+        let c = config::load(path).map_err(|e| UpgradeError::Config { path: path.clone(), why: e.to_string() })?.config;
         let root = c.store_root();
         let mpath = root.join(MANIFEST_FILE);
         let size = std::fs::metadata(&mpath).map_err(io(&mpath))?.len();
         if size > MANIFEST_BYTES_MAX {
-            return Err(UpgradeError::Io {
-                path: mpath,
-                why: format!("{size} bytes, too big for a manifest"),
-            });
+            return Err(UpgradeError::Io { path: mpath, why: format!("{size} bytes, too big for a manifest") });
         }
         let text = std::fs::read(&mpath).map_err(io(&mpath))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| UpgradeError::Io {
-            path: mpath.clone(),
-            why: e.to_string(),
-        })?;
+        let m: Manifest =
+            serde_json::from_slice(&text).map_err(|e| UpgradeError::Io { path: mpath.clone(), why: e.to_string() })?;
         if let Some(first) = &manifest
             && first.timestamp != m.timestamp
         {
@@ -340,17 +291,11 @@ pub fn finish(new_configs: &[PathBuf]) -> Result<FinishOutcome, UpgradeError> {
                 first.timestamp
             )));
         }
-        let scan =
-            LogScan::open(&c.commit_log_dir(), c.mapped_file_size_commit_log).map_err(|e| {
-                UpgradeError::Scan {
-                    node: c.d_leger_self_id.clone(),
-                    why: e.to_string(),
-                }
-            })?;
-        if holds_past_end(&scan, &m).map_err(|e| UpgradeError::Scan {
-            node: c.d_leger_self_id.clone(),
-            why: e.to_string(),
-        })? {
+        let scan = LogScan::open(&c.commit_log_dir(), c.mapped_file_size_commit_log)
+            .map_err(|e| UpgradeError::Scan { node: c.d_leger_self_id.clone(), why: e.to_string() })?;
+        if holds_past_end(&scan, &m)
+            .map_err(|e| UpgradeError::Scan { node: c.d_leger_self_id.clone(), why: e.to_string() })?
+        {
             past.push(c.d_leger_self_id.clone());
         }
         roots.push(root);
@@ -368,10 +313,7 @@ pub fn finish(new_configs: &[PathBuf]) -> Result<FinishOutcome, UpgradeError> {
     }
     let mut removed = Vec::new();
     for b in &m.backups {
-        let name = b
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = b.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if !name.contains(BACKUP_MARKER) {
             return Err(UpgradeError::Usage(format!(
                 "manifest names {} as a backup, which lacks `{BACKUP_MARKER}`: not removing it",
@@ -387,11 +329,7 @@ pub fn finish(new_configs: &[PathBuf]) -> Result<FinishOutcome, UpgradeError> {
         let mpath = root.join(MANIFEST_FILE);
         std::fs::remove_file(&mpath).map_err(io(&mpath))?;
     }
-    Ok(FinishOutcome {
-        past_old_end: past,
-        members,
-        removed,
-    })
+    Ok(FinishOutcome { past_old_end: past, members, removed })
 }
 
 fn holds_past_end(scan: &LogScan, m: &Manifest) -> Result<bool, super::log_scan::ScanError> {
@@ -404,7 +342,5 @@ fn holds_past_end(scan: &LogScan, m: &Manifest) -> Result<bool, super::log_scan:
         }
         scan.next_entry_pos(m.old_max_pos)?
     };
-    Ok(
-        matches!(scan.entry_at(next_pos)?, Some(e) if e.index == m.old_last_index + 1 && e.term >= 1),
-    )
+    Ok(matches!(scan.entry_at(next_pos)?, Some(e) if e.index == m.old_last_index + 1 && e.term >= 1))
 }

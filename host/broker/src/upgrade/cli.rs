@@ -18,10 +18,7 @@ use super::plan::{self, Level, Plan, Request};
 pub const COMMANDS: [&str; 3] = ["upgradeCheck", "upgrade", "upgradeFinish"];
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "mqadmin",
-    about = "wasmq upgrade from a non-replicated cluster to a Raft group"
-)]
+#[command(name = "mqadmin", about = "wasmq upgrade from a non-replicated cluster to a Raft group")]
 struct UpgradeCli {
     #[command(subcommand)]
     command: Command,
@@ -84,11 +81,7 @@ pub fn dispatch(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write) -
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return Some(if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            });
+            return Some(if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS });
         }
     };
     Some(match run(cli.command, out) {
@@ -102,12 +95,7 @@ pub fn dispatch(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write) -
 }
 
 fn request(args: &PlanArgs, source: Option<String>) -> Request {
-    Request {
-        old: args.old.clone(),
-        new: args.new.clone(),
-        plugin_dir: args.plugin_dir.clone(),
-        source,
-    }
+    Request { old: args.old.clone(), new: args.new.clone(), plugin_dir: args.plugin_dir.clone(), source }
 }
 
 /// Ok(true) = accepted/done, Ok(false) = refused (already printed).
@@ -179,12 +167,7 @@ struct PlanJson<'a> {
     outcome: Option<&'a apply::Outcome>,
 }
 
-fn print_plan(
-    plan: &Plan,
-    json: bool,
-    outcome: Option<&apply::Outcome>,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+fn print_plan(plan: &Plan, json: bool, outcome: Option<&apply::Outcome>, out: &mut dyn Write) -> anyhow::Result<()> {
     let src = plan.source_node();
     if json {
         let j = PlanJson {
@@ -202,11 +185,7 @@ fn print_plan(
                     ranges: o.ranges.len(),
                 })
                 .collect(),
-            new: plan
-                .new
-                .iter()
-                .map(|n| (n.id.as_str(), n.config.store_root()))
-                .collect(),
+            new: plan.new.iter().map(|n| (n.id.as_str(), n.config.store_root())).collect(),
             divergences: &plan.divergences,
             findings: &plan.findings,
             validators: &plan.validators_run,
@@ -216,11 +195,7 @@ fn print_plan(
         return Ok(());
     }
     let group = &plan.new[0].config.d_leger_group;
-    writeln!(
-        out,
-        "upgrade plan: {} old node(s) -> Raft group `{group}`",
-        plan.old.len()
-    )?;
+    writeln!(out, "upgrade plan: {} old node(s) -> Raft group `{group}`", plan.old.len())?;
     writeln!(out, "old nodes (commitlogs read, not changed):")?;
     for o in &plan.old {
         let e = &o.extent;
@@ -246,16 +221,8 @@ fn print_plan(
             d.node, d.source, d.at.index, d.at.pos, d.node_entries_dropped, d.node
         )?;
     }
-    let why = if plan.source_was_chosen {
-        "chosen with --source"
-    } else {
-        "most complete"
-    };
-    writeln!(
-        out,
-        "source: {} ({why}), {} entries",
-        src.id, src.extent.entries
-    )?;
+    let why = if plan.source_was_chosen { "chosen with --source" } else { "most complete" };
+    writeln!(out, "source: {} ({why}), {} entries", src.id, src.extent.entries)?;
     writeln!(out, "new nodes:")?;
     for n in &plan.new {
         writeln!(
@@ -282,18 +249,12 @@ fn print_plan(
         }
     }
     match outcome {
-        None if plan.accepted() => writeln!(
-            out,
-            "verdict: ACCEPTED (run `mqadmin upgrade` with the same arguments to carry it out)"
-        )?,
+        None if plan.accepted() => {
+            writeln!(out, "verdict: ACCEPTED (run `mqadmin upgrade` with the same arguments to carry it out)")?
+        }
         None => writeln!(out, "verdict: REFUSED (nothing was changed)")?,
         Some(o) => {
-            writeln!(
-                out,
-                "verdict: DONE: {} entries copied to {} new store(s)",
-                o.entries_copied,
-                o.new_stores.len()
-            )?;
+            writeln!(out, "verdict: DONE: {} entries copied to {} new store(s)", o.entries_copied, o.new_stores.len())?;
             for b in &o.backups {
                 writeln!(out, "  backup kept: {}", b.display())?;
             }

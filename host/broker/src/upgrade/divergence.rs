@@ -31,11 +31,7 @@ pub struct Grid {
 }
 
 /// Builds the grid from the reference log and every node's extent.
-pub fn grid(
-    reference: &LogScan,
-    reference_extent: &LogExtent,
-    extents: &[&LogExtent],
-) -> Result<Grid, ScanError> {
+pub fn grid(reference: &LogScan, reference_extent: &LogExtent, extents: &[&LogExtent]) -> Result<Grid, ScanError> {
     let reserved = 2 * extents.len() + 2;
     let ranges_by_stride = (RANGES_PER_NODE_MAX - reserved.min(RANGES_PER_NODE_MAX / 2)) as u64;
     let stride = reference_extent.entries.div_ceil(ranges_by_stride).max(1);
@@ -53,35 +49,20 @@ pub fn grid(
     })?;
     bounds.sort_unstable();
     bounds.dedup();
-    assert!(
-        bounds.len() <= RANGES_PER_NODE_MAX + 1 + reserved,
-        "grid too fine: {}",
-        bounds.len()
-    );
+    assert!(bounds.len() <= RANGES_PER_NODE_MAX + 1 + reserved, "grid too fine: {}", bounds.len());
     Ok(Grid { bounds })
 }
 
 /// A node's checksums over the grid ranges it fully holds (`[start, end)` inside its
 /// `[min_pos, max_pos)`).
-pub fn range_checksums(
-    scan: &LogScan,
-    extent: &LogExtent,
-    grid: &Grid,
-) -> Result<Vec<RangeCrc>, ScanError> {
+pub fn range_checksums(scan: &LogScan, extent: &LogExtent, grid: &Grid) -> Result<Vec<RangeCrc>, ScanError> {
     let ranges: Vec<(u64, u64)> = grid
         .bounds
         .windows(2)
         .map(|w| (w[0], w[1]))
         .filter(|&(s, e)| s < e && s >= extent.min_pos && e <= extent.max_pos)
         .collect();
-    let mut out: Vec<RangeCrc> = ranges
-        .iter()
-        .map(|&(start, end)| RangeCrc {
-            start,
-            end,
-            crc32c: 0,
-        })
-        .collect();
+    let mut out: Vec<RangeCrc> = ranges.iter().map(|&(start, end)| RangeCrc { start, end, crc32c: 0 }).collect();
     if out.is_empty() {
         return Ok(out);
     }
@@ -132,14 +113,9 @@ pub fn find(
     // Ranges both hold, in order.
     let by_span: std::collections::HashMap<(u64, u64), RangeCrc> =
         node_ranges.iter().map(|n| ((n.start, n.end), *n)).collect();
-    let common: Vec<(RangeCrc, RangeCrc)> = ref_ranges
-        .iter()
-        .filter_map(|r| by_span.get(&(r.start, r.end)).map(|n| (*r, *n)))
-        .collect();
-    assert!(
-        common.windows(2).all(|w| w[0].0.end <= w[1].0.start),
-        "grid ranges are disjoint and ordered"
-    );
+    let common: Vec<(RangeCrc, RangeCrc)> =
+        ref_ranges.iter().filter_map(|r| by_span.get(&(r.start, r.end)).map(|n| (*r, *n))).collect();
+    assert!(common.windows(2).all(|w| w[0].0.end <= w[1].0.start), "grid ranges are disjoint and ordered");
     let mut prefix_ref = Vec::with_capacity(common.len());
     let mut prefix_node = Vec::with_capacity(common.len());
     let (mut a, mut b) = (0u32, 0u32);
@@ -170,11 +146,7 @@ pub fn find(
 }
 
 /// Walks both logs entry by entry from `pos` (an entry position on both, or the end of one).
-fn compare_from(
-    reference: &LogScan,
-    node: &LogScan,
-    mut pos: u64,
-) -> Result<Option<Divergence>, ScanError> {
+fn compare_from(reference: &LogScan, node: &LogScan, mut pos: u64) -> Result<Option<Divergence>, ScanError> {
     // Bounded: one iteration per entry of the shorter log from `pos`.
     loop {
         let r = entry_at_or_after_padding(reference, pos)?;
@@ -206,11 +178,7 @@ fn entry_at_or_after_padding(scan: &LogScan, pos: u64) -> Result<Option<EntryInf
         Some(e) => Ok(Some(e)),
         None => {
             let next = scan.next_entry_pos(pos)?;
-            if next == pos {
-                Ok(None)
-            } else {
-                scan.entry_at(next)
-            }
+            if next == pos { Ok(None) } else { scan.entry_at(next) }
         }
     }
 }

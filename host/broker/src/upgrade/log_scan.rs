@@ -23,19 +23,13 @@ const READ_BUFFER_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {why}")]
     Layout { path: PathBuf, why: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
-    move |source| ScanError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ScanError::Io { path: path.to_path_buf(), source }
 }
 
 /// One verified entry.
@@ -98,10 +92,8 @@ impl LogScan {
         assert!(segment_size_bytes >= HEADER_SIZE as u64);
         let seg_dir = log_dir.join("commitlog");
         let segments = if seg_dir.is_dir() {
-            mapped_file::list_numbered_files(&seg_dir).map_err(|e| ScanError::Layout {
-                path: seg_dir.clone(),
-                why: e.to_string(),
-            })?
+            mapped_file::list_numbered_files(&seg_dir)
+                .map_err(|e| ScanError::Layout { path: seg_dir.clone(), why: e.to_string() })?
         } else {
             Vec::new()
         };
@@ -119,9 +111,7 @@ impl LogScan {
             if len > segment_size_bytes || (!last && len != segment_size_bytes) {
                 return Err(ScanError::Layout {
                     path: path.clone(),
-                    why: format!(
-                        "segment is {len} bytes, mappedFileSizeCommitLog is {segment_size_bytes}"
-                    ),
+                    why: format!("segment is {len} bytes, mappedFileSizeCommitLog is {segment_size_bytes}"),
                 });
             }
             if i > 0 && segments[i - 1].0 + segment_size_bytes != *base {
@@ -131,11 +121,7 @@ impl LogScan {
                 });
             }
         }
-        Ok(LogScan {
-            dir: log_dir.to_path_buf(),
-            segment_size_bytes,
-            segments,
-        })
+        Ok(LogScan { dir: log_dir.to_path_buf(), segment_size_bytes, segments })
     }
 
     pub fn dir(&self) -> &Path {
@@ -149,10 +135,7 @@ impl LogScan {
     /// Visits every valid entry in log order; `visit` returning `false` stops early.
     /// Returns the extent of what was visited (the whole log unless stopped).
     pub fn scan(&self, mut visit: impl FnMut(&EntryInfo) -> bool) -> Result<LogExtent, ScanError> {
-        let mut extent = LogExtent {
-            segments: self.segments.len() as u64,
-            ..LogExtent::default()
-        };
+        let mut extent = LogExtent { segments: self.segments.len() as u64, ..LogExtent::default() };
         let mut prev: Option<EntryInfo> = None;
         let seg = self.segment_size_bytes;
         'segments: for (i, (base, path)) in self.segments.iter().enumerate() {
@@ -170,16 +153,14 @@ impl LogScan {
                 let got = room.min(HEADER_SIZE as u64) as usize;
                 reader.read_exact(&mut header[..got]).map_err(io(path))?;
                 let pos = base + off;
-                let decoded =
-                    frame::decode_frame(&header[..got], || format!("{} pos {pos}", path.display()));
+                let decoded = frame::decode_frame(&header[..got], || format!("{} pos {pos}", path.display()));
                 let h = match decoded {
                     Ok(Frame::Entry(h)) => h,
                     Ok(Frame::Blank) => continue 'segments,
                     Ok(Frame::Empty) => {
                         if i + 1 < self.segments.len() {
-                            extent.tail_problem = Some(format!(
-                                "never-written space at pos {pos}, but later segments exist (ignored)"
-                            ));
+                            extent.tail_problem =
+                                Some(format!("never-written space at pos {pos}, but later segments exist (ignored)"));
                         }
                         break 'segments;
                     }
@@ -194,13 +175,10 @@ impl LogScan {
                 }
                 body.resize(h.body_len(), 0);
                 if let Err(e) = reader.read_exact(&mut body) {
-                    extent.tail_problem =
-                        Some(format!("{} pos {pos}: body cut short: {e}", path.display()));
+                    extent.tail_problem = Some(format!("{} pos {pos}: body cut short: {e}", path.display()));
                     break 'segments;
                 }
-                if let Err(e) =
-                    frame::verify_body(&h, &body, || format!("{} pos {pos}", path.display()))
-                {
+                if let Err(e) = frame::verify_body(&h, &body, || format!("{} pos {pos}", path.display())) {
                     extent.tail_problem = Some(e.to_string());
                     break 'segments;
                 }
@@ -256,30 +234,20 @@ impl LogScan {
         }
         let got = (len - off).min(HEADER_SIZE as u64) as usize;
         let mut header = [0u8; HEADER_SIZE];
-        file.read_exact_at(&mut header[..got], off)
-            .map_err(io(path))?;
+        file.read_exact_at(&mut header[..got], off).map_err(io(path))?;
         let where_ = || format!("{} pos {pos}", path.display());
         let h = match frame::decode_frame(&header[..got], where_) {
             Ok(Frame::Entry(h)) => h,
             Ok(Frame::Blank | Frame::Empty) => return Ok(None),
             Err(e) => {
-                return Err(ScanError::Layout {
-                    path: path.clone(),
-                    why: e.to_string(),
-                });
+                return Err(ScanError::Layout { path: path.clone(), why: e.to_string() });
             }
         };
-        check_header(&h, pos, off, seg, None).map_err(|why| ScanError::Layout {
-            path: path.clone(),
-            why,
-        })?;
+        check_header(&h, pos, off, seg, None).map_err(|why| ScanError::Layout { path: path.clone(), why })?;
         let mut body = vec![0u8; h.body_len()];
-        file.read_exact_at(&mut body, off + HEADER_SIZE as u64)
-            .map_err(io(path))?;
-        frame::verify_body(&h, &body, where_).map_err(|e| ScanError::Layout {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+        file.read_exact_at(&mut body, off + HEADER_SIZE as u64).map_err(io(path))?;
+        frame::verify_body(&h, &body, where_)
+            .map_err(|e| ScanError::Layout { path: path.clone(), why: e.to_string() })?;
         Ok(Some(EntryInfo {
             index: h.index,
             term: h.term,
@@ -303,11 +271,7 @@ impl LogScan {
                 // Padding (or nothing yet): an entry there would have started the next segment
                 // only if the current one has a blank marker.
                 let next = base + seg;
-                if self.is_blank(end_pos)? {
-                    Ok(next)
-                } else {
-                    Ok(end_pos)
-                }
+                if self.is_blank(end_pos)? { Ok(next) } else { Ok(end_pos) }
             }
         }
     }
@@ -333,13 +297,7 @@ impl LogScan {
 }
 
 /// The checks recovery makes on a header beyond its CRC.
-fn check_header(
-    h: &EntryHeader,
-    pos: u64,
-    off: u64,
-    seg: u64,
-    prev: Option<&EntryInfo>,
-) -> Result<(), String> {
+fn check_header(h: &EntryHeader, pos: u64, off: u64, seg: u64, prev: Option<&EntryInfo>) -> Result<(), String> {
     if h.pos != pos {
         return Err(format!("frame says pos {}", h.pos));
     }

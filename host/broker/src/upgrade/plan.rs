@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wasmq_plugin::validation::{
-    Change, ChangeKind, NodeSummary, PluginVersion, RangeChecksum, Severity,
-};
+use wasmq_plugin::validation::{Change, ChangeKind, NodeSummary, PluginVersion, RangeChecksum, Severity};
 use wasmq_plugin::{PluginKind, PluginRegistry, RegistryConfig};
 
 use super::UpgradeError;
@@ -103,10 +101,8 @@ impl Plan {
 }
 
 fn load_config(path: &Path) -> Result<BrokerConfig, UpgradeError> {
-    let loaded = config::load(path).map_err(|e| UpgradeError::Config {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
+    let loaded =
+        config::load(path).map_err(|e| UpgradeError::Config { path: path.to_path_buf(), why: e.to_string() })?;
     Ok(loaded.config)
 }
 
@@ -119,23 +115,14 @@ pub fn old_node_id(c: &BrokerConfig) -> String {
 /// to a temporary directory that is removed again).
 pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
     if req.old.is_empty() || req.new.is_empty() {
-        return Err(UpgradeError::Usage(
-            "give at least one --old and one --new config".into(),
-        ));
+        return Err(UpgradeError::Usage("give at least one --old and one --new config".into()));
     }
     if req.old.len() > NODES_MAX || req.new.len() > NODES_MAX {
-        return Err(UpgradeError::Usage(format!(
-            "at most {NODES_MAX} --old and {NODES_MAX} --new configs"
-        )));
+        return Err(UpgradeError::Usage(format!("at most {NODES_MAX} --old and {NODES_MAX} --new configs")));
     }
     let mut findings = Vec::new();
     let mut wasmq = |level: Level, code: &str, text: String| {
-        findings.push(Finding {
-            level,
-            code: code.into(),
-            text,
-            by: "wasmq",
-        });
+        findings.push(Finding { level, code: code.into(), text, by: "wasmq" });
     };
 
     let mut old = Vec::new();
@@ -143,29 +130,17 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
         let config = load_config(path)?;
         let id = old_node_id(&config);
         if old.iter().any(|o: &OldNode| o.id == id) {
-            return Err(UpgradeError::Usage(format!(
-                "two --old configs are node {id} (same brokerName and brokerId)"
-            )));
+            return Err(UpgradeError::Usage(format!("two --old configs are node {id} (same brokerName and brokerId)")));
         }
         let log_dir = config.commit_log_dir();
-        let scan = LogScan::open(&log_dir, config.mapped_file_size_commit_log).map_err(|e| {
-            UpgradeError::Scan {
-                node: id.clone(),
-                why: e.to_string(),
-            }
-        })?;
-        let extent = scan.scan(|_| true).map_err(|e| UpgradeError::Scan {
-            node: id.clone(),
-            why: e.to_string(),
-        })?;
+        let scan = LogScan::open(&log_dir, config.mapped_file_size_commit_log)
+            .map_err(|e| UpgradeError::Scan { node: id.clone(), why: e.to_string() })?;
+        let extent = scan.scan(|_| true).map_err(|e| UpgradeError::Scan { node: id.clone(), why: e.to_string() })?;
         if config.enable_d_leger_commit_log {
             wasmq(
                 Level::Error,
                 "old-replicated",
-                format!(
-                    "old node {id} ({}) already has enableDLegerCommitLog = true",
-                    path.display()
-                ),
+                format!("old node {id} ({}) already has enableDLegerCommitLog = true", path.display()),
             );
         }
         if let Some(p) = &extent.tail_problem {
@@ -179,8 +154,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
             );
         }
         if let Ok(addr) = config.listen_addr()
-            && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(RUNNING_PROBE_MS))
-                .is_ok()
+            && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(RUNNING_PROBE_MS)).is_ok()
         {
             wasmq(
                 Level::Error,
@@ -190,58 +164,30 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
                 ),
             );
         }
-        old.push(OldNode {
-            id,
-            config_path: path.clone(),
-            config,
-            log_dir,
-            scan,
-            extent,
-            ranges: Vec::new(),
-        });
+        old.push(OldNode { id, config_path: path.clone(), config, log_dir, scan, extent, ranges: Vec::new() });
     }
 
     // Source: asked for, or the most complete (most entries, then latest term, then first given).
     let most_complete = (0..old.len())
-        .max_by_key(|&i| {
-            (
-                old[i].extent.last_index,
-                old[i].extent.last_term,
-                std::cmp::Reverse(i),
-            )
-        })
+        .max_by_key(|&i| (old[i].extent.last_index, old[i].extent.last_term, std::cmp::Reverse(i)))
         .expect("at least one old node");
     let source = match &req.source {
         None => most_complete,
-        Some(want) => old
-            .iter()
-            .position(|o| &o.id == want || o.config_path == Path::new(want))
-            .ok_or_else(|| {
-                UpgradeError::Usage(format!(
-                    "--source {want}: no --old node has that id or config path (ids: {})",
-                    old.iter()
-                        .map(|o| o.id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?,
+        Some(want) => old.iter().position(|o| &o.id == want || o.config_path == Path::new(want)).ok_or_else(|| {
+            UpgradeError::Usage(format!(
+                "--source {want}: no --old node has that id or config path (ids: {})",
+                old.iter().map(|o| o.id.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })?,
     };
 
     // Checksums on one grid, divergence against the source.
     let extents: Vec<&LogExtent> = old.iter().map(|o| &o.extent).collect();
-    let grid = divergence::grid(&old[source].scan, &old[source].extent, &extents).map_err(|e| {
-        UpgradeError::Scan {
-            node: old[source].id.clone(),
-            why: e.to_string(),
-        }
-    })?;
+    let grid = divergence::grid(&old[source].scan, &old[source].extent, &extents)
+        .map_err(|e| UpgradeError::Scan { node: old[source].id.clone(), why: e.to_string() })?;
     for o in old.iter_mut() {
-        o.ranges = divergence::range_checksums(&o.scan, &o.extent, &grid).map_err(|e| {
-            UpgradeError::Scan {
-                node: o.id.clone(),
-                why: e.to_string(),
-            }
-        })?;
+        o.ranges = divergence::range_checksums(&o.scan, &o.extent, &grid)
+            .map_err(|e| UpgradeError::Scan { node: o.id.clone(), why: e.to_string() })?;
     }
     let mut divergences = Vec::new();
     for (i, o) in old.iter().enumerate() {
@@ -249,13 +195,8 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
             continue;
         }
         let src = &old[source];
-        let found =
-            divergence::find((&src.scan, &src.ranges), (&o.scan, &o.ranges)).map_err(|e| {
-                UpgradeError::Scan {
-                    node: o.id.clone(),
-                    why: e.to_string(),
-                }
-            })?;
+        let found = divergence::find((&src.scan, &src.ranges), (&o.scan, &o.ranges))
+            .map_err(|e| UpgradeError::Scan { node: o.id.clone(), why: e.to_string() })?;
         if let Some(at) = found {
             let dropped = o.extent.last_index.saturating_sub(at.index) + 1;
             divergences.push(NodeDivergence {
@@ -292,9 +233,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
             wasmq(
                 Level::Error,
                 "commitlog-divergence",
-                format!(
-                    "{text}; pick the node to keep with --source (the others are repaired from it)"
-                ),
+                format!("{text}; pick the node to keep with --source (the others are repaired from it)"),
             );
         }
     }
@@ -315,10 +254,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
         wasmq(
             Level::Warning,
             "empty-source",
-            format!(
-                "source {} has an empty commitlog: the new group starts empty",
-                src.id
-            ),
+            format!("source {} has an empty commitlog: the new group starts empty", src.id),
         );
     }
 
@@ -331,33 +267,20 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
             wasmq(
                 Level::Error,
                 "new-not-replicated",
-                format!(
-                    "new node {} must set enableDLegerCommitLog = true",
-                    path.display()
-                ),
+                format!("new node {} must set enableDLegerCommitLog = true", path.display()),
             );
         }
         if let Err(e) = config.validate(path, config::StoreCheck::WithoutCreating) {
             wasmq(Level::Error, "new-config-invalid", format!("{e}"));
         }
         if new.iter().any(|n: &NewNode| n.id == id) {
-            wasmq(
-                Level::Error,
-                "duplicate-new-node",
-                format!("two --new configs have dLegerSelfId {id}"),
-            );
+            wasmq(Level::Error, "duplicate-new-node", format!("two --new configs have dLegerSelfId {id}"));
         }
-        new.push(NewNode {
-            id,
-            config_path: path.clone(),
-            config,
-        });
+        new.push(NewNode { id, config_path: path.clone(), config });
     }
     let first = &new[0].config;
     for n in &new[1..] {
-        if n.config.d_leger_group != first.d_leger_group
-            || n.config.d_leger_peers != first.d_leger_peers
-        {
+        if n.config.d_leger_group != first.d_leger_group || n.config.d_leger_peers != first.d_leger_peers {
             wasmq(
                 Level::Error,
                 "new-group-mismatch",
@@ -370,11 +293,8 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
         }
     }
     let peers = first.dledger_peers().unwrap_or_default();
-    let missing: Vec<&str> = peers
-        .iter()
-        .map(|p| p.id.as_str())
-        .filter(|id| !new.iter().any(|n| n.id == *id))
-        .collect();
+    let missing: Vec<&str> =
+        peers.iter().map(|p| p.id.as_str()).filter(|id| !new.iter().any(|n| n.id == *id)).collect();
     if !missing.is_empty() {
         wasmq(
             Level::Warning,
@@ -388,10 +308,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
     let old_roots: Vec<PathBuf> = old.iter().map(|o| o.config.store_root()).collect();
     // A store holding a manifest belongs to an upgrade that was not finished: upgrading it
     // again would back up the new copy and bury the real backups.
-    let roots_in_use = old_roots
-        .iter()
-        .cloned()
-        .chain(new.iter().map(|n| n.config.store_root()));
+    let roots_in_use = old_roots.iter().cloned().chain(new.iter().map(|n| n.config.store_root()));
     for root in roots_in_use.collect::<BTreeSet<_>>() {
         if root.join(super::apply::MANIFEST_FILE).exists() {
             wasmq(
@@ -417,11 +334,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
                 ),
             );
         }
-        let largest_old = old
-            .iter()
-            .map(|o| o.config.max_message_size)
-            .max()
-            .unwrap_or(0);
+        let largest_old = old.iter().map(|o| o.config.max_message_size).max().unwrap_or(0);
         if c.max_message_size < largest_old {
             wasmq(
                 Level::Error,
@@ -472,30 +385,18 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
     }
     let roots: BTreeSet<PathBuf> = new.iter().map(|n| n.config.store_root()).collect();
     if roots.len() != new.len() {
-        wasmq(
-            Level::Error,
-            "shared-store",
-            "two --new configs share a storePathRootDir".into(),
-        );
+        wasmq(Level::Error, "shared-store", "two --new configs share a storePathRootDir".into());
     }
 
     // Plugins.
     let mut validators_run = Vec::new();
     match &req.plugin_dir {
-        None => wasmq(
-            Level::Info,
-            "no-validators",
-            "no --plugin-dir: no upgrade-validator plugins ran".into(),
-        ),
+        None => wasmq(Level::Info, "no-validators", "no --plugin-dir: no upgrade-validator plugins ran".into()),
         Some(dir) => {
             let nodes: Vec<NodeSummary> = old
                 .iter()
                 .enumerate()
-                .filter(|(i, o)| {
-                    req.source.is_none()
-                        || *i == source
-                        || !divergences.iter().any(|d| d.node == o.id)
-                })
+                .filter(|(i, o)| req.source.is_none() || *i == source || !divergences.iter().any(|d| d.node == o.id))
                 .map(|(_, o)| node_summary(o))
                 .collect();
             let outcome = run_validators(dir, &old, source, &new, nodes)?;
@@ -503,15 +404,7 @@ pub fn check(req: &Request) -> Result<Plan, UpgradeError> {
             findings.extend(outcome.findings);
         }
     }
-    Ok(Plan {
-        old,
-        new,
-        source,
-        source_was_chosen: req.source.is_some(),
-        divergences,
-        findings,
-        validators_run,
-    })
+    Ok(Plan { old, new, source, source_was_chosen: req.source.is_some(), divergences, findings, validators_run })
 }
 
 fn describe(entry: Option<(u64, u32)>) -> String {
@@ -522,9 +415,7 @@ fn describe(entry: Option<(u64, u32)>) -> String {
 }
 
 fn dir_has_entries(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
+    std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
 }
 
 fn node_summary(o: &OldNode) -> NodeSummary {
@@ -537,24 +428,14 @@ fn node_summary(o: &OldNode) -> NodeSummary {
         last_index: o.extent.last_index,
         last_term: o.extent.last_term,
         last_entry_crc32c: o.extent.last_entry_crc,
-        checksums: o
-            .ranges
-            .iter()
-            .map(|r| RangeChecksum {
-                start: r.start,
-                end: r.end,
-                crc32c: r.crc32c,
-            })
-            .collect(),
+        checksums: o.ranges.iter().map(|r| RangeChecksum { start: r.start, end: r.end, crc32c: r.crc32c }).collect(),
     }
 }
 
 /// A config as the key/value pairs validators see (RocketMQ key names, values as text).
 pub fn config_pairs(c: &BrokerConfig) -> Vec<(String, String)> {
     let value = serde_json::to_value(c).expect("config serializes");
-    let serde_json::Value::Object(map) = value else {
-        unreachable!("config is a struct")
-    };
+    let serde_json::Value::Object(map) = value else { unreachable!("config is a struct") };
     map.into_iter()
         .map(|(k, v)| {
             let text = match v {
@@ -580,8 +461,7 @@ fn run_validators(
     new: &[NewNode],
     nodes: Vec<NodeSummary>,
 ) -> Result<ValidatorOutcome, UpgradeError> {
-    let cache =
-        std::env::temp_dir().join(format!("wasmq-upgrade-plugin-cache-{}", std::process::id()));
+    let cache = std::env::temp_dir().join(format!("wasmq-upgrade-plugin-cache-{}", std::process::id()));
     let mut cfg = RegistryConfig::new(dir, &cache);
     cfg.watch = false;
     let opened = PluginRegistry::open_with_report(cfg);
@@ -597,11 +477,8 @@ fn run_validators(
             });
         }
         let list = registry.list();
-        let validators: Vec<String> = list
-            .iter()
-            .filter(|p| p.kind == PluginKind::UpgradeValidator)
-            .map(|p| p.name.clone())
-            .collect();
+        let validators: Vec<String> =
+            list.iter().filter(|p| p.kind == PluginKind::UpgradeValidator).map(|p| p.name.clone()).collect();
         if validators.is_empty() {
             findings.push(Finding {
                 level: Level::Warning,
@@ -612,21 +489,14 @@ fn run_validators(
         }
         let versions: Vec<PluginVersion> = list
             .iter()
-            .map(|p| PluginVersion {
-                name: p.name.clone(),
-                kind: p.kind.as_str().into(),
-                sha256: p.sha256.clone(),
-            })
+            .map(|p| PluginVersion { name: p.name.clone(), kind: p.kind.as_str().into(), sha256: p.sha256.clone() })
             .collect();
         let mut seen = BTreeSet::new();
         for n in new {
             let change = Change {
                 kind: ChangeKind::EnableReplication,
                 old_config: config_pairs(
-                    &old.iter()
-                        .find(|o| o.config.store_root() == n.config.store_root())
-                        .unwrap_or(&old[source])
-                        .config,
+                    &old.iter().find(|o| o.config.store_root() == n.config.store_root()).unwrap_or(&old[source]).config,
                 ),
                 new_config: config_pairs(&n.config),
                 nodes: nodes.clone(),
@@ -643,12 +513,7 @@ fn run_validators(
                 };
                 refused &= level != Level::Error;
                 if seen.insert((f.code.clone(), f.text.clone())) {
-                    findings.push(Finding {
-                        level,
-                        code: f.code,
-                        text: f.text,
-                        by: "plugins",
-                    });
+                    findings.push(Finding { level, code: f.code, text: f.text, by: "plugins" });
                 }
             }
             if refused && seen.insert(("refused".into(), n.id.clone())) {
@@ -656,18 +521,12 @@ fn run_validators(
                 findings.push(Finding {
                     level: Level::Error,
                     code: "refused".into(),
-                    text: format!(
-                        "a validator refused the change for new node {} without an error finding",
-                        n.id
-                    ),
+                    text: format!("a validator refused the change for new node {} without an error finding", n.id),
                     by: "plugins",
                 });
             }
         }
-        Ok(ValidatorOutcome {
-            validators,
-            findings,
-        })
+        Ok(ValidatorOutcome { validators, findings })
     })();
     let _ = std::fs::remove_dir_all(&cache);
     result

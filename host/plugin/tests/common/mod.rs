@@ -13,8 +13,7 @@ pub fn init_tracing() {
     ONCE.call_once(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "wasmq_plugin=info".into()),
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "wasmq_plugin=info".into()),
             )
             .with_test_writer()
             .try_init();
@@ -172,8 +171,10 @@ pub fn filter_component(mode: FilterMode) -> Vec<u8> {
     };
     let host_imports = match mode {
         FilterMode::SleepSeconds(_) => "",
-        _ => r#"(import "wasmq:policy/host@0.1.0" "log" (func $log (param i32 i32 i32)))
-  (import "wasmq:policy/host@0.1.0" "config-get" (func $config_get (param i32 i32 i32)))"#,
+        _ => {
+            r#"(import "wasmq:policy/host@0.1.0" "log" (func $log (param i32 i32 i32)))
+  (import "wasmq:policy/host@0.1.0" "config-get" (func $config_get (param i32 i32 i32)))"#
+        }
     };
     let wat = format!(
         r#"(module
@@ -232,12 +233,8 @@ pub enum RouterMode {
 
 pub fn router_component(mode: RouterMode) -> Vec<u8> {
     // Return area at 16: u8 discriminant, payload at 20 (u32, or ptr+len).
-    let string_at_256 = |s: &str| {
-        format!(
-            "(data (i32.const 256) \"{}\")",
-            s.bytes().map(|b| format!("\\{b:02x}")).collect::<String>()
-        )
-    };
+    let string_at_256 =
+        |s: &str| format!("(data (i32.const 256) \"{}\")", s.bytes().map(|b| format!("\\{b:02x}")).collect::<String>());
     let (data, body, wants_body) = match &mode {
         RouterMode::Default => (String::new(), "(i32.store8 (i32.const 16) (i32.const 0))".to_owned(), 0),
         RouterMode::Queue(q) => (
@@ -318,13 +315,8 @@ pub fn validator_component() -> Vec<u8> {
     let code = "refused";
     let text = "plugin name refused by the test validator";
     // Finding at 64: severity (2 = error), code (ptr, len), text (ptr, len).
-    let finding = format!(
-        "\\02\\00\\00\\00{}{}{}{}",
-        le32(128),
-        le32(code.len() as u32),
-        le32(160),
-        le32(text.len() as u32)
-    );
+    let finding =
+        format!("\\02\\00\\00\\00{}{}{}{}", le32(128), le32(code.len() as u32), le32(160), le32(text.len() as u32));
     let wat = format!(
         r#"(module
   {ALLOCATOR}

@@ -60,9 +60,10 @@ impl Checker {
                         if self.commit_term[i] >= term {
                             continue;
                         }
-                        let e = node.log().entry(i as u64 + 1).unwrap_or_else(|| {
-                            panic!("leader {id} of term {term} lacks committed entry {}", i + 1)
-                        });
+                        let e = node
+                            .log()
+                            .entry(i as u64 + 1)
+                            .unwrap_or_else(|| panic!("leader {id} of term {term} lacks committed entry {}", i + 1));
                         assert!(
                             e.term == *t && e.data == *data,
                             "leader {id} of term {term} has a different entry at committed index {}",
@@ -81,10 +82,7 @@ impl Checker {
         let commit = node.commit_index();
         let slot = id as usize - 1;
         for index in self.checked[slot] + 1..=commit {
-            let e = node
-                .log()
-                .entry(index)
-                .unwrap_or_else(|| panic!("node {id} commit {commit} but no entry {index}"));
+            let e = node.log().entry(index).unwrap_or_else(|| panic!("node {id} commit {commit} but no entry {index}"));
             match self.committed_entry(index) {
                 Some((t, data)) => assert!(
                     *t == e.term && *data == e.data,

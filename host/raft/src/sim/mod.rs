@@ -19,7 +19,10 @@ pub use checker::Checker;
 pub use network::NetConfig;
 use network::Network;
 
-use crate::{HardState, MemLog, NodeId, Proposal, ProposeError, RaftConfig, RaftError, RaftLog, RaftNode, Ready, Role, TransferError};
+use crate::{
+    HardState, MemLog, NodeId, Proposal, ProposeError, RaftConfig, RaftError, RaftLog, RaftNode, Ready, Role,
+    TransferError,
+};
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -295,10 +298,8 @@ impl Sim {
     }
 
     pub fn transfer_leadership(&mut self, leader: NodeId, to: NodeId) -> Result<(), TransferError> {
-        let raft = self.nodes[leader as usize - 1]
-            .raft
-            .as_mut()
-            .ok_or(TransferError::NotLeader { leader_hint: None })?;
+        let raft =
+            self.nodes[leader as usize - 1].raft.as_mut().ok_or(TransferError::NotLeader { leader_hint: None })?;
         raft.transfer_leadership(to)?;
         self.drain(leader);
         Ok(())
@@ -404,7 +405,13 @@ impl Default for ChaosConfig {
             fault_interval_ms: 500,
             flush_interval_ms_max: 40,
             propose_probability: 0.05,
-            net: NetConfig { delay_ms_min: 1, delay_ms_max: 15, drop_probability: 0.02, duplicate_probability: 0.02, ..NetConfig::default() },
+            net: NetConfig {
+                delay_ms_min: 1,
+                delay_ms_max: 15,
+                drop_probability: 0.02,
+                duplicate_probability: 0.02,
+                ..NetConfig::default()
+            },
             raft: RaftConfig::default(),
         }
     }
@@ -429,7 +436,8 @@ pub fn run_chaos(seed: u64, cfg: &ChaosConfig) -> ChaosReport {
     let mut sim_cfg = SimConfig::new(cfg.node_count, seed);
     sim_cfg.net = cfg.net.clone();
     sim_cfg.raft = cfg.raft.clone();
-    sim_cfg.flush_interval_ms = ChaCha8Rng::seed_from_u64(seed ^ 0xF1A5).random_range(1..=cfg.flush_interval_ms_max.max(1));
+    sim_cfg.flush_interval_ms =
+        ChaCha8Rng::seed_from_u64(seed ^ 0xF1A5).random_range(1..=cfg.flush_interval_ms_max.max(1));
     let mut sim = Sim::new(sim_cfg);
     let ids = sim.node_ids();
     let n = ids.len();

@@ -21,7 +21,13 @@ pub struct NetConfig {
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig { delay_ms_min: 1, delay_ms_max: 10, drop_probability: 0.0, duplicate_probability: 0.0, in_flight_max: 200_000 }
+        NetConfig {
+            delay_ms_min: 1,
+            delay_ms_max: 10,
+            drop_probability: 0.0,
+            duplicate_probability: 0.0,
+            in_flight_max: 200_000,
+        }
     }
 }
 
@@ -79,7 +85,13 @@ impl Network {
             }
             let delay = rng.random_range(self.config.delay_ms_min..=self.config.delay_ms_max).max(1);
             self.seq += 1;
-            self.queue.push(Reverse(InFlight { deliver_at_ms: now_ms + delay, seq: self.seq, from, to, msg: msg.clone() }));
+            self.queue.push(Reverse(InFlight {
+                deliver_at_ms: now_ms + delay,
+                seq: self.seq,
+                from,
+                to,
+                msg: msg.clone(),
+            }));
         }
     }
 
