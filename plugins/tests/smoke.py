@@ -249,9 +249,19 @@ class Validator(unittest.TestCase):
         self.assertFalse(bad.accept)
         texts = [f.text for f in bad.findings if f.severity == "error"]
         self.assertTrue(any("n1 and n2 diverge at commitlog offset 100" in t for t in texts), texts)
+        # A rolling config change of an identity key is refused (clients and routes would
+        # lose the broker); the same key changing with the upgrade to replication only warns.
         cfg = validate(change("config", old_config=[("brokerClusterName", "A")], new_config=[("brokerClusterName", "B")]))
-        self.assertTrue(cfg.accept)
-        self.assertEqual([(f.severity, f.code) for f in cfg.findings], [("warning", "identity-config-change")])
+        self.assertFalse(cfg.accept)
+        self.assertEqual([(f.severity, f.code) for f in cfg.findings], [("error", "identity-config-change")])
+        upg = validate(change("enable-replication", [node(f"n{i}", 200, (20, 1, 7), same) for i in range(3)],
+                              old_config=[("brokerClusterName", "A")], new_config=[("brokerClusterName", "B")]))
+        self.assertTrue(upg.accept, [f.text for f in upg.findings])
+        self.assertIn(("warning", "identity-config-change"), [(f.severity, f.code) for f in upg.findings])
+        tuning = validate(change("config", old_config=[("maxMessageSize", "4194304")],
+                                 new_config=[("maxMessageSize", "2097152")]))
+        self.assertTrue(tuning.accept)
+        self.assertEqual(tuning.findings, [])
 
 
 class GuestCost(unittest.TestCase):

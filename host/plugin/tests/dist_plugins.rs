@@ -238,15 +238,26 @@ fn replication_validator_refuses_divergent_commitlogs() {
     assert!(divergence.text.contains("n2") && divergence.text.contains("2048"), "{divergence:?}");
     assert!(divergence.text.starts_with("[replication-upgrade-validator]"), "{divergence:?}");
 
-    // Identity-config changes are warned about, not refused.
-    let verdict = registry.validate(&Change {
-        kind: ChangeKind::Config,
-        old_config: vec![("brokerName".into(), "a".into())],
-        new_config: vec![("brokerName".into(), "b".into())],
-        ..change(vec![])
-    });
+    // Identity-config changes: a warning while converting a cluster, a refusal for a rolling
+    // config change of a running node; other keys change freely.
+    let identity = |kind: ChangeKind, key: &str| {
+        registry.validate(&Change {
+            kind,
+            old_config: vec![(key.into(), "a".into())],
+            new_config: vec![(key.into(), "b".into())],
+            ..change(vec![node("n0", (10, 1, 7), &same), node("n1", (10, 1, 7), &same)])
+        })
+    };
+    let verdict = identity(ChangeKind::EnableReplication, "brokerName");
     assert!(verdict.accept, "{verdict:?}");
     assert!(verdict.findings.iter().any(|f| f.severity == Severity::Warning), "{verdict:?}");
+    let verdict = identity(ChangeKind::Config, "brokerName");
+    assert!(!verdict.accept, "{verdict:?}");
+    let refusal = verdict.findings.iter().find(|f| f.severity == Severity::Error).expect("an error finding");
+    assert_eq!(refusal.code, "identity-config-change");
+    assert!(refusal.text.contains("brokerName"), "{refusal:?}");
+    let verdict = identity(ChangeKind::Config, "maxMessageSize");
+    assert!(verdict.accept && verdict.findings.is_empty(), "{verdict:?}");
 }
 
 #[test]

@@ -8,10 +8,13 @@ fn lookup<'a>(config: &'a [(String, String)], key: &str) -> Option<&'a str> {
     config.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-/// Warns for every identity key whose value changes or disappears. Nothing is reported when
-/// a side is empty: that change carries no config.
+/// Reports every identity key whose value changes or disappears, with `severity` (a warning
+/// while converting a cluster, where configs are rewritten on purpose; an error for a rolling
+/// change to a running group, where it orphans the node's data). Nothing is reported when a
+/// side is empty: that change carries no config.
 pub fn check_identity(
     identity_keys: &[String],
+    severity: Severity,
     old: &[(String, String)],
     new: &[(String, String)],
     findings: &mut Vec<Finding>,
@@ -22,12 +25,12 @@ pub fn check_identity(
     for key in identity_keys {
         match (lookup(old, key), lookup(new, key)) {
             (Some(a), Some(b)) if a != b => findings.push(finding(
-                Severity::Warning,
+                severity,
                 "identity-config-change",
                 format!("{key} changes from {a:?} to {b:?}: the broker's data and cluster membership are tied to it"),
             )),
             (Some(a), None) => findings.push(finding(
-                Severity::Warning,
+                severity,
                 "identity-config-removed",
                 format!("{key} (was {a:?}) is removed: the broker falls back to the default"),
             )),
@@ -56,7 +59,11 @@ pub fn check_plugins(old: &[PluginVersion], new: &[PluginVersion], findings: &mu
                 format!("plugin {} ({}) is replaced: {} -> {}", n.name, n.kind, short(&o.sha256), short(&n.sha256)),
             )),
             Some(_) => {}
-            None => findings.push(finding(Severity::Info, "plugin-added", format!("plugin {} ({}) is added", n.name, n.kind))),
+            None => findings.push(finding(
+                Severity::Info,
+                "plugin-added",
+                format!("plugin {} ({}) is added", n.name, n.kind),
+            )),
         }
     }
     for o in old.iter().filter(|o| !new.iter().any(|n| n.name == o.name)) {
@@ -85,7 +92,7 @@ mod tests {
         let old = cfg(&[("brokerClusterName", "A"), ("brokerName", "b1"), ("flushDiskType", "ASYNC_FLUSH")]);
         let new = cfg(&[("brokerClusterName", "B"), ("flushDiskType", "SYNC_FLUSH"), ("dLegerGroup", "g")]);
         let mut f = Vec::new();
-        check_identity(&keys(), &old, &new, &mut f);
+        check_identity(&keys(), Severity::Warning, &old, &new, &mut f);
         let codes: Vec<_> = f.iter().map(|f| (f.code.as_str(), f.severity)).collect();
         assert_eq!(
             codes,
@@ -97,15 +104,22 @@ mod tests {
         );
         assert!(f[0].text.contains("brokerClusterName") && f[0].text.contains("\"A\"") && f[0].text.contains("\"B\""));
         let mut f = Vec::new();
-        check_identity(&keys(), &old, &old, &mut f);
+        check_identity(&keys(), Severity::Warning, &old, &old, &mut f);
         assert!(f.is_empty());
-        check_identity(&keys(), &[], &new, &mut f);
+        check_identity(&keys(), Severity::Warning, &[], &new, &mut f);
         assert!(f.is_empty());
+        check_identity(&keys(), Severity::Error, &old, &new, &mut f);
+        let severities: Vec<_> = f.iter().map(|f| f.severity).collect();
+        assert_eq!(severities, [Severity::Error, Severity::Error, Severity::Info]);
     }
 
     #[test]
     fn plugin_changes() {
-        let p = |name: &str, kind: &str, sha: &str| PluginVersion { name: name.into(), kind: kind.into(), sha256: sha.into() };
+        let p = |name: &str, kind: &str, sha: &str| PluginVersion {
+            name: name.into(),
+            kind: kind.into(),
+            sha256: sha.into(),
+        };
         let old = vec![p("a", "filter", "1"), p("b", "router", "2"), p("gone", "filter", "3")];
         let new = vec![p("a", "router", "1"), p("b", "router", "22"), p("fresh", "filter", "4")];
         let mut f = Vec::new();

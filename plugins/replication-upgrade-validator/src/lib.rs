@@ -6,25 +6,24 @@
 //!   entry, a later term on the shorter log, more bytes with fewer entries). Findings name
 //!   the nodes and the offset where they diverge. Pairs whose shared byte span no range
 //!   covers get a warning: agreement could not be checked.
-//! - any change with configs: warns when identity keys (`brokerClusterName`, `brokerName`,
-//!   ... or the manifest's `identityKeys`, comma-separated) change or disappear.
+//! - any change with configs: reports identity keys (`brokerClusterName`, `brokerName`,
+//!   ... or the manifest's `identityKeys`, comma-separated) that change or disappear: a
+//!   warning while converting a cluster (`enable-replication`, configs are rewritten on
+//!   purpose), an error that refuses a rolling `config` or `membership` change of a running
+//!   node (its data and its place in the group are tied to them).
 //! - `plugin`: warns when a plugin keeps its name but changes kind.
 
 pub mod commitlog;
 pub mod config_diff;
 
-use wasmq_plugin_sdk::upgrade_validator::{Change, ChangeKind, Finding, Severity, UpgradeValidator, Verdict, verdict_from};
+use wasmq_plugin_sdk::upgrade_validator::{
+    Change, ChangeKind, Finding, Severity, UpgradeValidator, Verdict, verdict_from,
+};
 
 /// Config keys that name a broker's place in the cluster or its data: changing them on a
 /// running broker orphans data or splits the cluster.
-pub const DEFAULT_IDENTITY_KEYS: &[&str] = &[
-    "brokerClusterName",
-    "brokerName",
-    "dLegerGroup",
-    "dLegerSelfId",
-    "storePathRootDir",
-    "storePathCommitLog",
-];
+pub const DEFAULT_IDENTITY_KEYS: &[&str] =
+    &["brokerClusterName", "brokerName", "dLegerGroup", "dLegerSelfId", "storePathRootDir", "storePathCommitLog"];
 
 pub struct ReplicationValidator {
     identity_keys: Vec<String>,
@@ -47,7 +46,17 @@ impl ReplicationValidator {
         if change.kind == ChangeKind::Plugin {
             config_diff::check_plugins(&change.old_plugins, &change.new_plugins, &mut findings);
         }
-        config_diff::check_identity(&self.identity_keys, &change.old_config, &change.new_config, &mut findings);
+        let severity = match change.kind {
+            ChangeKind::Config | ChangeKind::Membership => Severity::Error,
+            ChangeKind::EnableReplication | ChangeKind::Plugin => Severity::Warning,
+        };
+        config_diff::check_identity(
+            &self.identity_keys,
+            severity,
+            &change.old_config,
+            &change.new_config,
+            &mut findings,
+        );
         verdict_from(findings)
     }
 }
