@@ -19,6 +19,7 @@ use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
+use wasmq_plugin::validation::PluginVersion;
 use wasmq_plugin::{PluginRegistry, RegistryConfig};
 use wasmq_storage::commitlog::CommitLog;
 
@@ -27,6 +28,7 @@ use crate::core::{BrokerCore, CoreOptions};
 use crate::messaging::service::{Messaging, MessagingConfig};
 use crate::replication::Replicator;
 use crate::replication::standalone::StandaloneReplicator;
+use crate::upgrade::config_change;
 
 /// Bound on waiting for in-flight requests after a stop signal.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 10_000;
@@ -86,6 +88,34 @@ pub struct RunningBroker {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A rolling config change: the store last ran with another config. The upgrade-validator
+/// plugins (and the host's own checks) are asked before the store is opened; a refusal
+/// stops the start with the findings, and nothing in the store has been touched.
+async fn check_config_change(config: &Arc<BrokerConfig>) -> anyhow::Result<()> {
+    let cfg = config.clone();
+    let change = tokio::task::spawn_blocking(move || config_change::check(&cfg))
+        .await
+        .context("config change check task")?
+        .context("compare the config with the one this store last ran with")?;
+    let Some(change) = change else { return Ok(()) };
+    if !change.accepted() {
+        bail!(
+            "config change refused (validators run: {}); the broker was not started and its store is \
+             untouched; revert the change or fix what the findings name:\n{}",
+            if change.validators_run.is_empty() { "none".to_owned() } else { change.validators_run.join(", ") },
+            change.render().trim_end()
+        );
+    }
+    for c in &change.changed {
+        tracing::info!(key = %c.key, old = ?c.old, new = ?c.new, "config changed since the last run");
+    }
+    for f in &change.findings {
+        tracing::warn!(code = %f.code, by = f.by, "config change: {}", f.text);
+    }
+    tracing::info!(validators = ?change.validators_run, "config change accepted");
+    Ok(())
+}
+
 /// Opens everything and starts serving. `config` must have passed
 /// [`BrokerConfig::validate`]; the store directories are created here.
 pub async fn start(
@@ -93,8 +123,11 @@ pub async fn start(
     config_path: PathBuf,
     extensions: Extensions,
 ) -> anyhow::Result<RunningBroker> {
-    config.validate(&config_path, StoreCheck::Create).context("invalid config")?;
+    // Validated, then checked against what the store last ran with, before anything is created.
+    config.validate(&config_path, StoreCheck::WithoutCreating).context("invalid config")?;
     let config = Arc::new(config);
+    check_config_change(&config).await?;
+    config.validate(&config_path, StoreCheck::Create).context("invalid config")?;
     let (stop_tx, shutdown) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
 
@@ -189,6 +222,17 @@ pub async fn start(
             .with_context(|| format!("start metrics endpoint on {metrics_addr}"))?;
     }
     let tasks = extensions.tasks.into_iter().map(|task| tokio::spawn(task(ctx.clone()))).collect();
+    let plugin_versions: Vec<PluginVersion> = ctx.plugins.as_ref().map_or_else(Vec::new, |registry| {
+        registry
+            .list()
+            .into_iter()
+            .map(|p| PluginVersion { name: p.name, kind: p.kind.as_str().into(), sha256: p.sha256 })
+            .collect()
+    });
+    if let Err(e) = config_change::record_applied(&config, &plugin_versions) {
+        // Serving goes on; the next start just has nothing to compare its config with.
+        tracing::warn!(error = %e, "could not record the config this store runs with");
+    }
     tracing::info!(
         %local_addr,
         broker = %config.broker_name,

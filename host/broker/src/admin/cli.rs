@@ -22,7 +22,16 @@ use super::service::{CONSUME_COUNT_MAX, LEADER_ADDR_METADATA};
 use crate::namesrv::client as ns_client;
 
 #[derive(Parser, Debug)]
-#[command(name = "mqadmin", version, about = "wasmq admin tool (RocketMQ mqadmin commands)")]
+#[command(
+    name = "mqadmin",
+    version,
+    about = "wasmq admin tool (RocketMQ mqadmin commands)",
+    after_help = "Upgrading a non-replicated cluster to a Raft group (offline; see docs/operating.md):\n  \
+                  upgradeCheck   --old FILE... --new FILE... [--plugin-dir DIR] [--source NODE] [--json]\n  \
+                  upgrade        same flags: performs the checked plan, keeps backups\n  \
+                  upgradeFinish  --new FILE...: drops the backups once the group committed past the old end\n\
+                  Run `mqadmin upgradeCheck --help` for the details."
+)]
 pub struct Cli {
     /// Print JSON instead of a table (for scripts).
     #[arg(long, global = true)]

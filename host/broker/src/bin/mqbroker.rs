@@ -2,7 +2,8 @@
 //!
 //! `mqbroker -c conf/broker.toml` runs until SIGTERM/SIGINT, then stops gracefully.
 //! `mqbroker -c conf/broker.conf --check` validates the config (without creating any
-//! directory) and exits: 0 = valid.
+//! directory) and exits: 0 = valid. When the store last ran with another config, the rolling
+//! change is checked as a start would check it (upgrade-validator plugins included).
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wasmq_broker::config::{self, StoreCheck};
-use wasmq_broker::server;
+use wasmq_broker::{server, upgrade};
 
 #[derive(Parser, Debug)]
 #[command(name = "mqbroker", version, about = "wasmq broker")]
@@ -44,6 +45,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     if args.check {
+        // A rolling config change is checked too: what the validators would say at start.
+        let change = upgrade::config_change::check(&loaded.config)
+            .context("compare the config with the one its store last ran with")?;
+        if let Some(change) = &change {
+            println!("{}: differs from the config its store last ran with:", args.config.display());
+            print!("{}", change.render());
+            if !change.accepted() {
+                anyhow::bail!("config change would be refused at start");
+            }
+        }
         println!("{}: OK", args.config.display());
         return Ok(());
     }

@@ -180,7 +180,7 @@ fn rename(from: &Path, to: &Path) -> Result<(), UpgradeError> {
     Ok(())
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), UpgradeError> {
+pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), UpgradeError> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(io(path))?;
     f.write_all(bytes).map_err(io(path))?;

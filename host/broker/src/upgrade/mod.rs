@@ -9,12 +9,17 @@
 //! - [`apply`]: `upgrade` (stage, verify, back up, swap; all or nothing) and `upgradeFinish`
 //!   (drop backups once the new group has committed past the old end).
 //! - [`cli`]: the `mqadmin upgradeCheck | upgrade | upgradeFinish` commands.
+//! - [`config_change`]: rolling config changes — a broker restarted with a changed config asks
+//!   the validators before it opens its store.
+//! - [`validators`]: running a plugin directory's upgrade-validator plugins outside a broker.
 
 pub mod apply;
 pub mod cli;
+pub mod config_change;
 pub mod divergence;
 pub mod log_scan;
 pub mod plan;
+pub mod validators;
 
 use std::path::PathBuf;
 

@@ -6,12 +6,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wasmq_plugin::validation::{Change, ChangeKind, NodeSummary, PluginVersion, RangeChecksum, Severity};
-use wasmq_plugin::{PluginKind, PluginRegistry, RegistryConfig};
+use wasmq_plugin::validation::{Change, ChangeKind, NodeSummary, RangeChecksum};
 
-use super::UpgradeError;
 use super::divergence::{self, Divergence, RangeCrc};
 use super::log_scan::{LogExtent, LogScan};
+use super::{UpgradeError, validators};
 use crate::config::{self, BrokerConfig};
 
 /// Nodes per side: bounds the pairwise work and the output.
@@ -447,11 +446,6 @@ pub fn config_pairs(c: &BrokerConfig) -> Vec<(String, String)> {
         .collect()
 }
 
-struct ValidatorOutcome {
-    validators: Vec<String>,
-    findings: Vec<Finding>,
-}
-
 /// One `validate` call per new node (new config = that node's; old config = the old node
 /// whose store it takes over in place, else the source's), findings merged without repeats.
 fn run_validators(
@@ -460,74 +454,22 @@ fn run_validators(
     source: usize,
     new: &[NewNode],
     nodes: Vec<NodeSummary>,
-) -> Result<ValidatorOutcome, UpgradeError> {
-    let cache = std::env::temp_dir().join(format!("wasmq-upgrade-plugin-cache-{}", std::process::id()));
-    let mut cfg = RegistryConfig::new(dir, &cache);
-    cfg.watch = false;
-    let opened = PluginRegistry::open_with_report(cfg);
-    let result = (|| {
-        let (registry, report) = opened.map_err(|e| UpgradeError::Plugins(e.to_string()))?;
-        let mut findings = Vec::new();
-        for (name, error) in &report.rejected {
-            findings.push(Finding {
-                level: Level::Error,
-                code: "plugin-load".into(),
-                text: format!("plugin {name} did not load: {error}"),
-                by: "plugins",
-            });
-        }
-        let list = registry.list();
-        let validators: Vec<String> =
-            list.iter().filter(|p| p.kind == PluginKind::UpgradeValidator).map(|p| p.name.clone()).collect();
-        if validators.is_empty() {
-            findings.push(Finding {
-                level: Level::Warning,
-                code: "no-validators".into(),
-                text: format!("{} holds no upgrade-validator plugin", dir.display()),
-                by: "wasmq",
-            });
-        }
-        let versions: Vec<PluginVersion> = list
-            .iter()
-            .map(|p| PluginVersion { name: p.name.clone(), kind: p.kind.as_str().into(), sha256: p.sha256.clone() })
-            .collect();
-        let mut seen = BTreeSet::new();
-        for n in new {
-            let change = Change {
-                kind: ChangeKind::EnableReplication,
-                old_config: config_pairs(
-                    &old.iter().find(|o| o.config.store_root() == n.config.store_root()).unwrap_or(&old[source]).config,
-                ),
-                new_config: config_pairs(&n.config),
-                nodes: nodes.clone(),
-                old_plugins: versions.clone(),
-                new_plugins: versions.clone(),
-            };
-            let verdict = registry.validate(&change);
-            let mut refused = !verdict.accept;
-            for f in verdict.findings {
-                let level = match f.severity {
-                    Severity::Info => Level::Info,
-                    Severity::Warning => Level::Warning,
-                    Severity::Error => Level::Error,
+) -> Result<validators::Outcome, UpgradeError> {
+    validators::ask(dir, |versions| {
+        new.iter()
+            .map(|n| {
+                let old_config =
+                    &old.iter().find(|o| o.config.store_root() == n.config.store_root()).unwrap_or(&old[source]).config;
+                let change = Change {
+                    kind: ChangeKind::EnableReplication,
+                    old_config: config_pairs(old_config),
+                    new_config: config_pairs(&n.config),
+                    nodes: nodes.clone(),
+                    old_plugins: versions.to_vec(),
+                    new_plugins: versions.to_vec(),
                 };
-                refused &= level != Level::Error;
-                if seen.insert((f.code.clone(), f.text.clone())) {
-                    findings.push(Finding { level, code: f.code, text: f.text, by: "plugins" });
-                }
-            }
-            if refused && seen.insert(("refused".into(), n.id.clone())) {
-                // accept = false without an error finding: still a refusal, say so.
-                findings.push(Finding {
-                    level: Level::Error,
-                    code: "refused".into(),
-                    text: format!("a validator refused the change for new node {} without an error finding", n.id),
-                    by: "plugins",
-                });
-            }
-        }
-        Ok(ValidatorOutcome { validators, findings })
-    })();
-    let _ = std::fs::remove_dir_all(&cache);
-    result
+                (format!("new node {}", n.id), change)
+            })
+            .collect()
+    })
 }
