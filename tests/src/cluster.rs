@@ -34,6 +34,8 @@ pub const LOG_TAIL_LINES: usize = 60;
 const STATUS_TIMEOUT_MS: u64 = 1_000;
 /// How long a started process gets to open its port.
 const PORT_OPEN_TIMEOUT_MS: u64 = 20_000;
+/// A graceful stop hands leadership over (bounded by the transfer timeout) and flushes.
+const STOP_TIMEOUT_MS: u64 = 20_000;
 const POLL_INTERVAL_MS: u64 = 50;
 
 /// Where the release binaries are.
@@ -372,6 +374,66 @@ impl Cluster {
             proc.kill9().with_context(|| format!("kill -9 {}", self.nodes[i].id))?;
         }
         Ok(())
+    }
+
+    /// Graceful stop, as `mqshutdown` or systemd would do it (SIGTERM): the broker hands
+    /// leadership over, flushes and must exit 0 within `STOP_TIMEOUT_MS`.
+    pub async fn stop(&mut self, i: usize) -> Result<()> {
+        let Some(proc) = self.nodes[i].proc.take() else { return Ok(()) };
+        let mut proc = proc;
+        proc.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_millis(STOP_TIMEOUT_MS);
+        loop {
+            if let Some(status) = proc.child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "broker {} exited with {status} on SIGTERM\n{}",
+                    self.nodes[i].id,
+                    tail(&self.nodes[i].log_path, LOG_TAIL_LINES)
+                );
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = proc.kill9();
+                bail!("broker {} still running {STOP_TIMEOUT_MS} ms after SIGTERM", self.nodes[i].id);
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Sets `key = value_toml` in node `i`'s config file: replaces the line that sets `key`,
+    /// else appends one.
+    pub fn set_config(&self, i: usize, key: &str, value_toml: &str) -> Result<()> {
+        let path = &self.nodes[i].config_path;
+        let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let line = format!("{key} = {value_toml}");
+        let mut found = false;
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|l| match l.split_once('=') {
+                Some((k, _)) if k.trim() == key => {
+                    found = true;
+                    line.clone()
+                }
+                _ => l.to_owned(),
+            })
+            .collect();
+        if !found {
+            lines.push(line);
+        }
+        fs::write(path, lines.join("\n") + "\n").with_context(|| format!("write {}", path.display()))
+    }
+
+    /// `mqbroker --check -c` on node `i`'s config: (exit status success, stdout + stderr).
+    pub fn check_config(&self, i: usize) -> Result<(bool, String)> {
+        let out = Command::new(self.bins.path(Binaries::BROKER))
+            .args(["--check", "-c"])
+            .arg(&self.nodes[i].config_path)
+            .env("NO_COLOR", "1")
+            .output()
+            .context("run mqbroker --check")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
     }
 
     pub async fn restart(&mut self, i: usize) -> Result<()> {
