@@ -171,9 +171,12 @@ impl RaftReplicator {
         let service = RaftPeerService::new(members.clone(), self_node, inbox_tx, dropped_inbound).into_server();
         let mut server_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // `Server::tcp_nodelay` only applies to listeners tonic binds itself; a listener we
+            // bound (to report its address and fail early) needs it set on the incoming stream,
+            // or the small `DeliverReply` waits on Nagle + the peer's delayed ACK while the
+            // sender holds its next batch for it.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = server_stop.wait_for(|s| *s).await;
