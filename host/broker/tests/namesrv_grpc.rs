@@ -177,3 +177,46 @@ async fn bad_heartbeats_are_refused_with_reasons() {
     ns.shutdown();
     ns.wait().await.unwrap();
 }
+
+/// (role, term) of every registered node, as the name server sees it.
+async fn roles(addr: &str) -> Vec<(String, i32, u64)> {
+    let mut c = client::connect(addr, Duration::from_secs(1)).await.unwrap();
+    let info = c.get_cluster_info(GetClusterInfoRequest {}).await.unwrap().into_inner();
+    info.brokers.iter().flat_map(|g| g.nodes.iter().map(|n| (n.node_id.clone(), n.role, n.term))).collect()
+}
+
+/// A role change reaches the name server at once when the broker nudges its heartbeat,
+/// not a heartbeat interval later (here a minute, so only the nudge can explain it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nudge_heartbeats_at_once() {
+    let ns = service::start(&NamesrvConfig { broker_expiry_ms: 120_000, ..config() }).await.unwrap();
+    let addr = ns.local_addr().to_string();
+    let status = std::sync::Arc::new(std::sync::Mutex::new(node("RaftNode00", "n0", Role::Leader, 18091)));
+    let current = status.clone();
+    let handle =
+        client::spawn_heartbeat(vec![addr.clone()], Duration::from_secs(60), move || current.lock().unwrap().clone());
+    let leader = ("n0".to_string(), Role::Leader as i32, 2);
+    assert!(eventually(Duration::from_secs(5), || async { roles(&addr).await == [leader.clone()] }).await);
+
+    // Deposed in term 3: without a nudge the name server keeps the old role (the next tick
+    // is a minute away)...
+    {
+        let mut s = status.lock().unwrap();
+        s.role = Role::Follower as i32;
+        s.term = 3;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(roles(&addr).await, [leader.clone()], "heartbeat without a nudge");
+    // ...and has the new one right after it.
+    let nudged = Instant::now();
+    handle.nudge();
+    let follower = ("n0".to_string(), Role::Follower as i32, 3);
+    assert!(
+        eventually(Duration::from_secs(2), || async { roles(&addr).await == [follower.clone()] }).await,
+        "{:?}",
+        roles(&addr).await
+    );
+    assert!(nudged.elapsed() < Duration::from_secs(2));
+    handle.stop().await;
+    ns.shutdown();
+}

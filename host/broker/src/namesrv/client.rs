@@ -77,10 +77,20 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<NameServerClient<C
 /// Stops the heartbeat tasks it owns. Dropping it stops them too, without unregistering.
 pub struct HeartbeatHandle {
     stop: watch::Sender<bool>,
+    /// Bumped by [`HeartbeatHandle::nudge`]: every loop heartbeats at once.
+    nudge: watch::Sender<u64>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl HeartbeatHandle {
+    /// Heartbeats to every name server now instead of at the next tick: a node whose Raft
+    /// role or term changed says so at once (as RocketMQ's DLedger role-change handler
+    /// re-registers the broker), so `clusterList` and routes do not show a deposed leader
+    /// for up to a heartbeat interval. Several nudges before a loop wakes make one heartbeat.
+    pub fn nudge(&self) {
+        self.nudge.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Stops heartbeating and unregisters from every name server (best effort, bounded by
     /// a short timeout each), so routes drop this node at once.
     pub async fn stop(mut self) {
@@ -110,19 +120,26 @@ where
     assert!(addrs.len() <= NAMESRV_ADDRS_MAX);
     let status_fn = Arc::new(status_fn);
     let (stop, _) = watch::channel(false);
+    let (nudge, _) = watch::channel(0u64);
     let tasks = addrs
         .into_iter()
         .map(|addr| {
             let status_fn = status_fn.clone();
             let stop = stop.subscribe();
-            tokio::spawn(heartbeat_loop(addr, interval, status_fn, stop))
+            let nudged = nudge.subscribe();
+            tokio::spawn(heartbeat_loop(addr, interval, status_fn, stop, nudged))
         })
         .collect();
-    HeartbeatHandle { stop, tasks }
+    HeartbeatHandle { stop, nudge, tasks }
 }
 
-async fn heartbeat_loop<F>(addr: String, interval: Duration, status_fn: Arc<F>, mut stop: watch::Receiver<bool>)
-where
+async fn heartbeat_loop<F>(
+    addr: String,
+    interval: Duration,
+    status_fn: Arc<F>,
+    mut stop: watch::Receiver<bool>,
+    mut nudged: watch::Receiver<u64>,
+) where
     F: Fn() -> BrokerHeartbeat + Send + Sync + 'static,
 {
     // A request must finish before the next tick is due.
@@ -143,6 +160,12 @@ where
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            changed = nudged.changed() => {
+                if changed.is_ok() {
+                    // The next periodic heartbeat is due a whole interval after this one.
+                    ticker.reset();
+                }
+            }
             _ = stop.wait_for(|s| *s) => break,
         }
         let heartbeat = status_fn();

@@ -30,8 +30,34 @@ pub async fn run(ctx: BrokerContext) {
     tracing::info!(namesrv = ?addrs, "registering with name servers");
     let handle = client::spawn_heartbeat(addrs, HEARTBEAT_INTERVAL_DEFAULT, move || heartbeat(&core, &raft_addr));
     let mut shutdown = ctx.shutdown.clone();
-    let _ = shutdown.wait_for(|stop| *stop).await;
+    // Role and term are polled (the replicator publishes them as a status snapshot, not as
+    // a channel); a change heartbeats at once instead of up to a second later.
+    let mut poll = tokio::time::interval(ROLE_POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = role_and_term(&ctx.core);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {
+                let now = role_and_term(&ctx.core);
+                if now != last {
+                    tracing::debug!(from = ?last, to = ?now, "raft role or term changed: heartbeating now");
+                    last = now;
+                    handle.nudge();
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
     handle.stop().await;
+}
+
+/// How often the registration task looks at the node's Raft role and term: bounds how long
+/// name servers show a role this node no longer has (besides the heartbeat's own latency).
+const ROLE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn role_and_term(core: &BrokerCore) -> (Role, u64) {
+    let status = core.replicator().status();
+    (status.role, status.term)
 }
 
 /// What this node tells the name servers. Cheap: in-memory state only.
