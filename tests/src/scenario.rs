@@ -22,6 +22,14 @@ pub async fn start(spec: ClusterSpec) -> Cluster {
     }
 }
 
+/// Waits for a leader and creates `topic` through it; returns the leader's index and term.
+pub async fn leader_with_topic(cluster: &Cluster, topic: &str, queues: u32) -> Result<(usize, u64)> {
+    let (leader, term) = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
+    eprintln!("leader n{leader} term {term}");
+    crate::readback::create_topic(cluster, leader, topic, queues).await?;
+    Ok((leader, term))
+}
+
 pub fn endpoints(cluster: &Cluster) -> Vec<String> {
     (0..cluster.nodes.len()).map(|i| cluster.client_endpoint(i)).collect()
 }

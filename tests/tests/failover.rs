@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use wasmq_cluster_tests::cluster::{Cluster, ClusterSpec};
 use wasmq_cluster_tests::load::{LoadState, ProducerSpec, spawn_producers, wait_acked};
-use wasmq_cluster_tests::readback::create_topic;
 use wasmq_cluster_tests::scenario::{self, LEADER_TIMEOUT, endpoints, others};
 
 const TOPIC: &str = "FailoverTopic";
@@ -25,9 +24,7 @@ async fn failover_kill9_leader_mid_stream() {
 }
 
 async fn run(cluster: &mut Cluster) -> Result<()> {
-    let (leader, term) = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
-    eprintln!("leader n{leader} term {term}");
-    create_topic(cluster, leader, TOPIC, QUEUES).await?;
+    let (leader, term) = scenario::leader_with_topic(cluster, TOPIC, QUEUES).await?;
 
     let state = Arc::new(LoadState::default());
     let spec = ProducerSpec {

@@ -13,7 +13,6 @@ use wasmq_cluster_tests::checker::{AckedSend, make_body};
 use wasmq_cluster_tests::client::{MqClient, Outgoing};
 use wasmq_cluster_tests::cluster::{Cluster, ClusterSpec};
 use wasmq_cluster_tests::load::{LoadState, ProducerSpec, spawn_producers, wait_acked};
-use wasmq_cluster_tests::readback::create_topic;
 use wasmq_cluster_tests::scenario::{self, LEADER_TIMEOUT, endpoints, others};
 
 const TOPIC: &str = "IsolationTopic";
@@ -33,9 +32,7 @@ async fn isolated_leader_never_acknowledges_in_minority() {
 }
 
 async fn run(cluster: &mut Cluster) -> Result<()> {
-    let (leader, term) = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
-    eprintln!("leader n{leader} term {term}");
-    create_topic(cluster, leader, TOPIC, QUEUES).await?;
+    let (leader, term) = scenario::leader_with_topic(cluster, TOPIC, QUEUES).await?;
 
     let state = Arc::new(LoadState::default());
     let spec = ProducerSpec {

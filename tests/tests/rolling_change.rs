@@ -21,7 +21,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, ensure};
 use wasmq_cluster_tests::cluster::{Cluster, ClusterSpec};
 use wasmq_cluster_tests::load::{LoadState, ProducerSpec, spawn_producers, wait_acked};
-use wasmq_cluster_tests::readback::create_topic;
 use wasmq_cluster_tests::scenario::{self, LEADER_TIMEOUT, endpoints};
 
 const TOPIC: &str = "RollingTopic";
@@ -100,9 +99,7 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
     for i in 0..cluster.nodes.len() {
         cluster.start_node(i).await?;
     }
-    let (leader, term) = cluster.wait_for_leader(LEADER_TIMEOUT).await?;
-    eprintln!("leader n{leader} term {term}");
-    create_topic(cluster, leader, TOPIC, QUEUES).await?;
+    let (leader, _) = scenario::leader_with_topic(cluster, TOPIC, QUEUES).await?;
 
     let state = Arc::new(LoadState::default());
     let spec = ProducerSpec {
