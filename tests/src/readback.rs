@@ -55,11 +55,32 @@ pub async fn read_replica(cluster: &Cluster, i: usize, topic: &str) -> Result<Re
     Ok(ReplicaRead { replica: node, messages })
 }
 
-/// Reads every running node, once all of them have caught up with the leader's commit index.
+/// Reads every running node, once all of them have applied everything the leader held when
+/// it was asked.
+///
+/// Not just the leader's commit index: right after an election (all nodes restarted, say)
+/// a new leader's commit index is still what it learned before, possibly 0, until its
+/// no-op entry commits; waiting for that would let a restarted follower that has applied
+/// nothing yet (not even the topic) be read. The leader's last index includes every entry
+/// committed in earlier terms, so once it is committed and applied everywhere, every
+/// acknowledged send so far is in every replica's derived state.
 pub async fn read_all_replicas(cluster: &Cluster, topic: &str, catch_up: Duration) -> Result<Vec<ReplicaRead>> {
+    let deadline = tokio::time::Instant::now() + catch_up;
     let (leader, _) = cluster.wait_for_leader(catch_up).await?;
-    let committed = cluster.status(leader).await?.committed_index;
-    cluster.wait_applied(committed, catch_up).await?;
+    let target = cluster.status(leader).await?.last_index;
+    loop {
+        let committed = cluster.status(leader).await?.committed_index;
+        if committed >= target {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "leader {} committed {committed}, not its last index {target}, within {catch_up:?}",
+            cluster.nodes[leader].id
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.wait_applied(target, catch_up).await?;
     let mut out = Vec::new();
     for i in 0..cluster.nodes.len() {
         if cluster.is_running(i) {
