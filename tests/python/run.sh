@@ -33,9 +33,21 @@ done
 # One member's client endpoint, a FOLLOWER's: the failover test kills the leader, and the
 # member the client reached forwards leader-only RPCs to whoever leads. (One address only:
 # the official client sends several as one HTTP/2 :authority "a,b,c", which h2 rejects.)
-endpoints="$("$BIN/mqadmin" clusterList -n "$NAMESRV" --json | "$VENV/bin/python" -c '
+# Chosen once leadership has settled on the preferred leader (conf/dledger: n0): the first
+# election may go to another member, which then hands over, and a follower picked before
+# that could be the leader the failover test kills.
+endpoints=""
+for _ in $(seq 1 60); do
+    endpoints="$("$BIN/mqadmin" clusterList -n "$NAMESRV" --json | "$VENV/bin/python" -c '
 import json, sys
-print(sorted(r["addr"] for r in json.load(sys.stdin) if r["role"] == "FOLLOWER")[0])')"
+rows = json.load(sys.stdin)
+leaders = [r["nodeId"] for r in rows if r["role"] == "LEADER"]
+followers = sorted(r["addr"] for r in rows if r["role"] == "FOLLOWER")
+print(followers[0] if leaders == ["n0"] and len(followers) == 2 else "")')" || true
+    [[ -n "$endpoints" ]] && break
+    sleep 0.5
+done
+[[ -n "$endpoints" ]] || { say "leadership did not settle on n0 within 30 s"; "$BIN/mqadmin" clusterList -n "$NAMESRV"; exit 1; }
 say "client endpoints: $endpoints"
 
 # Failover: kill -9 whichever node is LEADER now; recover: start it again on its config.
