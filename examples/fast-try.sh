@@ -8,7 +8,10 @@
 #   examples/fast-try.sh clean    stop, then delete the data directory
 #
 # Configs come from conf/dledger/broker-n{0,1,2}.toml; the copies used here point
-# storePathRootDir and pluginDir into the data directory. Environment:
+# storePathRootDir and pluginDir into the data directory, and move the disk guard up
+# (diskMaxUsedSpaceRatio 95, diskSpaceWarningLevelRatio 99): a trial's few MiB live on a
+# developer's or CI machine's shared disk, whose fill level is not ours to manage, and at
+# RocketMQ's 90 % a 250 GB disk with 20 GB free would refuse every send. Environment:
 #   WASMQ_FAST_TRY_DIR  data directory (default: ${TMPDIR:-/tmp}/wasmq-fast-try-$USER)
 #   WASMQ_BIN_DIR       where the binaries are (default: target/release)
 #   WASMQ_REBUILD=1     run cargo build even when the binaries exist
@@ -104,15 +107,22 @@ toml_value() {
     sed -n "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*\"\{0,1\}\([^\"#]*\)\"\{0,1\}.*/\1/p" "$1" | head -n 1 | tr -d '[:space:]'
 }
 
-# Copy of a config with storePathRootDir and pluginDir replaced (added when missing).
+# Copy of a config with storePathRootDir, pluginDir and the disk guard replaced (added
+# when missing).
 write_config() {
     local src="$1" dst="$2" store="$3" plugins="$4"
-    grep -v -E '^[[:space:]]*(storePathRootDir|storePathCommitLog|pluginDir)[[:space:]]*=' "$src" \
+    grep -v -E '^[[:space:]]*(storePathRootDir|storePathCommitLog|pluginDir|diskMaxUsedSpaceRatio|diskSpaceWarningLevelRatio)[[:space:]]*=' "$src" \
         | awk -v store="$store" -v plugins="$plugins" '
+            function overrides() {
+                print "storePathRootDir = \"" store "\""
+                print "pluginDir = \"" plugins "\""
+                print "diskMaxUsedSpaceRatio = 95"
+                print "diskSpaceWarningLevelRatio = 99"
+            }
             # Top-level keys must come before the first [table].
-            !done && /^[[:space:]]*\[/ { print "storePathRootDir = \"" store "\""; print "pluginDir = \"" plugins "\""; done = 1 }
+            !done && /^[[:space:]]*\[/ { overrides(); done = 1 }
             { print }
-            END { if (!done) { print "storePathRootDir = \"" store "\""; print "pluginDir = \"" plugins "\"" } }' >"$dst"
+            END { if (!done) overrides() }' >"$dst"
 }
 
 build_if_needed() {

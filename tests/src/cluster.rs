@@ -279,7 +279,8 @@ impl Cluster {
         writeln!(t, "maxMessageSize = {MESSAGE_BYTES_MAX}").unwrap();
         // Disk-pressure retention deletes old segments, consumed or not (RocketMQ semantics),
         // once the filesystem is this full; CI disks (root-reserved blocks count as used) can
-        // sit above the default 75 %. These tests are about crashes, not disk pressure.
+        // sit above the default 75 %. These tests are about crashes, not disk pressure; sends
+        // are refused only past 99 % (diskSpaceWarningLevelRatio follows this up).
         writeln!(t, "diskMaxUsedSpaceRatio = 95").unwrap();
         writeln!(t, "autoCreateTopicEnable = true").unwrap();
         writeln!(t, "defaultTopicQueueNums = {DEFAULT_TOPIC_QUEUES}").unwrap();

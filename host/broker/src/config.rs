@@ -22,6 +22,9 @@ pub const CONFIG_FILE_SIZE_MAX_BYTES: u64 = 1024 * 1024;
 pub const DLEDGER_PEERS_MAX: usize = 9;
 /// Name servers one broker registers with.
 pub const NAMESRV_ADDRS_MAX: usize = 16;
+/// `diskSpaceWarningLevelRatio` default (RocketMQ's) and cap: at 100 % the disk is full.
+pub const DISK_FULL_PERCENT_DEFAULT: u32 = 90;
+pub const DISK_FULL_PERCENT_MAX: u32 = 99;
 /// Bound on concurrently processed sends (`sendMessageThreadPoolNums`).
 pub const SEND_CONCURRENCY_MAX: u32 = 4096;
 
@@ -61,9 +64,13 @@ pub struct BrokerConfig {
     pub flush_interval_commit_log: u64,
     /// Hours a commitlog segment is kept after its last write.
     pub file_reserved_time: u64,
-    /// Percent of the store's disk above which old segments are deleted early and, above
-    /// this + 10, sends are refused.
+    /// Percent of the store's disk above which old segments are deleted early.
     pub disk_max_used_space_ratio: u32,
+    /// Percent of the store's disk above which sends are refused (RocketMQ 5's
+    /// `diskSpaceWarningLevelRatio`), so the commitlog never fills the disk. Unset: see
+    /// [`BrokerConfig::disk_full_percent`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_space_warning_level_ratio: Option<u32>,
     pub max_message_size: u32,
     pub enable_d_leger_commit_log: bool,
     pub d_leger_group: String,
@@ -109,6 +116,7 @@ impl Default for BrokerConfig {
             flush_interval_commit_log: 500,
             file_reserved_time: 72,
             disk_max_used_space_ratio: 75,
+            disk_space_warning_level_ratio: None,
             max_message_size: 4 * 1024 * 1024,
             enable_d_leger_commit_log: false,
             d_leger_group: String::new(),
@@ -154,6 +162,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("flushIntervalCommitLog", Kind::U64),
     ("fileReservedTime", Kind::U64),
     ("diskMaxUsedSpaceRatio", Kind::U64),
+    ("diskSpaceWarningLevelRatio", Kind::U64),
     ("maxMessageSize", Kind::U64),
     ("enableDLegerCommitLog", Kind::Bool),
     ("dLegerGroup", Kind::Str),
@@ -398,6 +407,15 @@ fn check_value_kind(key: &str, kind: Kind, value: &toml::Value) -> Result<(), St
 }
 
 impl BrokerConfig {
+    /// Used percent of the store's disk at which sends are refused: `diskSpaceWarningLevelRatio`
+    /// when set, else RocketMQ's 90, or 5 points above `diskMaxUsedSpaceRatio` when that is
+    /// set higher (retention must be able to act before sends stop).
+    pub fn disk_full_percent(&self) -> u32 {
+        self.disk_space_warning_level_ratio.unwrap_or_else(|| {
+            DISK_FULL_PERCENT_DEFAULT.max(self.disk_max_used_space_ratio + 5).min(DISK_FULL_PERCENT_MAX)
+        })
+    }
+
     /// `storePathRootDir` with a leading `~/` expanded from `$HOME`.
     pub fn store_root(&self) -> PathBuf {
         expand_home(&self.store_path_root_dir)
@@ -508,6 +526,17 @@ impl BrokerConfig {
             return Err(bad(
                 "diskMaxUsedSpaceRatio",
                 format!("{} is outside 10..=95 (percent)", self.disk_max_used_space_ratio),
+            ));
+        }
+        // Sends stop at the warning level; retention must get a chance to free space first.
+        let warning = self.disk_full_percent();
+        if warning <= self.disk_max_used_space_ratio || warning > DISK_FULL_PERCENT_MAX {
+            return Err(bad(
+                "diskSpaceWarningLevelRatio",
+                format!(
+                    "{warning} must be above diskMaxUsedSpaceRatio ({}) and at most 99 (percent)",
+                    self.disk_max_used_space_ratio
+                ),
             ));
         }
         if self.file_reserved_time == 0 {
@@ -745,7 +774,9 @@ mod tests {
 
     #[test]
     fn keys_table_matches_struct_fields() {
-        let table = toml::Table::try_from(BrokerConfig::default()).unwrap();
+        // Optional keys serialize only when set.
+        let config = BrokerConfig { disk_space_warning_level_ratio: Some(90), ..BrokerConfig::default() };
+        let table = toml::Table::try_from(config).unwrap();
         let mut struct_keys: Vec<&str> = table.keys().map(String::as_str).collect();
         let mut kind_keys: Vec<&str> = KEYS.iter().map(|(k, _)| *k).collect();
         struct_keys.sort();
@@ -914,12 +945,27 @@ mod tests {
     }
 
     #[test]
+    fn disk_full_mark_defaults_to_rocketmq_and_stays_above_retention() {
+        let at = |text: &str| {
+            let config = toml_cfg(text).unwrap().config;
+            valid(&config).unwrap();
+            config.disk_full_percent()
+        };
+        assert_eq!(at("storePathRootDir = \"/tmp/x\"\n"), 90);
+        assert_eq!(at("storePathRootDir = \"/tmp/x\"\ndiskMaxUsedSpaceRatio = 88\n"), 93);
+        assert_eq!(at("storePathRootDir = \"/tmp/x\"\ndiskMaxUsedSpaceRatio = 95\n"), 99);
+        assert_eq!(at("storePathRootDir = \"/tmp/x\"\ndiskSpaceWarningLevelRatio = 97\n"), 97);
+    }
+
+    #[test]
     fn limits_are_checked() {
         for (line, key) in [
             ("maxMessageSize = 0", "maxMessageSize"),
             ("maxMessageSize = 1073741824", "maxMessageSize"),
             ("mappedFileSizeCommitLog = 4096", "mappedFileSizeCommitLog"),
             ("diskMaxUsedSpaceRatio = 99", "diskMaxUsedSpaceRatio"),
+            ("diskSpaceWarningLevelRatio = 70", "diskSpaceWarningLevelRatio"),
+            ("diskSpaceWarningLevelRatio = 100", "diskSpaceWarningLevelRatio"),
             ("sendMessageThreadPoolNums = 0", "sendMessageThreadPoolNums"),
             ("brokerIP1 = \"localhost\"", "brokerIP1"),
             ("brokerName = \"a b\"", "brokerName"),

@@ -58,7 +58,7 @@ fn old_config(dir: &Path, name: &str, broker_id: u64, port: u16) -> (PathBuf, Br
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
         "brokerClusterName = \"c\"\nbrokerName = \"broker-a\"\nbrokerId = {broker_id}\nbrokerIP1 = \"127.0.0.1\"\nlistenPort = {port}\n\
-         storePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 4194304\nmaxMessageSize = 65536\nflushDiskType = \"SYNC_FLUSH\"\n",
+         storePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 4194304\nmaxMessageSize = 65536\ndiskMaxUsedSpaceRatio = 95\nflushDiskType = \"SYNC_FLUSH\"\n",
         dir.join(name).display()
     );
     let c = write_config(&path, &text);
@@ -74,7 +74,7 @@ fn new_config(dir: &Path, id: &str, root: &Path, listen: &[u16], raft: &[u16], e
     let path = dir.join(format!("{id}.toml"));
     let text = format!(
         "brokerClusterName = \"c\"\nbrokerName = \"broker-a\"\nbrokerIP1 = \"127.0.0.1\"\nlistenPort = {}\n\
-         storePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 4194304\nmaxMessageSize = 65536\nflushDiskType = \"SYNC_FLUSH\"\n\
+         storePathRootDir = \"{}\"\nmappedFileSizeCommitLog = 4194304\nmaxMessageSize = 65536\ndiskMaxUsedSpaceRatio = 95\nflushDiskType = \"SYNC_FLUSH\"\n\
          enableDLegerCommitLog = true\ndLegerGroup = \"g\"\ndLegerPeers = \"{}\"\ndLegerSelfId = \"{id}\"\ndLegerClientEndpoints = \"{}\"\n\
          dLegerHeartbeatIntervalMs = 50\ndLegerElectionTimeoutMinMs = 300\ndLegerElectionTimeoutMaxMs = 600\n{extra}",
         listen[me],

@@ -1,7 +1,7 @@
 //! Disk protection, once a second on a background task:
 //! - `diskMaxUsedSpaceRatio`: above it, retention deletes the oldest segments (even ones
 //!   some consumer group has not read) until the file system is back under the ratio;
-//! - 10 points above it (RocketMQ's "disk full" margin, capped at 95 %), sends are refused
+//! - `diskSpaceWarningLevelRatio` (RocketMQ's default 90 %): above it, sends are refused
 //!   until space is back, so the commitlog never fills the disk;
 //! - `fileReservedTime`: every [`RETENTION_EVERY_TICKS`] ticks, segments older than that
 //!   are deleted (sparing unconsumed messages, see `wasmq_storage::retention`).
@@ -20,21 +20,13 @@ use crate::replication::Role;
 const TICK_MS: u64 = 1_000;
 /// Age-based retention runs once a minute; the disk ratio is checked every tick.
 pub const RETENTION_EVERY_TICKS: u64 = 60;
-/// Sends are refused this many percentage points above `diskMaxUsedSpaceRatio`.
-pub const DISK_FULL_MARGIN_PERCENT: u32 = 10;
-pub const DISK_FULL_PERCENT_MAX: u32 = 95;
-
 /// Settings of the guard, from the broker config.
 #[derive(Clone, Copy, Debug)]
 pub struct DiskLimits {
     pub max_used_percent: u32,
+    /// Sends are refused at or above this used percent.
+    pub full_percent: u32,
     pub file_reserved_time_hours: u64,
-}
-
-impl DiskLimits {
-    pub fn full_percent(&self) -> u32 {
-        (self.max_used_percent + DISK_FULL_MARGIN_PERCENT).min(DISK_FULL_PERCENT_MAX)
-    }
 }
 
 pub(super) async fn run(core: Arc<BrokerCore>, mut stop: watch::Receiver<bool>) {
@@ -52,12 +44,12 @@ pub(super) async fn run(core: Arc<BrokerCore>, mut stop: watch::Receiver<bool>) 
         if disk.fs_total_bytes == 0 {
             continue; // statvfs failed; nothing to decide on
         }
-        let full = disk.fs_used_percent >= limits.full_percent();
+        let full = disk.fs_used_percent >= limits.full_percent;
         if core.disk_full.swap(full, Ordering::Relaxed) != full {
             if full {
                 tracing::error!(
                     used_percent = disk.fs_used_percent,
-                    limit = limits.full_percent(),
+                    limit = limits.full_percent,
                     "disk full: refusing sends until space is freed"
                 );
             } else {
@@ -138,12 +130,5 @@ mod tests {
         assert_eq!(commit_log_budget(&disk(1000, 100, 600), 75), Some(450));
         // Excess larger than the commitlog: keep nothing deletable.
         assert_eq!(commit_log_budget(&disk(1000, 0, 100), 75), Some(0));
-    }
-
-    #[test]
-    fn full_mark_is_ten_points_above_capped() {
-        let l = |p| DiskLimits { max_used_percent: p, file_reserved_time_hours: 72 };
-        assert_eq!(l(75).full_percent(), 85);
-        assert_eq!(l(90).full_percent(), 95);
     }
 }

@@ -93,6 +93,7 @@ impl CoreOptions {
             store_root: config.store_root(),
             disk: disk_guard::DiskLimits {
                 max_used_percent: config.disk_max_used_space_ratio,
+                full_percent: config.disk_full_percent(),
                 file_reserved_time_hours: config.file_reserved_time,
             },
         }

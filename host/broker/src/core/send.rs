@@ -34,8 +34,8 @@ impl BrokerCore {
         }
         if self.disk_full.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(BackendError::Internal(format!(
-                "disk full: the store's file system is past {}% used; send refused",
-                self.options.disk.full_percent()
+                "disk full: the store's file system is past {}% used (diskSpaceWarningLevelRatio); send refused",
+                self.options.disk.full_percent
             )));
         }
         let _permit =
