@@ -5,7 +5,7 @@
 # script starts is stopped by pid on exit.
 #
 #   examples/bench/compare.sh            # defaults
-#   DURATION=30 SIZE=4096 PRODUCERS="1 16 64" examples/bench/compare.sh
+#   DURATION=30 SIZE=4096 PRODUCERS="1 16 64" ROUTES=leader examples/bench/compare.sh
 #
 # Needs: the release binaries (built here if missing), nats-server (apt-get if missing), jq.
 set -euo pipefail
@@ -15,6 +15,14 @@ BIN="${WASMQ_BIN_DIR:-$ROOT/target/release}"
 DURATION="${DURATION:-10}"
 SIZE="${SIZE:-1024}"
 PRODUCERS="${PRODUCERS:-1 64}"
+# wasmq producers either spread over the 3 members (followers forward to the leader, as NATS
+# servers forward to the stream leader) or all send to the leader (as a RocketMQ client does
+# with a route that names the master).
+ROUTES="${ROUTES:-spread leader}"
+# Connections per endpoint the producers share, the same for both systems (0: one per
+# producer). A client library shares one per server (RocketMQ's gRPC channel, a NATS
+# connection); each producer still has one synchronous send in flight.
+CONNECTIONS="${CONNECTIONS:-1}"
 # Ports: away from the defaults so a developer's own cluster keeps running.
 NS_PORT=29876
 WQ_CLIENT=(28081 28082 28083)
@@ -123,9 +131,9 @@ EOF
 WQ_EPS="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
 NATS_EPS="127.0.0.1:${NATS_CLIENT[0]},127.0.0.1:${NATS_CLIENT[1]},127.0.0.1:${NATS_CLIENT[2]}"
 
-run_wasmq() { # producers
-    "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" \
-        --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
+run_wasmq() { # producers route
+    "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
+        --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
 }
 run_nats() { # producers; (re)creates the R3 file stream first, retrying while the
     # JetStream meta group elects its leader.
@@ -136,7 +144,7 @@ run_nats() { # producers; (re)creates the R3 file stream first, retrying while t
         sleep 1
     done
     "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
-        --size "$SIZE" -p "$1" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
+        --size "$SIZE" -p "$1" --connections "$CONNECTIONS" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
 }
 
 start_wasmq
@@ -146,27 +154,31 @@ log "both clusters up; ${DURATION}s per run, ${SIZE} B messages, producers: $PRO
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 for p in $PRODUCERS; do
-    log "wasmq, $p producer(s)"
-    run_wasmq "$p" >>"$RESULTS"
+    for route in $ROUTES; do
+        log "wasmq, $p producer(s), route $route"
+        run_wasmq "$p" "$route" >>"$RESULTS"
+    done
     log "nats, $p producer(s)"
     run_nats "$p" >>"$RESULTS"
 done
 
 echo
-printf 'Same run, same machine: %s B messages, sync acks, %s s per cell. Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$DURATION"
-printf '%-10s | %12s %12s %7s | %10s %10s %7s | %10s %10s %7s | %s\n' \
+printf 'Same run, same machine: %s B messages, sync acks, %s s per cell, %s shared connections per endpoint (0: one per producer). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$DURATION" "$CONNECTIONS"
+printf '%-14s | %12s %12s %7s | %10s %10s %7s | %10s %10s %7s | %s\n' \
     producers "wasmq msg/s" "nats msg/s" ratio "wasmq p50" "nats p50" ratio "wasmq p99" "nats p99" ratio "errors w/n"
 for p in $PRODUCERS; do
-    w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p\")" "$RESULTS")
+  for route in $ROUTES; do
+    w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p-$route\")" "$RESULTS")
     n=$(jq -c "select(.target==\"nats\" and .label==\"p$p\")" "$RESULTS")
-    jq -rn --argjson w "$w" --argjson n "$n" --arg p "$p" '
+    jq -rn --argjson w "$w" --argjson n "$n" --arg p "$p $route" '
       def r(a; b): if b > 0 then (a / b * 100 | round / 100) else "n/a" end;
       [$p,
        ($w.send_msgs_per_s | round), ($n.send_msgs_per_s | round), r($w.send_msgs_per_s; $n.send_msgs_per_s),
        $w.send_latency_us.p50, $n.send_latency_us.p50, r($w.send_latency_us.p50; $n.send_latency_us.p50),
        $w.send_latency_us.p99, $n.send_latency_us.p99, r($w.send_latency_us.p99; $n.send_latency_us.p99),
        "\($w.send_errors)/\($n.send_errors)"] | @tsv' |
-    awk -F'\t' '{ printf "%-10s | %12s %12s %7s | %8sus %8sus %7s | %8sus %8sus %7s | %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11 }'
+    awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %8sus %8sus %7s | %8sus %8sus %7s | %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11 }'
+  done
 done
 echo
 echo "raw JSON lines: $RESULTS (kept with KEEP=1)"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use wasmq_bench::nats::NatsConn;
-use wasmq_bench::workload::{self, Target, Workload};
+use wasmq_bench::workload::{self, Route, Target, Workload};
 
 #[derive(Parser, Debug)]
 #[command(name = "mqbench", about = "Load generator for wasmq (RocketMQ v2 gRPC) and NATS JetStream")]
@@ -39,6 +39,13 @@ struct Args {
     /// Concurrent consumers (wasmq only): receive + ack.
     #[arg(long, short = 'c', default_value_t = 0)]
     consumers: u32,
+    /// wasmq: which member each producer sends to.
+    #[arg(long, value_enum, default_value = "spread")]
+    route: Route,
+    /// wasmq: HTTP/2 connections per endpoint that the producers share (calls multiplex
+    /// as streams, as one RocketMQ client's channel does); 0: one per producer.
+    #[arg(long, default_value_t = 0)]
+    connections: u32,
     /// Per-request timeout in milliseconds.
     #[arg(long = "timeout-ms", default_value_t = 5_000)]
     timeout_ms: u64,
@@ -85,6 +92,8 @@ async fn main() -> Result<()> {
         producers: args.producers,
         consumers: args.consumers,
         timeout,
+        route: args.route,
+        connections: args.connections,
         label: args.label,
         progress: !args.quiet,
     })

@@ -1,13 +1,18 @@
 //! A minimal NATS client for JetStream publishing: CONNECT, PING/PONG, SUB, PUB with a reply
-//! inbox, MSG, +OK/-ERR, and the JetStream publish-ack JSON. Enough for a synchronous
-//! publisher (one request in flight per connection); not a general client.
+//! inbox, MSG, +OK/-ERR, and the JetStream publish-ack JSON. [`NatsConn`] has one request in
+//! flight; [`NatsMux`] shares one connection among many requesters (each request its own
+//! reply subject), as NATS client libraries do. Not a general client.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 
 /// Largest MSG payload accepted (JetStream acks are tiny; API answers are a few KiB).
 const PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -82,27 +87,34 @@ impl NatsConn {
         loop {
             let line = self.read_line().await?;
             if let Some(rest) = line.strip_prefix("MSG ") {
-                // MSG <subject> <sid> [reply-to] <#bytes>
-                let parts: Vec<&str> = rest.split(' ').collect();
-                ensure!((3..=4).contains(&parts.len()), "bad MSG line {line:?}");
-                let len: usize = parts[parts.len() - 1].parse().with_context(|| format!("bad MSG size in {line:?}"))?;
-                ensure!(len <= PAYLOAD_BYTES_MAX, "MSG payload of {len} bytes exceeds {PAYLOAD_BYTES_MAX}");
-                let mut payload = vec![0u8; len + 2];
-                tokio::time::timeout(self.timeout, self.reader.read_exact(&mut payload))
+                let (subject, len) = parse_msg_line(rest)?;
+                let payload = tokio::time::timeout(self.timeout, read_payload(&mut self.reader, len))
                     .await
                     .context("timed out reading MSG payload")??;
-                ensure!(payload.ends_with(b"\r\n"), "MSG payload not terminated");
-                payload.truncate(len);
-                return Ok(Delivery { subject: parts[0].to_string(), payload });
+                return Ok(Delivery { subject, payload });
             }
-            match line.as_str() {
-                "PING" => self.writer.write_all(b"PONG\r\n").await?,
-                "PONG" | "+OK" => {}
-                l if l.starts_with("-ERR") => bail!("server error: {l}"),
-                l if l.starts_with("INFO ") => {}
-                other => bail!("unexpected protocol line {other:?}"),
+            if control_line(&line)? {
+                self.writer.write_all(b"PONG\r\n").await?;
             }
         }
+    }
+
+    /// Shares this connection among concurrent requesters.
+    pub fn into_mux(self) -> Arc<NatsMux> {
+        let mux = Arc::new(NatsMux {
+            writer: tokio::sync::Mutex::new(self.writer),
+            pending: parking_lot::Mutex::new(HashMap::new()),
+            inbox_prefix: self.inbox_prefix,
+            next_reply: AtomicU64::new(self.next_reply),
+            timeout: self.timeout,
+        });
+        let reader_mux = Arc::downgrade(&mux);
+        tokio::spawn(async move {
+            if let Err(e) = mux_reader(self.reader, reader_mux).await {
+                tracing::debug!(error = %e, "nats connection reader stopped");
+            }
+        });
+        mux
     }
 
     /// Request/reply: publishes `payload` to `subject` with a fresh reply inbox and waits for
@@ -110,11 +122,7 @@ impl NatsConn {
     pub async fn request(&mut self, subject: &str, payload: &[u8]) -> Result<Vec<u8>> {
         self.next_reply += 1;
         let reply = format!("{}.{}", self.inbox_prefix, self.next_reply);
-        let mut frame = Vec::with_capacity(subject.len() + reply.len() + payload.len() + 32);
-        frame.extend_from_slice(format!("PUB {subject} {reply} {}\r\n", payload.len()).as_bytes());
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(b"\r\n");
-        self.writer.write_all(&frame).await?;
+        self.writer.write_all(&pub_frame(subject, &reply, payload)).await?;
         loop {
             let d = self.next_delivery().await?;
             if d.subject == reply {
@@ -159,6 +167,95 @@ impl NatsConn {
         }
         Ok(())
     }
+}
+
+/// One connection, many requests in flight: a reader task hands each reply to the request
+/// waiting on its subject.
+pub struct NatsMux {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Reply number → the waiting request. A request that times out removes itself.
+    pending: parking_lot::Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    inbox_prefix: String,
+    next_reply: AtomicU64,
+    timeout: Duration,
+}
+
+impl NatsMux {
+    pub async fn request(&self, subject: &str, payload: &[u8]) -> Result<Vec<u8>> {
+        let n = self.next_reply.fetch_add(1, Ordering::Relaxed) + 1;
+        let frame = pub_frame(subject, &format!("{}.{n}", self.inbox_prefix), payload);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(n, tx);
+        let answer = tokio::time::timeout(self.timeout, async {
+            self.writer.lock().await.write_all(&frame).await?;
+            rx.await.context("connection closed before the reply")
+        })
+        .await;
+        self.pending.lock().remove(&n);
+        answer.context("timed out waiting for the reply")?
+    }
+
+    pub async fn js_publish(&self, subject: &str, payload: &[u8]) -> Result<u64> {
+        parse_pub_ack(&self.request(subject, payload).await?)
+    }
+}
+
+async fn mux_reader(mut reader: BufReader<OwnedReadHalf>, mux: std::sync::Weak<NatsMux>) -> Result<()> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut reader).take(LINE_BYTES_MAX as u64).read_line(&mut line).await?;
+        ensure!(n > 0 && line.ends_with("\r\n"), "connection closed or protocol line cut");
+        let Some(mux) = mux.upgrade() else { return Ok(()) };
+        let l = line.trim_end_matches("\r\n");
+        if let Some(rest) = l.strip_prefix("MSG ") {
+            let (subject, len) = parse_msg_line(rest)?;
+            let payload = read_payload(&mut reader, len).await?;
+            let n = subject.rsplit_once('.').and_then(|(_, n)| n.parse::<u64>().ok());
+            if let Some(tx) = n.and_then(|n| mux.pending.lock().remove(&n)) {
+                let _ = tx.send(payload);
+            }
+        } else if control_line(l)? {
+            mux.writer.lock().await.write_all(b"PONG\r\n").await?;
+        }
+    }
+}
+
+/// `MSG <subject> <sid> [reply-to] <#bytes>` without the `MSG `: subject and size.
+fn parse_msg_line(rest: &str) -> Result<(String, usize)> {
+    let parts: Vec<&str> = rest.split(' ').collect();
+    ensure!((3..=4).contains(&parts.len()), "bad MSG line {rest:?}");
+    let len: usize = parts[parts.len() - 1].parse().with_context(|| format!("bad MSG size in {rest:?}"))?;
+    ensure!(len <= PAYLOAD_BYTES_MAX, "MSG payload of {len} bytes exceeds {PAYLOAD_BYTES_MAX}");
+    Ok((parts[0].to_string(), len))
+}
+
+async fn read_payload(reader: &mut BufReader<OwnedReadHalf>, len: usize) -> Result<Vec<u8>> {
+    let mut payload = vec![0u8; len + 2];
+    reader.read_exact(&mut payload).await?;
+    ensure!(payload.ends_with(b"\r\n"), "MSG payload not terminated");
+    payload.truncate(len);
+    Ok(payload)
+}
+
+/// A line that is not a MSG: true when it is a PING (answer PONG); errors on -ERR and on
+/// anything unknown.
+fn control_line(line: &str) -> Result<bool> {
+    match line {
+        "PING" => Ok(true),
+        "PONG" | "+OK" => Ok(false),
+        l if l.starts_with("-ERR") => bail!("server error: {l}"),
+        l if l.starts_with("INFO ") => Ok(false),
+        other => bail!("unexpected protocol line {other:?}"),
+    }
+}
+
+fn pub_frame(subject: &str, reply: &str, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(subject.len() + reply.len() + payload.len() + 32);
+    frame.extend_from_slice(format!("PUB {subject} {reply} {}\r\n", payload.len()).as_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    frame
 }
 
 /// `{"stream":"S","seq":N}` or `{"error":{"code":..,"description":..}}`.
@@ -229,7 +326,14 @@ mod tests {
         let mut c = NatsConn::connect(&addr.to_string(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(c.js_publish("bench.x", b"hello").await.unwrap(), 1);
         assert_eq!(c.js_publish("bench.x", &[7u8; 3000]).await.unwrap(), 2);
-        drop(c);
-        assert_eq!(server.await.unwrap(), 2);
+        // Shared: concurrent requests each get their own answer (the fake acks in order).
+        let mux = c.into_mux();
+        let (a, b) = tokio::join!(mux.js_publish("bench.x", b"a"), mux.js_publish("bench.x", b"b"));
+        let mut seqs = [a.unwrap(), b.unwrap()];
+        seqs.sort();
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(mux.js_publish("bench.x", b"c").await.unwrap(), 5);
+        drop(mux);
+        assert_eq!(server.await.unwrap(), 5);
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use hdrhistogram::Histogram;
 
 use crate::client::{ClientError, MqClient, Outgoing};
-use crate::nats::NatsConn;
+use crate::nats::{NatsConn, NatsMux};
 use crate::stats::{Counters, LatencySummary, Report, new_histogram, progress_line, record_latency};
 
 pub const SIZE_BYTES_MIN: usize = 8;
@@ -29,6 +29,18 @@ pub enum Target {
     Nats,
 }
 
+/// Which wasmq member a producer sends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    /// Producers spread over all endpoints; followers forward to the leader (what a client
+    /// given one access point does; NATS clients are spread the same way).
+    Spread,
+    /// Every producer sends to the group leader, found with the admin `BrokerStatus` call
+    /// and looked up again after a failed send (what a RocketMQ client does with a route
+    /// that names the master).
+    Leader,
+}
+
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub target: Target,
@@ -42,6 +54,10 @@ pub struct Workload {
     pub producers: u32,
     pub consumers: u32,
     pub timeout: Duration,
+    pub route: Route,
+    /// Connections per endpoint shared by the producers (wasmq: each call an HTTP/2 stream;
+    /// NATS: each request its own reply subject); 0: every producer dials its own.
+    pub connections: u32,
     pub label: String,
     pub progress: bool,
 }
@@ -55,6 +71,7 @@ impl Workload {
             self.size_bytes
         );
         ensure!((1..=PRODUCERS_MAX).contains(&self.producers), "producers must be in [1, {PRODUCERS_MAX}]");
+        ensure!(self.connections <= PRODUCERS_MAX, "connections must be at most {PRODUCERS_MAX}");
         ensure!(self.consumers <= CONSUMERS_MAX, "consumers must be at most {CONSUMERS_MAX}");
         ensure!(
             self.target == Target::Wasmq || self.consumers == 0,
@@ -123,13 +140,33 @@ pub async fn run(w: Workload) -> Result<Report> {
         let (w, counters, done) = (w.clone(), counters.clone(), producers_done.clone());
         consumer_tasks.push(tokio::spawn(async move { wasmq_consumer(id, &w, &counters, &done, deadline).await }));
     }
+    // Shared connections: `shared[c][e]` is connection c to endpoint e.
+    let shared: Vec<Vec<MqClient>> = if w.target == Target::Wasmq {
+        (0..w.connections).map(|_| connect_all(&w)).collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let nats_shared: Vec<Arc<NatsMux>> = if w.target == Target::Nats {
+        let mut muxes = Vec::new();
+        for _ in 0..w.connections {
+            for e in &w.endpoints {
+                muxes.push(NatsConn::connect(e, w.timeout).await.with_context(|| format!("connect {e}"))?.into_mux());
+            }
+        }
+        muxes
+    } else {
+        Vec::new()
+    };
     let mut producer_tasks = Vec::new();
     for id in 0..w.producers {
         let (w, counters, budget) = (w.clone(), counters.clone(), budget.clone());
+        let clients = shared.get(id as usize % shared.len().max(1)).cloned();
+        let mux = nats_shared.get(id as usize % nats_shared.len().max(1)).cloned();
         producer_tasks.push(tokio::spawn(async move {
-            match w.target {
-                Target::Wasmq => wasmq_producer(id, &w, &counters, &budget, deadline).await,
-                Target::Nats => nats_producer(id, &w, &counters, &budget, deadline).await,
+            match (w.target, mux) {
+                (Target::Wasmq, _) => wasmq_producer(id, &w, clients, &counters, &budget, deadline).await,
+                (Target::Nats, Some(mux)) => nats_shared_producer(&w, &mux, &counters, &budget, deadline).await,
+                (Target::Nats, None) => nats_producer(id, &w, &counters, &budget, deadline).await,
             }
         }));
     }
@@ -172,19 +209,42 @@ pub async fn run(w: Workload) -> Result<Report> {
     })
 }
 
+/// One lazily dialled client per endpoint.
+fn connect_all(w: &Workload) -> Result<Vec<MqClient>, ClientError> {
+    w.endpoints.iter().map(|e| MqClient::connect_lazy(e, w.timeout)).collect()
+}
+
 async fn wasmq_producer(
     id: u32,
     w: &Workload,
+    shared: Option<Vec<MqClient>>,
     counters: &Counters,
     budget: &AtomicU64,
     deadline: Instant,
 ) -> Result<Histogram<u64>> {
-    let mut clients =
-        w.endpoints.iter().map(|e| MqClient::connect_lazy(e, w.timeout)).collect::<Result<Vec<_>, _>>()?;
+    let mut clients = match shared {
+        Some(clients) => clients,
+        None => connect_all(w)?,
+    };
     // Spread producers over the endpoints; followers forward to the leader.
     let mut current = id as usize % clients.len();
+    let mut find_leader = w.route == Route::Leader;
     let mut hist = new_histogram();
     while Instant::now() < deadline && claim(budget) {
+        if find_leader {
+            match leader_of(&w.endpoints, w.timeout).await {
+                Some(i) => {
+                    current = i;
+                    find_leader = false;
+                }
+                None => {
+                    budget.fetch_add(1, Ordering::Relaxed);
+                    counters.send_error(&"no endpoint reports itself leader");
+                    tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+                    continue;
+                }
+            }
+        }
         let body = make_body(w.size_bytes);
         let t0 = Instant::now();
         let sent = clients[current]
@@ -200,9 +260,58 @@ async fn wasmq_producer(
                 budget.fetch_add(1, Ordering::Relaxed);
                 counters.send_error(&e);
                 tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
-                if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
+                if w.route == Route::Leader {
+                    find_leader = true;
+                } else if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
                     current = (current + 1) % clients.len();
                 }
+                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+            }
+        }
+    }
+    Ok(hist)
+}
+
+/// Index of the endpoint whose broker says it is the Raft leader (a standalone broker
+/// counts), asking each in turn.
+async fn leader_of(endpoints: &[String], timeout: Duration) -> Option<usize> {
+    use wasmq_proto::wasmq::admin::{BrokerStatusRequest, Role, admin_client::AdminClient};
+    for (i, e) in endpoints.iter().enumerate() {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(e.clone()) else { continue };
+        let Ok(channel) = endpoint.connect_timeout(timeout).timeout(timeout).connect().await else { continue };
+        let Ok(status) = AdminClient::new(channel).broker_status(BrokerStatusRequest::default()).await else {
+            continue;
+        };
+        let role = status.into_inner().role;
+        if role == Role::Leader as i32 || role == Role::Standalone as i32 {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// A producer on a shared NATS connection (no reconnect: the run reports the errors).
+async fn nats_shared_producer(
+    w: &Workload,
+    mux: &NatsMux,
+    counters: &Counters,
+    budget: &AtomicU64,
+    deadline: Instant,
+) -> Result<Histogram<u64>> {
+    let subject = w.subject();
+    let mut hist = new_histogram();
+    while Instant::now() < deadline && claim(budget) {
+        let body = make_body(w.size_bytes);
+        let t0 = Instant::now();
+        match mux.js_publish(&subject, &body).await {
+            Ok(_seq) => {
+                record_latency(&mut hist, t0.elapsed());
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                counters.sent_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                budget.fetch_add(1, Ordering::Relaxed);
+                counters.send_error(&format!("{e:#}"));
                 tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
             }
         }

@@ -27,6 +27,12 @@ fn open_log(dir: &std::path::Path) -> Arc<CommitLog> {
     Arc::new(CommitLog::open(cfg).unwrap().0)
 }
 
+/// Long enough that a leader change by election timeout is told apart from a handover even
+/// on a loaded 2-core CI machine (a 300 ms timeout made a slow handover look like none).
+const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
+/// A handover (TimeoutNow) must beat any election timeout (≥ min − one heartbeat).
+const HANDOVER_MS_MAX: u64 = ELECTION_TIMEOUT_MIN_MS - 100;
+
 fn group_config(ports: &[u16], me: usize, dir: &std::path::Path) -> RaftGroupConfig {
     RaftGroupConfig {
         group: "g".into(),
@@ -35,8 +41,8 @@ fn group_config(ports: &[u16], me: usize, dir: &std::path::Path) -> RaftGroupCon
         data_dir: dir.join("raft"),
         raft: RaftConfig {
             heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 500,
+            election_timeout_min_ms: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max_ms: ELECTION_TIMEOUT_MIN_MS + 500,
             noop_entry: Bytes::from_static(b"noop"),
             ..RaftConfig::default()
         },
@@ -182,13 +188,13 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     assert_eq!(wait_for_leader(&nodes, Duration::from_secs(5)).await, other);
 
     // A graceful stop of the leader hands leadership over instead of leaving the group to
-    // an election timeout (300..500 ms here).
+    // an election timeout.
     let (stopped, _) = nodes.remove(&other).unwrap();
     stopped.shutdown().await.unwrap();
     let handed_over_at = Instant::now();
     let next = wait_for_leader(&nodes, Duration::from_secs(5)).await;
     assert!(
-        handed_over_at.elapsed() < Duration::from_millis(250),
+        handed_over_at.elapsed() < Duration::from_millis(HANDOVER_MS_MAX),
         "no handover: new leader {} after {:?}",
         IDS[next],
         handed_over_at.elapsed()

@@ -47,9 +47,7 @@ impl MessagingBackend for BrokerCore {
         // As RocketMQ's route query with autoCreateTopicEnable: a producer's first route
         // lookup creates the topic (on the leader; followers just answer "not found").
         let creatable = self.options.auto_create_topic || super::topics::is_reserved(topic);
-        if !creatable
-            || !self.replicator.status().role.is_writable()
-            || wasmq_storage::record::validate_topic(topic).is_err()
+        if !creatable || !self.replicator.role().is_writable() || wasmq_storage::record::validate_topic(topic).is_err()
         {
             return Ok(None);
         }
@@ -226,7 +224,7 @@ impl MessagingBackend for BrokerCore {
     }
 
     fn is_leader(&self) -> bool {
-        self.replicator.status().role.is_writable()
+        self.replicator.role().is_writable()
     }
 
     fn max_message_size_bytes(&self) -> u64 {

@@ -9,6 +9,7 @@
 //! alike, in index order, so queue offsets are the same on every replica.
 
 mod apply;
+mod apply_waiters;
 mod backend;
 pub mod disk_guard;
 pub mod queue_choice;
@@ -113,8 +114,10 @@ pub struct BrokerCore {
     log: Arc<CommitLog>,
     replicator: Arc<dyn Replicator>,
     plugins: Option<Arc<PluginRegistry>>,
-    /// Highest applied entry index.
+    /// Highest applied entry index (long polls watch it).
     applied: watch::Receiver<EntryIndex>,
+    /// Senders waiting for their entry, woken precisely by the apply loop.
+    apply_waiters: apply_waiters::ApplyWaiters,
     /// Entry index → placement of the message it holds, for senders to pick up.
     outcomes: parking_lot::Mutex<BTreeMap<EntryIndex, Placement>>,
     chooser: queue_choice::QueueChooser,
@@ -146,13 +149,14 @@ impl BrokerCore {
             replicator,
             plugins,
             applied,
+            apply_waiters: Default::default(),
             outcomes: parking_lot::Mutex::new(BTreeMap::new()),
             chooser: Default::default(),
             disk_full: std::sync::atomic::AtomicBool::new(false),
             stop_tx,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let apply = tokio::spawn(apply::run(core.clone(), applied_tx, stop_rx.clone()));
+        let apply = apply::spawn(core.clone(), applied_tx, stop_rx.clone());
         let disk = tokio::spawn(disk_guard::run(core.clone(), stop_rx));
         core.tasks.lock().extend([apply, disk]);
         let commit_at_start = *core.replicator.committed().borrow();
@@ -210,9 +214,11 @@ impl BrokerCore {
 
     /// Waits until entry `index` is applied.
     pub(crate) async fn wait_applied(&self, index: EntryIndex, timeout: Duration) -> BackendResult<()> {
-        let mut applied = self.applied.clone();
-        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
-            Ok(Ok(_)) => Ok(()),
+        let Some(applied) = self.apply_waiters.register(index, || self.applied_index()) else {
+            return Ok(());
+        };
+        match tokio::time::timeout(timeout, applied).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(BackendError::Internal("broker core stopped".into())),
             Err(_) => {
                 Err(BackendError::Timeout(format!("entry {index} not applied within {} ms", timeout.as_millis())))
@@ -222,7 +228,7 @@ impl BrokerCore {
 
     /// Proposes records and waits until they are applied. Returns the entry range.
     pub(crate) async fn replicate(&self, records: &[Record]) -> BackendResult<crate::replication::CommittedRange> {
-        if !self.replicator.status().role.is_writable() {
+        if !self.replicator.role().is_writable() {
             return Err(self.not_leader());
         }
         let mut payloads = Vec::with_capacity(records.len());

@@ -29,7 +29,7 @@ impl BrokerCore {
         if msg.message_id.is_empty() {
             return Err(BackendError::BadRequest("empty message id".into()));
         }
-        if !self.replicator.status().role.is_writable() {
+        if !self.replicator.role().is_writable() {
             return Err(self.not_leader());
         }
         if self.disk_full.load(std::sync::atomic::Ordering::Relaxed) {

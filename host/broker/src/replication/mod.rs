@@ -160,6 +160,12 @@ pub trait Replicator: Send + Sync + 'static {
     /// Current replication state. Cheap: no I/O.
     fn status(&self) -> ReplicationStatus;
 
+    /// This member's role: `status().role` without copying the rest (the send path asks
+    /// on every message).
+    fn role(&self) -> Role {
+        self.status().role
+    }
+
     /// Watch of the commit index (highest committed entry index). Never decreases.
     fn committed(&self) -> watch::Receiver<EntryIndex>;
 

@@ -311,6 +311,10 @@ impl Replicator for RaftReplicator {
         self.status.lock().clone()
     }
 
+    fn role(&self) -> Role {
+        self.status.lock().role
+    }
+
     fn committed(&self) -> watch::Receiver<EntryIndex> {
         self.committed_rx.clone()
     }
