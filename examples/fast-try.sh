@@ -9,9 +9,10 @@
 #
 # Configs come from conf/dledger/broker-n{0,1,2}.toml; the copies used here point
 # storePathRootDir and pluginDir into the data directory, and move the disk guard up
-# (diskMaxUsedSpaceRatio 95, diskSpaceWarningLevelRatio 99): a trial's few MiB live on a
-# developer's or CI machine's shared disk, whose fill level is not ours to manage, and at
-# RocketMQ's 90 % a 250 GB disk with 20 GB free would refuse every send. Environment:
+# (diskMaxUsedSpaceRatio 95, diskSpaceWarningLevelRatio 99): a trial lives on a developer's
+# or CI machine's shared disk, whose fill level is not ours to manage, and at RocketMQ's
+# 90 % a 250 GB disk with 20 GB free would refuse every send.
+# Environment:
 #   WASMQ_FAST_TRY_DIR  data directory (default: ${TMPDIR:-/tmp}/wasmq-fast-try-$USER)
 #   WASMQ_BIN_DIR       where the binaries are (default: target/release)
 #   WASMQ_REBUILD=1     run cargo build even when the binaries exist

@@ -8,7 +8,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${WASMQ_BIN_DIR:-$ROOT/target/release}"
 VENV="${WASMQ_TEST_VENV:-$ROOT/.tools/venv-client}"
-export WASMQ_FAST_TRY_DIR="${WASMQ_FAST_TRY_DIR:-$(mktemp -d /tmp/wasmq-pytest.XXXXXX)}"
+OWN_DIR=0
+if [[ -z "${WASMQ_FAST_TRY_DIR:-}" ]]; then
+    WASMQ_FAST_TRY_DIR="$(mktemp -d /tmp/wasmq-pytest.XXXXXX)"
+    OWN_DIR=1
+fi
+export WASMQ_FAST_TRY_DIR
 NAMESRV=127.0.0.1:9876
 say() { echo "==> $*" >&2; }
 
@@ -18,7 +23,15 @@ if ! "$VENV/bin/python" -c 'import rocketmq, pytest' 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/tests/python/requirements.txt"
 fi
 
-cleanup() { "$ROOT/examples/fast-try.sh" stop >/dev/null 2>&1 || true; }
+# Stops the cluster; a data directory this script made is deleted too (each run's
+# commitlogs take a few GB of a shared disk; failures print the log tails first), unless
+# WASMQ_KEEP=1.
+cleanup() {
+    "$ROOT/examples/fast-try.sh" stop >/dev/null 2>&1 || true
+    if ((OWN_DIR)) && [[ "${WASMQ_KEEP:-0}" != 1 ]]; then
+        rm -rf "$WASMQ_FAST_TRY_DIR"
+    fi
+}
 trap cleanup EXIT
 "$ROOT/examples/fast-try.sh" start
 

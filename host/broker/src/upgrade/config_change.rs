@@ -140,6 +140,18 @@ fn builtin_findings(config: &BrokerConfig, changed: &[KeyChange], findings: &mut
             };
             wasmq("replication-switch", text.to_owned());
         }
+        if c.key == "mappedFileSizeCommitLog" {
+            // The store would refuse to open anyway; saying so here lets `--check` tell.
+            wasmq(
+                "segment-size",
+                format!(
+                    "mappedFileSizeCommitLog changes from {} to {} on a store that holds data: its \
+                     segments keep the size they were written with; keep the old value",
+                    c.old.as_deref().unwrap_or("the default"),
+                    c.new.as_deref().unwrap_or("the default")
+                ),
+            );
+        }
         if config.enable_d_leger_commit_log && MEMBERSHIP_KEYS.contains(&c.key.as_str()) {
             wasmq(
                 "membership-change",
@@ -258,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn replication_switch_and_membership_on_a_store_with_data_are_refused() {
+    fn replication_switch_membership_and_segment_size_on_a_store_with_data_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let standalone = config_in(dir.path());
         record_applied(&standalone, &[]).unwrap();
@@ -283,6 +295,12 @@ mod tests {
         assert!(!change.accepted());
         let finding = change.findings.iter().find(|f| f.code == "membership-change").expect("membership refusal");
         assert!(finding.text.contains("dLegerPeers"), "{finding:?}");
+
+        let resized = BrokerConfig { mapped_file_size_commit_log: 128 << 20, ..replicated.clone() };
+        let change = check(&resized).unwrap().expect("a change");
+        assert!(!change.accepted());
+        let finding = change.findings.iter().find(|f| f.code == "segment-size").expect("segment size refusal");
+        assert!(finding.text.contains("134217728"), "{finding:?}");
     }
 
     #[test]
