@@ -15,12 +15,16 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 START=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
+# The brokers refuse sends past diskSpaceWarningLevelRatio of a disk other jobs share: say
+# how full it is, so a refusal in a log can be told from a bug.
+disk() { echo "disk: $(df -P "$ROOT" /tmp 2>/dev/null | awk 'NR > 1 { printf "%s %s%% used, %d GiB free; ", $6, $5 + 0, $4 / 1048576 }')" || true; }
 
 if ! command -v python3 >/dev/null || ! python3 -c 'import venv' 2>/dev/null; then
     step "installing python3-venv"
     apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
 fi
 
+disk
 step "example plugins: build + tests"
 bash plugins/tests/run.sh
 
@@ -31,6 +35,7 @@ step "cargo test --release --workspace"
 cargo test --release --workspace --no-fail-fast
 
 step "official RocketMQ Python client against a 3-node group"
+disk
 bash tests/python/run.sh
 
 step "all suites passed in $(($(date +%s) - START))s"
