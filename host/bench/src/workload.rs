@@ -105,6 +105,21 @@ fn body_age(body: &[u8]) -> Option<Duration> {
     Some(Duration::from_micros(now_us.saturating_sub(sent_us)))
 }
 
+/// A send acknowledged `t0` after it started: its latency and the counters.
+fn acked(hist: &mut Histogram<u64>, counters: &Counters, t0: Instant, bytes: usize) {
+    record_latency(hist, t0.elapsed());
+    counters.sent.fetch_add(1, Ordering::Relaxed);
+    counters.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// A failed attempt: its message goes back to the budget, the error is counted, and the
+/// producer pauses (a leader change takes a moment).
+async fn failed(budget: &AtomicU64, counters: &Counters, error: impl std::fmt::Display) {
+    budget.fetch_add(1, Ordering::Relaxed);
+    counters.send_error(&error);
+    tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+}
+
 /// Takes one message from the shared budget; false when it is spent.
 fn claim(budget: &AtomicU64) -> bool {
     budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok()
@@ -238,9 +253,7 @@ async fn wasmq_producer(
                     find_leader = false;
                 }
                 None => {
-                    budget.fetch_add(1, Ordering::Relaxed);
-                    counters.send_error(&"no endpoint reports itself leader");
-                    tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+                    failed(budget, counters, &"no endpoint reports itself leader").await;
                     continue;
                 }
             }
@@ -252,20 +265,16 @@ async fn wasmq_producer(
             .await;
         match sent {
             Ok(_) => {
-                record_latency(&mut hist, t0.elapsed());
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                counters.sent_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                acked(&mut hist, counters, t0, body.len());
             }
             Err(e) => {
-                budget.fetch_add(1, Ordering::Relaxed);
-                counters.send_error(&e);
                 tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
                 if w.route == Route::Leader {
                     find_leader = true;
                 } else if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
                     current = (current + 1) % clients.len();
                 }
-                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+                failed(budget, counters, &e).await;
             }
         }
     }
@@ -305,15 +314,9 @@ async fn nats_shared_producer(
         let t0 = Instant::now();
         match mux.js_publish(&subject, &body).await {
             Ok(_seq) => {
-                record_latency(&mut hist, t0.elapsed());
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                counters.sent_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                acked(&mut hist, counters, t0, body.len());
             }
-            Err(e) => {
-                budget.fetch_add(1, Ordering::Relaxed);
-                counters.send_error(&format!("{e:#}"));
-                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
-            }
+            Err(e) => failed(budget, counters, &format!("{e:#}")).await,
         }
     }
     Ok(hist)
@@ -335,11 +338,9 @@ async fn nats_producer(
             match NatsConn::connect(&w.endpoints[current], w.timeout).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    budget.fetch_add(1, Ordering::Relaxed);
-                    counters.send_error(&format!("connect: {e:#}"));
                     tracing::debug!(producer = id, error = %e, "nats connect failed");
                     current = (current + 1) % w.endpoints.len();
-                    tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+                    failed(budget, counters, &format!("connect: {e:#}")).await;
                     continue;
                 }
             }
@@ -349,17 +350,13 @@ async fn nats_producer(
         let t0 = Instant::now();
         match c.js_publish(&subject, &body).await {
             Ok(_seq) => {
-                record_latency(&mut hist, t0.elapsed());
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-                counters.sent_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                acked(&mut hist, counters, t0, body.len());
             }
             Err(e) => {
-                budget.fetch_add(1, Ordering::Relaxed);
-                counters.send_error(&format!("{e:#}"));
                 tracing::debug!(producer = id, error = %e, "publish failed");
                 // The connection state is unknown after an error: start over.
                 conn = None;
-                tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+                failed(budget, counters, &format!("{e:#}")).await;
             }
         }
     }
