@@ -1,10 +1,16 @@
 //! gRPC transport between Raft group members (`wasmq.raft.Raft`).
 //!
-//! Every member serves `Deliver` on its `dLegerPeers` address and keeps one sender task per
-//! peer. A sender drains its bounded queue into one `MessageBatch` per call; answers come
-//! back as messages in the peer's own calls. Loss is fine (Raft retransmits from its own
-//! state), so every queue is bounded and drops when full, and a failing peer's queue is
-//! discarded while the sender backs off and the lazy channel reconnects.
+//! Every member serves `Pipe` (and the older one-call-per-batch `Deliver`) on its
+//! `dLegerPeers` address and keeps one sender task per peer. A sender keeps one long-lived
+//! `Pipe` stream open to its peer and drains its bounded queue into one `MessageBatch` per
+//! stream message; the peer answers each batch, and a sender keeps at most
+//! `PIPE_BATCHES_IN_FLIGHT_MAX` unanswered (what queues meanwhile goes out as one batch).
+//! Raft answers come back as messages in the peer's own batches. Loss is fine (Raft
+//! retransmits from its own state), so every queue is bounded and drops when full, and a
+//! failing peer's queue is discarded while the sender backs off and reconnects.
+//!
+//! Why a stream: a unary call per batch cost each side an HTTP/2 stream, header blocks and a
+//! task; on a stream a batch is one DATA frame each way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,6 +153,7 @@ pub fn from_proto(msg: pb::RaftMessage) -> Option<Message> {
 }
 
 /// Server side: validates a batch and hands its messages to the driver's bounded inbox.
+#[derive(Clone)]
 pub struct RaftPeerService {
     members: Arc<Members>,
     self_node: NodeId,
@@ -169,12 +176,11 @@ impl RaftPeerService {
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
-}
 
-#[tonic::async_trait]
-impl pb::raft_server::Raft for RaftPeerService {
-    async fn deliver(&self, request: Request<pb::MessageBatch>) -> Result<Response<pb::DeliverReply>, Status> {
-        let batch = request.into_inner();
+    /// One batch, from `Deliver` or from a `Pipe`: refused whole when it is not for this
+    /// member of this group from a member; else its messages go to the inbox (dropped, and
+    /// counted, when the inbox is full: Raft retransmits).
+    fn accept(&self, batch: pb::MessageBatch) -> Result<pb::DeliverReply, Status> {
         if batch.group != self.members.group {
             return Err(Status::invalid_argument(format!(
                 "batch for group `{}`, this member is in `{}`",
@@ -204,7 +210,37 @@ impl pb::raft_server::Raft for RaftPeerService {
                 }
             }
         }
-        Ok(Response::new(pb::DeliverReply { accepted }))
+        Ok(pb::DeliverReply { accepted })
+    }
+}
+
+type ReplyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::DeliverReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftPeerService {
+    type PipeStream = ReplyStream;
+
+    async fn pipe(
+        &self,
+        request: Request<tonic::Streaming<pb::MessageBatch>>,
+    ) -> Result<Response<Self::PipeStream>, Status> {
+        use futures::StreamExt;
+        let service = self.clone();
+        // One reply per batch, in order; the first refused batch ends the stream with its
+        // status (the sender reconnects after a back-off).
+        let replies = request.into_inner().map(move |batch| batch.and_then(|b| service.accept(b))).scan(
+            false,
+            |failed, reply| {
+                let item = (!*failed).then_some(reply);
+                *failed = item.as_ref().is_some_and(|r| r.is_err());
+                std::future::ready(item)
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn deliver(&self, request: Request<pb::MessageBatch>) -> Result<Response<pb::DeliverReply>, Status> {
+        self.accept(request.into_inner()).map(Response::new)
     }
 }
 
@@ -219,68 +255,343 @@ pub fn listen_address(address: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
-/// Client side: one task per peer, draining `rx` into `Deliver` calls.
+/// Client side: one task per peer, draining `rx` into batches on a `Pipe` stream (or
+/// `Deliver` calls towards a member that does not serve `Pipe`).
 pub fn spawn_peer_sender(
     members: Arc<Members>,
     self_node: NodeId,
     peer: NodeId,
-    mut rx: mpsc::Receiver<Message>,
-    mut shutdown: watch::Receiver<bool>,
+    rx: mpsc::Receiver<Message>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let address = members.address(peer).to_string();
+    // No channel-wide timeout: it would end the long-lived pipe. Unary calls and pipe
+    // acknowledgements have their own deadline (`CALL_TIMEOUT_MS`).
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| format!("peer address `{address}`: {e}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
         .tcp_nodelay(true);
-    let channel = endpoint.connect_lazy();
-    let mut client = pb::raft_client::RaftClient::new(channel)
+    let sender = PeerSender {
+        client: peer_client(&endpoint),
+        endpoint,
+        to_id: members.name(peer).to_string(),
+        address,
+        outbox: Outbox {
+            group: members.group.clone(),
+            from_id: members.name(self_node).to_string(),
+            to_id: members.name(peer).to_string(),
+            rx,
+        },
+        shutdown,
+        failures: 0,
+    };
+    Ok(tokio::spawn(sender.run()))
+}
+
+/// Batches sent on a pipe and not yet answered. Small on purpose: while the window is full,
+/// the driver's messages queue up and then leave as one batch, so under load a batch
+/// carries many rounds' appends (one frame each way instead of one per round).
+const PIPE_BATCHES_IN_FLIGHT_MAX: usize = 2;
+
+fn peer_client(endpoint: &tonic::transport::Endpoint) -> pb::raft_client::RaftClient<tonic::transport::Channel> {
+    pb::raft_client::RaftClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let group = members.group.clone();
-    let from_id = members.name(self_node).to_string();
-    let to_id = members.name(peer).to_string();
-    Ok(tokio::spawn(async move {
-        let mut failures = 0u32;
-        loop {
-            let first = tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                _ = shutdown.changed() => break,
-            };
-            let mut bytes = first.payload_bytes();
-            let mut messages = vec![to_proto(first)];
-            while messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        bytes += m.payload_bytes();
-                        messages.push(to_proto(m));
-                    }
-                    Err(_) => break,
+        .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+}
+
+struct PeerSender {
+    endpoint: tonic::transport::Endpoint,
+    client: pb::raft_client::RaftClient<tonic::transport::Channel>,
+    to_id: String,
+    address: String,
+    outbox: Outbox,
+    shutdown: watch::Receiver<bool>,
+    /// Consecutive failed calls or pipes (for the back-off and the log).
+    failures: u32,
+}
+
+/// The driver's messages for one peer, and the header of every batch to it.
+struct Outbox {
+    group: String,
+    from_id: String,
+    to_id: String,
+    rx: mpsc::Receiver<Message>,
+}
+
+impl Outbox {
+    /// Waits for one message, then takes what else is queued, up to the batch limits.
+    /// `None` when the driver is gone. Cancel-safe: nothing is taken before the first
+    /// message arrived, and the rest is taken without awaiting.
+    async fn next_batch(&mut self) -> Option<pb::MessageBatch> {
+        let first = self.rx.recv().await?;
+        let mut bytes = first.payload_bytes();
+        let mut messages = vec![to_proto(first)];
+        while messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            match self.rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.payload_bytes();
+                    messages.push(to_proto(m));
                 }
+                Err(_) => break,
             }
-            let batch =
-                pb::MessageBatch { group: group.clone(), from_id: from_id.clone(), to_id: to_id.clone(), messages };
-            match client.deliver(batch).await {
-                Ok(_) => {
-                    if failures > 0 {
-                        tracing::info!(peer = %to_id, %address, failures, "raft peer reachable again");
-                    }
-                    failures = 0;
+        }
+        Some(pb::MessageBatch {
+            group: self.group.clone(),
+            from_id: self.from_id.clone(),
+            to_id: self.to_id.clone(),
+            messages,
+        })
+    }
+
+    /// Drops what queued: after a failure it is stale.
+    fn discard(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// How a pipe or a run of unary calls ended.
+enum SendEnd {
+    Shutdown,
+    /// The peer does not serve `Pipe` (an older member); the batch the pipe was opened for.
+    PipeUnimplemented(pb::MessageBatch),
+    Failed(Status),
+}
+
+impl PeerSender {
+    async fn run(mut self) {
+        let mut pipe = true;
+        let mut unsent = None;
+        loop {
+            let end = if pipe { self.run_pipe().await } else { self.run_unary(unsent.take()).await };
+            match end {
+                SendEnd::Shutdown => return,
+                SendEnd::PipeUnimplemented(batch) => {
+                    unsent = Some(batch);
+                    tracing::info!(peer = %self.to_id, address = %self.address, "peer does not serve Raft/Pipe (an older member): one Deliver call per batch");
+                    pipe = false;
                 }
-                Err(status) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(100) {
-                        tracing::warn!(peer = %to_id, %address, failures, error = %status, "raft peer unreachable");
+                SendEnd::Failed(status) => {
+                    self.failures += 1;
+                    if self.failures == 1 || self.failures.is_multiple_of(100) {
+                        tracing::warn!(peer = %self.to_id, address = %self.address, failures = self.failures, error = %status, "raft peer unreachable");
                     }
-                    let backoff = (BACKOFF_MS_MIN << failures.min(8)).min(BACKOFF_MS_MAX);
+                    tracing::debug!(peer = %self.to_id, failures = self.failures, error = %status, "raft peer send failed");
+                    // What queued behind the failed batch is stale (the node resends from its
+                    // own state); what queues during the back-off is recent (a vote) and goes
+                    // out after it.
+                    self.outbox.discard();
+                    let backoff = (BACKOFF_MS_MIN << self.failures.min(8)).min(BACKOFF_MS_MAX);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
-                        _ = shutdown.changed() => break,
+                        _ = self.shutdown.changed() => return,
                     }
-                    // What queued meanwhile is stale; the node resends from its own state.
-                    while rx.try_recv().is_ok() {}
+                    // A fresh connection: the old one may be stalled (a cut link keeps it
+                    // open) or lead to a member instance that is going away, and a channel
+                    // keeps using a connection until it sees it fail.
+                    self.client = peer_client(&self.endpoint);
+                    // The peer may have been upgraded while it was away.
+                    pipe = true;
                 }
             }
         }
-    }))
+    }
+
+    fn delivered(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(peer = %self.to_id, address = %self.address, failures = self.failures, "raft peer reachable again");
+        }
+        self.failures = 0;
+    }
+
+    /// One `Pipe` stream until it fails: batches go out while fewer than
+    /// `PIPE_BATCHES_IN_FLIGHT_MAX` are unanswered; a batch unanswered for `CALL_TIMEOUT_MS`
+    /// (a stalled connection, a paused peer) ends the pipe.
+    async fn run_pipe(&mut self) -> SendEnd {
+        let call_timeout = Duration::from_millis(CALL_TIMEOUT_MS);
+        // Opened when there is something to send, not before: dialing a member that is down
+        // would only fail, raise the back-off and discard what queued meanwhile (a vote).
+        let first = tokio::select! {
+            b = self.outbox.next_batch() => match b { Some(b) => b, None => return SendEnd::Shutdown },
+            _ = self.shutdown.changed() => return SendEnd::Shutdown,
+        };
+        let (batches, outgoing) = mpsc::channel(PIPE_BATCHES_IN_FLIGHT_MAX);
+        // Kept until the peer accepted the pipe: an older member gets it by `Deliver`.
+        batches.try_send(first.clone()).expect("a new channel has room for the first batch");
+        let opened = tokio::select! {
+            r = tokio::time::timeout(call_timeout, self.client.pipe(tokio_stream::wrappers::ReceiverStream::new(outgoing))) => r,
+            _ = self.shutdown.changed() => return SendEnd::Shutdown,
+        };
+        let mut replies = match opened {
+            Err(_) => return SendEnd::Failed(Status::deadline_exceeded("opening the pipe timed out")),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => return SendEnd::PipeUnimplemented(first),
+            Ok(Err(status)) => return SendEnd::Failed(status),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let mut in_flight = 1usize;
+        // When the oldest unanswered batch (or the last answer) is too old.
+        let mut deadline = tokio::time::Instant::now() + call_timeout;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => return SendEnd::Shutdown,
+                reply = replies.message() => match reply {
+                    Ok(Some(_)) if in_flight > 0 => {
+                        in_flight -= 1;
+                        deadline = tokio::time::Instant::now() + call_timeout;
+                        self.delivered();
+                    }
+                    Ok(Some(_)) => return SendEnd::Failed(Status::internal("peer answered a batch that was not sent")),
+                    Ok(None) => return SendEnd::Failed(Status::unavailable("peer closed the pipe")),
+                    Err(status) => return SendEnd::Failed(status),
+                },
+                _ = tokio::time::sleep_until(deadline), if in_flight > 0 => {
+                    return SendEnd::Failed(Status::deadline_exceeded(format!("no answer on the pipe for {CALL_TIMEOUT_MS} ms")));
+                }
+                batch = self.outbox.next_batch(), if in_flight < PIPE_BATCHES_IN_FLIGHT_MAX => {
+                    let Some(batch) = batch else { return SendEnd::Shutdown };
+                    if in_flight == 0 {
+                        deadline = tokio::time::Instant::now() + call_timeout;
+                    }
+                    // The channel holds the whole window, so this only fails when the
+                    // connection dropped the stream.
+                    if batches.try_send(batch).is_err() {
+                        return SendEnd::Failed(Status::unavailable("the pipe's request stream closed"));
+                    }
+                    in_flight += 1;
+                }
+            }
+        }
+    }
+
+    /// One `Deliver` call per batch (`unsent` first) until one fails.
+    async fn run_unary(&mut self, mut unsent: Option<pb::MessageBatch>) -> SendEnd {
+        loop {
+            let batch = if let Some(b) = unsent.take() {
+                b
+            } else {
+                tokio::select! {
+                    b = self.outbox.next_batch() => match b { Some(b) => b, None => return SendEnd::Shutdown },
+                    _ = self.shutdown.changed() => return SendEnd::Shutdown,
+                }
+            };
+            let mut request = Request::new(batch);
+            request.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+            match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), self.client.deliver(request)).await {
+                Ok(Ok(_)) => self.delivered(),
+                Ok(Err(status)) => return SendEnd::Failed(status),
+                Err(_) => return SendEnd::Failed(Status::deadline_exceeded("Deliver call timed out")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEARTBEATS: u64 = 2_000;
+
+    /// Members `a` (the sender) and `b` (served on `listener`'s address).
+    fn members(listener: &tokio::net::TcpListener) -> Arc<Members> {
+        let b = listener.local_addr().unwrap().to_string();
+        Arc::new(Members::new("g".into(), vec![("a".into(), "127.0.0.1:9".into()), ("b".into(), b)]).unwrap())
+    }
+
+    fn serve<S: pb::raft_server::Raft>(listener: tokio::net::TcpListener, service: S) {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+    }
+
+    /// Sends `HEARTBEATS` numbered heartbeats from `a` to `b` and checks `b`'s inbox gets
+    /// every one, once, in order.
+    async fn assert_heartbeats_arrive(members: Arc<Members>, mut inbox: mpsc::Receiver<(NodeId, Message)>) {
+        let (tx, rx) = mpsc::channel(PEER_TEST_QUEUE);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let sender = spawn_peer_sender(members.clone(), 1, 2, rx, stop_rx).unwrap();
+        let feed = tokio::spawn(async move {
+            for commit in 1..=HEARTBEATS {
+                tx.send(Message::Heartbeat { term: 1, commit }).await.unwrap();
+            }
+            tx
+        });
+        for expected in 1..=HEARTBEATS {
+            let (from, msg) = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await.unwrap().unwrap();
+            assert_eq!(from, 1);
+            assert_eq!(msg, Message::Heartbeat { term: 1, commit: expected });
+        }
+        let _tx = feed.await.unwrap();
+        assert!(inbox.try_recv().is_err(), "a heartbeat arrived twice");
+        sender.abort();
+    }
+
+    /// The peer queue of the test: larger than the inbox traffic so nothing is dropped.
+    const PEER_TEST_QUEUE: usize = 64;
+
+    #[tokio::test]
+    async fn pipe_delivers_every_message_once_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let members = members(&listener);
+        let (inbox_tx, inbox) = mpsc::channel(4 * PEER_TEST_QUEUE);
+        serve(listener, RaftPeerService::new(members.clone(), 2, inbox_tx, Arc::new(AtomicU64::new(0))));
+        assert_heartbeats_arrive(members, inbox).await;
+    }
+
+    /// A member of a version before `Pipe`: UNIMPLEMENTED for it, `Deliver` as before.
+    struct OlderMember(RaftPeerService, Arc<AtomicU64>);
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for OlderMember {
+        type PipeStream = ReplyStream;
+
+        async fn pipe(&self, _: Request<tonic::Streaming<pb::MessageBatch>>) -> Result<Response<ReplyStream>, Status> {
+            Err(Status::unimplemented("no Pipe before this version"))
+        }
+
+        async fn deliver(&self, request: Request<pb::MessageBatch>) -> Result<Response<pb::DeliverReply>, Status> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.deliver(request).await
+        }
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_deliver_towards_an_older_member() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let members = members(&listener);
+        let (inbox_tx, inbox) = mpsc::channel(4 * PEER_TEST_QUEUE);
+        let calls = Arc::new(AtomicU64::new(0));
+        let inner = RaftPeerService::new(members.clone(), 2, inbox_tx, Arc::new(AtomicU64::new(0)));
+        serve(listener, OlderMember(inner, calls.clone()));
+        assert_heartbeats_arrive(members, inbox).await;
+        assert!(calls.load(Ordering::Relaxed) > 0, "nothing went through Deliver");
+    }
+
+    #[tokio::test]
+    async fn pipe_ends_at_a_batch_for_another_group() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let members = members(&listener);
+        let address = members.address(2).to_string();
+        let (inbox_tx, mut inbox) = mpsc::channel(16);
+        serve(listener, RaftPeerService::new(members, 2, inbox_tx, Arc::new(AtomicU64::new(0))));
+        let mut client = pb::raft_client::RaftClient::connect(format!("http://{address}")).await.unwrap();
+        let batch = |group: &str, commit| pb::MessageBatch {
+            group: group.into(),
+            from_id: "a".into(),
+            to_id: "b".into(),
+            messages: vec![to_proto(Message::Heartbeat { term: 1, commit })],
+        };
+        let batches = vec![batch("g", 1), batch("other", 2), batch("g", 3)];
+        let mut replies = client.pipe(tokio_stream::iter(batches)).await.unwrap().into_inner();
+        assert_eq!(replies.message().await.unwrap(), Some(pb::DeliverReply { accepted: 1 }));
+        let refused = replies.message().await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("group `other`"), "{refused:?}");
+        assert_eq!(inbox.recv().await.unwrap().1, Message::Heartbeat { term: 1, commit: 1 });
+        // Nothing after the refused batch was taken.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(inbox.try_recv().is_err());
+    }
 }
