@@ -2,7 +2,8 @@
 //!
 //! One driver thread owns the [`RaftNode`] (a thread, not a runtime task: appends, fsyncs
 //! and hard state writes block). It runs a small single-threaded tokio runtime so it can
-//! wait on its channels and a tick at once:
+//! wait on its channels and a tick at once; the peer gRPC service and the peer senders run
+//! on that runtime too, so Raft traffic never crosses threads inside a member. Each round:
 //! 1. take a batch of inputs (peer messages from the gRPC service, proposals, control),
 //! 2. tick the node,
 //! 3. group fsync: flush the commitlog once for everything appended, tell the node,
@@ -155,9 +156,20 @@ impl RaftReplicator {
         )
         .map_err(|e| bad(e.to_string()))?;
 
+        // The driver thread's own runtime also runs the peer service and the peer senders:
+        // a Raft message then goes socket → inbox → node → outbox → socket on one thread,
+        // without a hand-off between the driver thread and the broker's runtime workers at
+        // every step (each one a futex wake-up, on the critical path of every send).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(format!("wasmq-raft-{}", cfg.self_id))
+            .build()
+            .map_err(|e| ReplicationError::Storage(format!("raft driver runtime: {e}")))?;
+        let _on_driver_runtime = runtime.enter();
         let listen = listen_address(members.address(self_node)).map_err(bad)?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
             .map_err(|e| ReplicationError::Storage(format!("bind raft peer service on {listen}: {e}")))?;
         let local_addr = listener.local_addr().map_err(|e| ReplicationError::Storage(e.to_string()))?;
 
@@ -207,6 +219,7 @@ impl RaftReplicator {
         }));
         let failure = Arc::new(Mutex::new(None));
         let driver = Driver {
+            runtime: Some(runtime),
             node,
             log,
             members: members.clone(),
@@ -353,6 +366,8 @@ impl Replicator for RaftReplicator {
 }
 
 struct Driver {
+    /// Taken by `run`: the loop runs on it, with the peer service and senders.
+    runtime: Option<tokio::runtime::Runtime>,
     node: RaftNode<CommitLogRaftLog>,
     log: Arc<CommitLog>,
     members: Arc<Members>,
@@ -383,14 +398,10 @@ enum Stop {
 
 impl Driver {
     fn run(mut self) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                *self.failure.lock() = Some(format!("raft driver runtime: {e}"));
-                return;
-            }
-        };
+        let rt = self.runtime.take().expect("the driver runs once");
         let stop = rt.block_on(self.run_loop());
+        // The peer service and senders stop with it (connections close, like a crash's).
+        drop(rt);
         let (reason, reply) = match stop {
             Stop::Shutdown(reply) => ("replicator is shutting down".to_string(), Some(reply)),
             Stop::Dropped => ("replicator dropped".to_string(), None),
