@@ -274,7 +274,6 @@ pub fn spawn_peer_sender(
     let sender = PeerSender {
         client: peer_client(&endpoint),
         endpoint,
-        to_id: members.name(peer).to_string(),
         address,
         outbox: Outbox {
             group: members.group.clone(),
@@ -302,7 +301,6 @@ fn peer_client(endpoint: &tonic::transport::Endpoint) -> pb::raft_client::RaftCl
 struct PeerSender {
     endpoint: tonic::transport::Endpoint,
     client: pb::raft_client::RaftClient<tonic::transport::Channel>,
-    to_id: String,
     address: String,
     outbox: Outbox,
     shutdown: watch::Receiver<bool>,
@@ -367,15 +365,15 @@ impl PeerSender {
                 SendEnd::Shutdown => return,
                 SendEnd::PipeUnimplemented(batch) => {
                     unsent = Some(batch);
-                    tracing::info!(peer = %self.to_id, address = %self.address, "peer does not serve Raft/Pipe (an older member): one Deliver call per batch");
+                    tracing::info!(peer = %self.outbox.to_id, address = %self.address, "peer does not serve Raft/Pipe (an older member): one Deliver call per batch");
                     pipe = false;
                 }
                 SendEnd::Failed(status) => {
                     self.failures += 1;
                     if self.failures == 1 || self.failures.is_multiple_of(100) {
-                        tracing::warn!(peer = %self.to_id, address = %self.address, failures = self.failures, error = %status, "raft peer unreachable");
+                        tracing::warn!(peer = %self.outbox.to_id, address = %self.address, failures = self.failures, error = %status, "raft peer unreachable");
                     }
-                    tracing::debug!(peer = %self.to_id, failures = self.failures, error = %status, "raft peer send failed");
+                    tracing::debug!(peer = %self.outbox.to_id, failures = self.failures, error = %status, "raft peer send failed");
                     // What queued behind the failed batch is stale (the node resends from its
                     // own state); what queues during the back-off is recent (a vote) and goes
                     // out after it.
@@ -396,9 +394,17 @@ impl PeerSender {
         }
     }
 
+    /// The next batch, or `None` at shutdown.
+    async fn next_batch(&mut self) -> Option<pb::MessageBatch> {
+        tokio::select! {
+            b = self.outbox.next_batch() => b,
+            _ = self.shutdown.changed() => None,
+        }
+    }
+
     fn delivered(&mut self) {
         if self.failures > 0 {
-            tracing::info!(peer = %self.to_id, address = %self.address, failures = self.failures, "raft peer reachable again");
+            tracing::info!(peer = %self.outbox.to_id, address = %self.address, failures = self.failures, "raft peer reachable again");
         }
         self.failures = 0;
     }
@@ -410,10 +416,7 @@ impl PeerSender {
         let call_timeout = Duration::from_millis(CALL_TIMEOUT_MS);
         // Opened when there is something to send, not before: dialing a member that is down
         // would only fail, raise the back-off and discard what queued meanwhile (a vote).
-        let first = tokio::select! {
-            b = self.outbox.next_batch() => match b { Some(b) => b, None => return SendEnd::Shutdown },
-            _ = self.shutdown.changed() => return SendEnd::Shutdown,
-        };
+        let Some(first) = self.next_batch().await else { return SendEnd::Shutdown };
         let (batches, outgoing) = mpsc::channel(PIPE_BATCHES_IN_FLIGHT_MAX);
         // Kept until the peer accepted the pipe: an older member gets it by `Deliver`.
         batches.try_send(first.clone()).expect("a new channel has room for the first batch");
@@ -466,13 +469,12 @@ impl PeerSender {
     /// One `Deliver` call per batch (`unsent` first) until one fails.
     async fn run_unary(&mut self, mut unsent: Option<pb::MessageBatch>) -> SendEnd {
         loop {
-            let batch = if let Some(b) = unsent.take() {
-                b
-            } else {
-                tokio::select! {
-                    b = self.outbox.next_batch() => match b { Some(b) => b, None => return SendEnd::Shutdown },
-                    _ = self.shutdown.changed() => return SendEnd::Shutdown,
-                }
+            let batch = match unsent.take() {
+                Some(b) => b,
+                None => match self.next_batch().await {
+                    Some(b) => b,
+                    None => return SendEnd::Shutdown,
+                },
             };
             let mut request = Request::new(batch);
             request.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
