@@ -210,3 +210,19 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     }
     assert!(matches!(stopped.propose(vec![Bytes::from_static(b"late")]).await, Err(ReplicationError::ShuttingDown)));
 }
+
+/// A member whose peer address is taken (another process on the port) fails to start with
+/// an error that names the address; nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_peer_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut ports = free_ports();
+    ports[0] = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    let err = match RaftReplicator::start(group_config(&ports, 0, dir.path()), log).await {
+        Ok(_) => panic!("started on a port another listener holds"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("127.0.0.1:{}", ports[0])), "{err}");
+}

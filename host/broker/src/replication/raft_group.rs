@@ -160,17 +160,19 @@ impl RaftReplicator {
         // a Raft message then goes socket → inbox → node → outbox → socket on one thread,
         // without a hand-off between the driver thread and the broker's runtime workers at
         // every step (each one a futex wake-up, on the critical path of every send).
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(format!("wasmq-raft-{}", cfg.self_id))
-            .build()
-            .map_err(|e| ReplicationError::Storage(format!("raft driver runtime: {e}")))?;
-        let _on_driver_runtime = runtime.enter();
         let listen = listen_address(members.address(self_node)).map_err(bad)?;
-        let listener = std::net::TcpListener::bind(listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std)
-            .map_err(|e| ReplicationError::Storage(format!("bind raft peer service on {listen}: {e}")))?;
+        let bind_error =
+            |e: std::io::Error| ReplicationError::Storage(format!("bind raft peer service on {listen}: {e}"));
+        let listener = std::net::TcpListener::bind(listen).and_then(|l| l.set_nonblocking(true).map(|()| l));
+        let listener = listener.map_err(bind_error)?;
+        let runtime = PendingRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ReplicationError::Storage(format!("raft driver runtime: {e}")))?,
+        ));
+        let on_driver_runtime = runtime.0.as_ref().expect("just built").enter();
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(|e| ReplicationError::Storage(e.to_string()))?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -219,7 +221,6 @@ impl RaftReplicator {
         }));
         let failure = Arc::new(Mutex::new(None));
         let driver = Driver {
-            runtime: Some(runtime),
             node,
             log,
             members: members.clone(),
@@ -239,9 +240,11 @@ impl RaftReplicator {
             tick_interval_ms: cfg.tick_interval_ms.max(1),
             dropped_outbound: 0,
         };
+        // Everything that runs on the driver runtime is spawned.
+        drop(on_driver_runtime);
         let driver = std::thread::Builder::new()
             .name(format!("wasmq-raft-{}", cfg.self_id))
-            .spawn(move || driver.run())
+            .spawn(move || driver.run(runtime))
             .map_err(|e| ReplicationError::Storage(format!("spawn raft driver thread: {e}")))?;
         tracing::info!(group = %cfg.group, id = %cfg.self_id, %local_addr, members = members.list.len(), "raft replicator started");
         Ok(RaftReplicator {
@@ -365,9 +368,20 @@ impl Replicator for RaftReplicator {
     }
 }
 
+/// The driver's runtime until its thread runs it. Dropped on an error path of `start` (in the
+/// caller's async context, where a runtime's blocking shutdown panics), it shuts down in the
+/// background instead.
+struct PendingRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for PendingRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 struct Driver {
-    /// Taken by `run`: the loop runs on it, with the peer service and senders.
-    runtime: Option<tokio::runtime::Runtime>,
     node: RaftNode<CommitLogRaftLog>,
     log: Arc<CommitLog>,
     members: Arc<Members>,
@@ -397,8 +411,9 @@ enum Stop {
 }
 
 impl Driver {
-    fn run(mut self) {
-        let rt = self.runtime.take().expect("the driver runs once");
+    /// Runs the loop, and with it the peer service and senders, on `runtime`.
+    fn run(mut self, mut runtime: PendingRuntime) {
+        let rt = runtime.0.take().expect("a runtime is pending until its driver runs");
         let stop = rt.block_on(self.run_loop());
         // The peer service and senders stop with it (connections close, like a crash's).
         drop(rt);
