@@ -6,6 +6,7 @@
 #
 #   examples/bench/compare.sh            # defaults
 #   DURATION=30 SIZE=4096 PRODUCERS="1 16 64" ROUTES=leader examples/bench/compare.sh
+#   BATCH=16 PRODUCERS=8 examples/bench/compare.sh   # batched producers
 #
 # Needs: the release binaries (built here if missing), nats-server (apt-get if missing), jq.
 set -euo pipefail
@@ -23,6 +24,9 @@ ROUTES="${ROUTES:-spread leader}"
 # producer). A client library shares one per server (RocketMQ's gRPC channel, a NATS
 # connection); each producer still has one synchronous send in flight.
 CONNECTIONS="${CONNECTIONS:-1}"
+# Messages per send (1: the synchronous single sends of the default table). wasmq: one
+# SendMessage request carrying them; NATS: that many publishes in flight, then their acks.
+BATCH="${BATCH:-1}"
 # Ports: away from the defaults so a developer's own cluster keeps running.
 NS_PORT=29876
 WQ_CLIENT=(28081 28082 28083)
@@ -136,7 +140,7 @@ NATS_EPS="127.0.0.1:${NATS_CLIENT[0]},127.0.0.1:${NATS_CLIENT[1]},127.0.0.1:${NA
 
 run_wasmq() { # producers route
     "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
-        --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
+        --batch "$BATCH" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
 }
 run_nats() { # producers; (re)creates the R3 file stream first, retrying while the
     # JetStream meta group elects its leader.
@@ -147,7 +151,7 @@ run_nats() { # producers; (re)creates the R3 file stream first, retrying while t
         sleep 1
     done
     "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
-        --size "$SIZE" -p "$1" --connections "$CONNECTIONS" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
+        --size "$SIZE" -p "$1" --connections "$CONNECTIONS" --batch "$BATCH" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
 }
 
 start_wasmq
@@ -166,7 +170,7 @@ for p in $PRODUCERS; do
 done
 
 echo
-printf 'Same run, same machine: %s B messages, sync acks, %s s per cell, %s shared connections per endpoint (0: one per producer). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$DURATION" "$CONNECTIONS"
+printf 'Same run, same machine: %s B messages, sync acks, %s message(s) per send, %s s per cell, %s shared connections per endpoint (0: one per producer). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$BATCH" "$DURATION" "$CONNECTIONS"
 printf '%-14s | %12s %12s %7s | %10s %10s %7s | %10s %10s %7s | %s\n' \
     producers "wasmq msg/s" "nats msg/s" ratio "wasmq p50" "nats p50" ratio "wasmq p99" "nats p99" ratio "errors w/n"
 for p in $PRODUCERS; do

@@ -12,6 +12,8 @@ use wasmq_proto::apache::rocketmq::v2::{self as v2, Code, messaging_service_clie
 
 /// Largest batch one receive/pull asks for (the broker has its own cap too).
 pub const BATCH_MAX: i32 = 256;
+/// Most messages one send request carries (the broker's default `send_batch_max` is 1024).
+pub const SEND_BATCH_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -156,36 +158,58 @@ impl MqClient {
 
     /// Sends one message; returns where it was stored once the broker acknowledged it.
     pub async fn send(&mut self, m: &Outgoing<'_>) -> ClientResult<SendReceipt> {
-        let message_id = self.next_message_id();
+        let mut results = self.send_batch(std::slice::from_ref(m)).await?;
+        results.pop().ok_or_else(|| ClientError::Malformed("no send result entry".into()))?
+    }
+
+    /// Sends `msgs` in one `SendMessage` request (at most [`SEND_BATCH_MAX`]). `Err` when
+    /// the request as a whole failed (transport, or an answer without one entry per
+    /// message); otherwise one result per message, in order.
+    pub async fn send_batch(&mut self, msgs: &[Outgoing<'_>]) -> ClientResult<Vec<ClientResult<SendReceipt>>> {
+        assert!((1..=SEND_BATCH_MAX).contains(&msgs.len()), "1..={SEND_BATCH_MAX} messages per request");
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let system_properties = v2::SystemProperties {
-            tag: m.tag.map(str::to_string),
-            keys: m.keys.to_vec(),
-            message_id: message_id.clone(),
-            body_encoding: v2::Encoding::Identity as i32,
-            message_type: v2::MessageType::Normal as i32,
-            born_timestamp: Some(prost_types::Timestamp {
-                seconds: now.as_secs() as i64,
-                nanos: now.subsec_nanos() as i32,
-            }),
-            born_host: "127.0.0.1".into(),
-            queue_id: m.queue_id.map_or(0, |q| q as i32),
-            ..Default::default()
-        };
-        let msg = v2::Message {
-            topic: Some(resource(m.topic)),
-            user_properties: Default::default(),
-            system_properties: Some(system_properties),
-            body: m.body.to_vec(),
-        };
-        let r =
-            self.inner.send_message(self.request(v2::SendMessageRequest { messages: vec![msg] })).await?.into_inner();
-        check(r.status.as_ref())?;
-        let entry =
-            r.entries.into_iter().next().ok_or_else(|| ClientError::Malformed("no send result entry".into()))?;
-        check(entry.status.as_ref())?;
-        let offset = u64::try_from(entry.offset).map_err(|_| ClientError::Malformed("negative offset".into()))?;
-        Ok(SendReceipt { message_id: entry.message_id, queue_id: m.queue_id.unwrap_or(0), offset })
+        let messages = msgs
+            .iter()
+            .map(|m| v2::Message {
+                topic: Some(resource(m.topic)),
+                user_properties: Default::default(),
+                system_properties: Some(v2::SystemProperties {
+                    tag: m.tag.map(str::to_string),
+                    keys: m.keys.to_vec(),
+                    message_id: self.next_message_id(),
+                    body_encoding: v2::Encoding::Identity as i32,
+                    message_type: v2::MessageType::Normal as i32,
+                    born_timestamp: Some(prost_types::Timestamp {
+                        seconds: now.as_secs() as i64,
+                        nanos: now.subsec_nanos() as i32,
+                    }),
+                    born_host: "127.0.0.1".into(),
+                    queue_id: m.queue_id.map_or(0, |q| q as i32),
+                    ..Default::default()
+                }),
+                body: m.body.to_vec(),
+            })
+            .collect();
+        let r = self.inner.send_message(self.request(v2::SendMessageRequest { messages })).await?.into_inner();
+        if r.entries.len() != msgs.len() {
+            // A request refused as a whole (bad request, not leader) has no entries.
+            check(r.status.as_ref())?;
+            return Err(ClientError::Malformed(format!(
+                "{} result entries for {} messages",
+                r.entries.len(),
+                msgs.len()
+            )));
+        }
+        Ok(r.entries
+            .into_iter()
+            .zip(msgs)
+            .map(|(entry, m)| {
+                check(entry.status.as_ref())?;
+                let offset =
+                    u64::try_from(entry.offset).map_err(|_| ClientError::Malformed("negative offset".into()))?;
+                Ok(SendReceipt { message_id: entry.message_id, queue_id: m.queue_id.unwrap_or(0), offset })
+            })
+            .collect())
     }
 
     /// One ReceiveMessage call (simple consumer): up to `batch` messages of `topic`,

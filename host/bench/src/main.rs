@@ -36,6 +36,11 @@ struct Args {
     /// Concurrent producers, each with one synchronous send in flight.
     #[arg(long, short = 'p', default_value_t = 1)]
     producers: u32,
+    /// Messages per send request (wasmq: one SendMessage call carrying them; NATS: that
+    /// many publishes in flight, then their acks; needs --connections >= 1). Latency is
+    /// per request.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
     /// Concurrent consumers (wasmq only): receive + ack.
     #[arg(long, short = 'c', default_value_t = 0)]
     consumers: u32,
@@ -90,6 +95,7 @@ async fn main() -> Result<()> {
         count: args.count,
         duration: Duration::from_secs(args.duration_secs),
         producers: args.producers,
+        batch: args.batch,
         consumers: args.consumers,
         timeout,
         route: args.route,

@@ -83,6 +83,8 @@ pub struct Report {
     pub topic: String,
     pub size_bytes: usize,
     pub producers: u32,
+    /// Messages per send request.
+    pub batch: u32,
     pub consumers: u32,
     pub elapsed_s: f64,
     pub sent: u64,
@@ -105,12 +107,13 @@ impl Report {
     pub fn human(&self) -> String {
         let l = &self.send_latency_us;
         let mut s = format!(
-            "{target} {label}: {producers} producers, {consumers} consumers, {size} B messages, {elapsed:.1} s\n\
+            "{target} {label}: {producers} producers (batches of {batch}), {consumers} consumers, {size} B messages, {elapsed:.1} s\n\
              sent {sent} ({errors} errors): {rate:.0} msgs/s, {mb:.2} MB/s\n\
              send latency us: p50 {p50}  p99 {p99}  p99.9 {p999}  max {max}  mean {mean:.0}\n",
             target = self.target,
             label = self.label,
             producers = self.producers,
+            batch = self.batch,
             consumers = self.consumers,
             size = self.size_bytes,
             elapsed = self.elapsed_s,

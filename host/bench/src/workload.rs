@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use hdrhistogram::Histogram;
 
-use crate::client::{ClientError, MqClient, Outgoing};
+use crate::client::{ClientError, MqClient, Outgoing, SEND_BATCH_MAX};
 use crate::nats::{NatsConn, NatsMux};
 use crate::stats::{Counters, LatencySummary, Report, new_histogram, progress_line, record_latency};
 
@@ -52,6 +52,9 @@ pub struct Workload {
     pub count: u64,
     pub duration: Duration,
     pub producers: u32,
+    /// Messages per send request (wasmq: one `SendMessage` call; NATS: that many publishes
+    /// in flight on the shared connection, then their acks). Latency is per request.
+    pub batch: u32,
     pub consumers: u32,
     pub timeout: Duration,
     pub route: Route,
@@ -71,6 +74,11 @@ impl Workload {
             self.size_bytes
         );
         ensure!((1..=PRODUCERS_MAX).contains(&self.producers), "producers must be in [1, {PRODUCERS_MAX}]");
+        ensure!((1..=SEND_BATCH_MAX as u32).contains(&self.batch), "batch must be in [1, {SEND_BATCH_MAX}]");
+        ensure!(
+            self.batch == 1 || self.target == Target::Wasmq || self.connections > 0,
+            "NATS batches need --connections >= 1 (publishes pipelined on a shared connection)"
+        );
         ensure!(self.connections <= PRODUCERS_MAX, "connections must be at most {PRODUCERS_MAX}");
         ensure!(self.consumers <= CONSUMERS_MAX, "consumers must be at most {CONSUMERS_MAX}");
         ensure!(
@@ -105,24 +113,57 @@ fn body_age(body: &[u8]) -> Option<Duration> {
     Some(Duration::from_micros(now_us.saturating_sub(sent_us)))
 }
 
-/// A send acknowledged `t0` after it started: its latency and the counters.
+/// A send acknowledged `t0` after it started: its latency and the counters (each message
+/// of a batch records the batch's latency).
 fn acked(hist: &mut Histogram<u64>, counters: &Counters, t0: Instant, bytes: usize) {
     record_latency(hist, t0.elapsed());
     counters.sent.fetch_add(1, Ordering::Relaxed);
     counters.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
 }
 
-/// A failed attempt: its message goes back to the budget, the error is counted, and the
-/// producer pauses (a leader change takes a moment).
-async fn failed(budget: &AtomicU64, counters: &Counters, error: impl std::fmt::Display) {
-    budget.fetch_add(1, Ordering::Relaxed);
+/// Records the acknowledged messages of one batch sent at `t0`: how many were, and the
+/// first error among the others.
+fn settle<T, E>(
+    results: impl IntoIterator<Item = Result<T, E>>,
+    hist: &mut Histogram<u64>,
+    counters: &Counters,
+    t0: Instant,
+    size_bytes: usize,
+) -> (u32, Option<E>) {
+    let (mut acked_len, mut error) = (0, None);
+    for r in results {
+        match r {
+            Ok(_) => {
+                acked(hist, counters, t0, size_bytes);
+                acked_len += 1;
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    (acked_len, error)
+}
+
+/// A failed attempt: its `unacked` messages go back to the budget, the error is counted
+/// (once per attempt), and the producer pauses (a leader change takes a moment).
+async fn failed(budget: &AtomicU64, counters: &Counters, unacked: u32, error: impl std::fmt::Display) {
+    budget.fetch_add(u64::from(unacked), Ordering::Relaxed);
     counters.send_error(&error);
     tokio::time::sleep(Duration::from_millis(ERROR_BACKOFF_MS)).await;
 }
 
 /// Takes one message from the shared budget; false when it is spent.
 fn claim(budget: &AtomicU64) -> bool {
-    budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok()
+    claim_up_to(budget, 1) == 1
+}
+
+/// Takes up to `n` messages from the shared budget; how many it got (0: spent).
+fn claim_up_to(budget: &AtomicU64, n: u32) -> u32 {
+    match budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| (b > 0).then(|| b - b.min(u64::from(n)))) {
+        Ok(before) => before.min(u64::from(n)) as u32,
+        Err(_) => 0,
+    }
 }
 
 pub async fn run(w: Workload) -> Result<Report> {
@@ -208,6 +249,7 @@ pub async fn run(w: Workload) -> Result<Report> {
         topic: w.topic.clone(),
         size_bytes: w.size_bytes,
         producers: w.producers,
+        batch: w.batch,
         consumers: w.consumers,
         elapsed_s: elapsed.as_secs_f64(),
         sent,
@@ -245,7 +287,11 @@ async fn wasmq_producer(
     let mut current = id as usize % clients.len();
     let mut find_leader = w.route == Route::Leader;
     let mut hist = new_histogram();
-    while Instant::now() < deadline && claim(budget) {
+    loop {
+        let claimed = if Instant::now() < deadline { claim_up_to(budget, w.batch) } else { 0 };
+        if claimed == 0 {
+            break;
+        }
         if find_leader {
             match leader_of(&w.endpoints, w.timeout).await {
                 Some(i) => {
@@ -253,29 +299,29 @@ async fn wasmq_producer(
                     find_leader = false;
                 }
                 None => {
-                    failed(budget, counters, &"no endpoint reports itself leader").await;
+                    failed(budget, counters, claimed, &"no endpoint reports itself leader").await;
                     continue;
                 }
             }
         }
-        let body = make_body(w.size_bytes);
+        let bodies: Vec<Vec<u8>> = (0..claimed).map(|_| make_body(w.size_bytes)).collect();
+        let msgs: Vec<Outgoing<'_>> = bodies
+            .iter()
+            .map(|body| Outgoing { topic: &w.topic, body, tag: Some("bench"), keys: &[], queue_id: None })
+            .collect();
         let t0 = Instant::now();
-        let sent = clients[current]
-            .send(&Outgoing { topic: &w.topic, body: &body, tag: Some("bench"), keys: &[], queue_id: None })
-            .await;
-        match sent {
-            Ok(_) => {
-                acked(&mut hist, counters, t0, body.len());
+        let (acked_len, error) = match clients[current].send_batch(&msgs).await {
+            Ok(results) => settle(results, &mut hist, counters, t0, w.size_bytes),
+            Err(e) => (0, Some(e)),
+        };
+        if let Some(e) = error {
+            tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
+            if w.route == Route::Leader {
+                find_leader = true;
+            } else if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
+                current = (current + 1) % clients.len();
             }
-            Err(e) => {
-                tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
-                if w.route == Route::Leader {
-                    find_leader = true;
-                } else if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
-                    current = (current + 1) % clients.len();
-                }
-                failed(budget, counters, &e).await;
-            }
+            failed(budget, counters, claimed - acked_len, &e).await;
         }
     }
     Ok(hist)
@@ -309,14 +355,19 @@ async fn nats_shared_producer(
 ) -> Result<Histogram<u64>> {
     let subject = w.subject();
     let mut hist = new_histogram();
-    while Instant::now() < deadline && claim(budget) {
-        let body = make_body(w.size_bytes);
+    loop {
+        let claimed = if Instant::now() < deadline { claim_up_to(budget, w.batch) } else { 0 };
+        if claimed == 0 {
+            break;
+        }
+        let bodies: Vec<Vec<u8>> = (0..claimed).map(|_| make_body(w.size_bytes)).collect();
         let t0 = Instant::now();
-        match mux.js_publish(&subject, &body).await {
-            Ok(_seq) => {
-                acked(&mut hist, counters, t0, body.len());
-            }
-            Err(e) => failed(budget, counters, &format!("{e:#}")).await,
+        // All publishes of the batch in flight at once, then every ack (a NATS client's
+        // async publish).
+        let acks = futures::future::join_all(bodies.iter().map(|body| mux.js_publish(&subject, body))).await;
+        let (acked_len, error) = settle(acks, &mut hist, counters, t0, w.size_bytes);
+        if let Some(e) = error {
+            failed(budget, counters, claimed - acked_len, &format!("{e:#}")).await;
         }
     }
     Ok(hist)
@@ -340,7 +391,7 @@ async fn nats_producer(
                 Err(e) => {
                     tracing::debug!(producer = id, error = %e, "nats connect failed");
                     current = (current + 1) % w.endpoints.len();
-                    failed(budget, counters, &format!("connect: {e:#}")).await;
+                    failed(budget, counters, 1, &format!("connect: {e:#}")).await;
                     continue;
                 }
             }
@@ -356,7 +407,7 @@ async fn nats_producer(
                 tracing::debug!(producer = id, error = %e, "publish failed");
                 // The connection state is unknown after an error: start over.
                 conn = None;
-                failed(budget, counters, &format!("{e:#}")).await;
+                failed(budget, counters, 1, &format!("{e:#}")).await;
             }
         }
     }
@@ -433,5 +484,24 @@ mod tests {
         assert!(claim(&b));
         assert!(!claim(&b));
         assert_eq!(b.load(Ordering::Relaxed), 0);
+        // Batches take what is left, never more.
+        let b = AtomicU64::new(10);
+        assert_eq!(claim_up_to(&b, 4), 4);
+        assert_eq!(claim_up_to(&b, 4), 4);
+        assert_eq!(claim_up_to(&b, 4), 2);
+        assert_eq!(claim_up_to(&b, 4), 0);
+        assert_eq!(b.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_batch_settles_every_message_and_keeps_the_first_error() {
+        let counters = Counters::default();
+        let mut hist = new_histogram();
+        let results: Vec<Result<(), &str>> = vec![Ok(()), Err("first"), Ok(()), Err("second")];
+        let (acked_len, error) = settle(results, &mut hist, &counters, Instant::now(), 100);
+        assert_eq!((acked_len, error), (2, Some("first")));
+        assert_eq!(counters.sent.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.sent_bytes.load(Ordering::Relaxed), 200);
+        assert_eq!(hist.len(), 2);
     }
 }

@@ -145,6 +145,16 @@ impl MessagingBackend for MeteredBackend {
         self.metrics.record_send(started.elapsed(), bytes, &result);
         result
     }
+    async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
+        let sizes: Vec<usize> = msgs.iter().map(|m| m.body.len()).collect();
+        let started = Instant::now();
+        let results = self.inner.send_batch(msgs).await;
+        let elapsed = started.elapsed();
+        for (bytes, result) in sizes.into_iter().zip(&results) {
+            self.metrics.record_send(elapsed, bytes, result);
+        }
+        results
+    }
     async fn read(
         &self,
         topic: &str,

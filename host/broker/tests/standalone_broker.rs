@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmq_broker::config::{BrokerConfig, FlushDiskType, StoreCheck};
 use wasmq_broker::core::{self, BrokerCore, CoreOptions, TopicSpec};
 use wasmq_broker::messaging::backend::{BackendError, MessagingBackend, OutgoingMessage};
-use wasmq_broker::replication::Replicator;
+use wasmq_broker::metrics::BrokerMetrics;
 use wasmq_broker::replication::standalone::StandaloneReplicator;
+use wasmq_broker::replication::{CommittedRange, EntryIndex, ReplicationError, ReplicationStatus, Replicator, Role};
 
 struct Node {
     core: Arc<BrokerCore>,
@@ -29,13 +31,50 @@ fn config(dir: &std::path::Path, flush: FlushDiskType) -> BrokerConfig {
     c
 }
 
+/// Counts `propose` calls (commit rounds) on their way to the real replicator.
+struct CountingReplicator {
+    inner: StandaloneReplicator,
+    proposals: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Replicator for CountingReplicator {
+    async fn propose(&self, payloads: Vec<bytes::Bytes>) -> Result<CommittedRange, ReplicationError> {
+        self.proposals.fetch_add(1, Ordering::Relaxed);
+        self.inner.propose(payloads).await
+    }
+    fn status(&self) -> ReplicationStatus {
+        self.inner.status()
+    }
+    fn role(&self) -> Role {
+        self.inner.role()
+    }
+    fn committed(&self) -> tokio::sync::watch::Receiver<EntryIndex> {
+        self.inner.committed()
+    }
+    async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError> {
+        self.inner.transfer_leadership(target_id).await
+    }
+    async fn shutdown(&self) -> Result<(), ReplicationError> {
+        self.inner.shutdown().await
+    }
+}
+
 async fn start(config: &BrokerConfig) -> Node {
+    start_counting(config).await.0
+}
+
+/// A node whose replicator counts proposals.
+async fn start_counting(config: &BrokerConfig) -> (Node, Arc<CountingReplicator>) {
     let c = config.clone();
     let opened = tokio::task::spawn_blocking(move || core::open_store(&c)).await.unwrap().unwrap();
-    let replicator: Arc<dyn Replicator> =
-        Arc::new(StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type).unwrap());
+    let counting = Arc::new(CountingReplicator {
+        inner: StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type).unwrap(),
+        proposals: AtomicU64::new(0),
+    });
+    let replicator: Arc<dyn Replicator> = counting.clone();
     let core = BrokerCore::start(CoreOptions::from_config(config), opened, replicator.clone(), None).await.unwrap();
-    Node { core, replicator }
+    (Node { core, replicator }, counting)
 }
 
 async fn stop(node: Node) {
@@ -216,6 +255,64 @@ async fn errors_are_clear_and_store_nothing() {
     ));
     drop(backend);
     stop(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gets_one_result_per_message_and_stores_the_good_ones_in_order() {
+    const BATCH: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), FlushDiskType::AsyncFlush);
+    let (node, counting) = start_counting(&cfg).await;
+    let core = node.core.clone();
+    // The checks run in a task of their own: a failed one must fail the test, not leave the
+    // node's apply thread running (the test runtime waits for it forever on drop).
+    let checks = tokio::spawn(async move {
+        // As the server wires it: the metered wrapper in front of the core.
+        let backend: Arc<dyn MessagingBackend> = BrokerMetrics::new().wrap(core.clone());
+        core.update_topic(TopicSpec::new("b", 1)).await.unwrap();
+        let last_index = core.commit_log().last_index();
+        let proposals_before = counting.proposals.load(Ordering::Relaxed);
+
+        let batch: Vec<OutgoingMessage> = (0..BATCH)
+            .map(|i| match i {
+                10 => message("b", format!("m{i}"), vec![7u8; 64 * 1024 + 1]),
+                20 => message("b", String::new(), b"no id".to_vec()),
+                30 => message("nope", format!("m{i}"), b"x".to_vec()),
+                _ => message("b", format!("m{i}"), format!("body {i}").into_bytes()),
+            })
+            .collect();
+        let results = backend.send_batch(batch).await;
+        assert_eq!(results.len(), BATCH, "one result per message");
+        assert_eq!(
+            counting.proposals.load(Ordering::Relaxed) - proposals_before,
+            1,
+            "the accepted messages of a batch are one proposal (one commit round)"
+        );
+        let mut next_offset = 0;
+        for (i, r) in results.iter().enumerate() {
+            match (i, r) {
+                (10, Err(BackendError::MessageTooLarge { .. }))
+                | (20, Err(BackendError::BadRequest(_)))
+                | (30, Err(BackendError::TopicNotFound(_))) => {}
+                (10 | 20 | 30, other) => panic!("message {i}: expected its own error, got {other:?}"),
+                (_, Ok(sent)) => {
+                    assert_eq!((sent.message_id.as_str(), sent.queue_offset), (format!("m{i}").as_str(), next_offset));
+                    next_offset += 1;
+                }
+                (_, Err(e)) => panic!("message {i} failed: {e}"),
+            }
+        }
+        // The good ones, once each, in request order, and nothing else in the log.
+        let stored = read_all(backend.as_ref(), "b", 0).await;
+        let expected: Vec<String> = (0..BATCH).filter(|i| ![10, 20, 30].contains(i)).map(|i| format!("m{i}")).collect();
+        assert_eq!(stored.iter().map(|(_, id, _)| id.clone()).collect::<Vec<_>>(), expected);
+        assert_eq!(core.commit_log().last_index(), last_index + expected.len() as u64);
+    })
+    .await;
+    stop(node).await;
+    if let Err(e) = checks {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

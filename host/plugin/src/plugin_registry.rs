@@ -309,6 +309,14 @@ impl PluginRegistry {
         set.filters.iter().any(|p| p.manifest.applies_to_topic(topic) && p.manifest.applies_to_group(group))
     }
 
+    /// Whether any router applies to `topic` (the broker can skip handing the message to a
+    /// blocking thread). A reload between this and [`Self::route`] is harmless: the message
+    /// is placed as if it had arrived just before the reload.
+    pub fn has_routers_for(&self, topic: &str) -> bool {
+        let set = self.inner.current.load();
+        set.routers.iter().any(|r| r.manifest.applies_to_topic(topic))
+    }
+
     /// Runs the routers whose `topics` match, in `order`; the first decision
     /// other than default-queue wins. A failing router counts as "no
     /// opinion" under `onError = "pass"` and rejects the send under "reject".

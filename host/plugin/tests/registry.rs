@@ -277,6 +277,9 @@ fn on_error_pass_delivers_and_reject_fails_closed() {
         "kind = \"router\"\nonError = \"pass\"\ntopics = [\"lax\"]\n",
     );
     let registry = f.open();
+    // The broker skips the router hand-off for topics no router applies to; a filter is no router.
+    assert!(registry.has_routers_for("strict") && registry.has_routers_for("lax"));
+    assert!(!registry.has_routers_for("t"));
     let msgs = messages(&[Some("A"), Some("B")]);
     assert_eq!(registry.filter("g", "t", ExpressionKind::Tag, "A", &msgs).unwrap(), vec![true, true]);
     match registry.route(&route_input("strict", 4)).unwrap() {

@@ -74,6 +74,10 @@ impl MessagingBackend for BrokerCore {
         self.send_message(msg).await
     }
 
+    async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
+        self.send_messages(msgs).await
+    }
+
     async fn read(
         &self,
         topic: &str,

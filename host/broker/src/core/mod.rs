@@ -228,14 +228,23 @@ impl BrokerCore {
 
     /// Proposes records and waits until they are applied. Returns the entry range.
     pub(crate) async fn replicate(&self, records: &[Record]) -> BackendResult<crate::replication::CommittedRange> {
+        let mut payloads = Vec::with_capacity(records.len());
+        for r in records {
+            payloads.push(encode_record(r)?);
+        }
+        self.replicate_encoded(payloads).await
+    }
+
+    /// [`Self::replicate`] for records already encoded (with [`encode_record`]), so a
+    /// caller can tell which record of a batch was malformed before proposing the rest.
+    pub(crate) async fn replicate_encoded(
+        &self,
+        payloads: Vec<Bytes>,
+    ) -> BackendResult<crate::replication::CommittedRange> {
         if !self.replicator.role().is_writable() {
             return Err(self.not_leader());
         }
-        let mut payloads = Vec::with_capacity(records.len());
-        for r in records {
-            let bytes = r.encode().map_err(|e| BackendError::BadRequest(e.to_string()))?;
-            payloads.push(Bytes::from(bytes));
-        }
+        let records_len = payloads.len();
         let timeout = Duration::from_millis(self.options.commit_timeout_ms);
         let range = match tokio::time::timeout(timeout, self.replicator.propose(payloads)).await {
             Ok(Ok(range)) => range,
@@ -244,7 +253,7 @@ impl BrokerCore {
                 return Err(BackendError::Timeout(format!("not committed within {} ms", timeout.as_millis())));
             }
         };
-        assert_eq!(range.len(), records.len() as u64);
+        assert_eq!(range.len(), records_len as u64);
         self.wait_applied(range.last, timeout).await?;
         Ok(range)
     }
@@ -326,4 +335,9 @@ impl BrokerCore {
     pub fn consumer_offsets(&self) -> Vec<(String, String, u32, u64)> {
         self.store.consumer_offsets()
     }
+}
+
+/// A record as the bytes of one log entry; a record past the storage limits is a bad request.
+pub(crate) fn encode_record(record: &Record) -> BackendResult<Bytes> {
+    record.encode().map(Bytes::from).map_err(|e| BackendError::BadRequest(e.to_string()))
 }

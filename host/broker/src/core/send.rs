@@ -22,6 +22,71 @@ fn to_i64(field: &str, v: u64) -> BackendResult<i64> {
 
 impl BrokerCore {
     pub(crate) async fn send_message(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
+        let mut results = self.send_messages(vec![msg]).await;
+        assert_eq!(results.len(), 1, "one result per message");
+        results.pop().expect("one result")
+    }
+
+    /// Stores `msgs` (one client request) with **one** proposal, so a batch of N costs one
+    /// replication round and one apply wait instead of N in a row. Each message is checked
+    /// and placed on its own: one result per message, in order, and a message refused
+    /// (too large, rejected by a router, ...) does not hold back the others. The accepted
+    /// ones are consecutive in the log, in request order.
+    pub(crate) async fn send_messages(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
+        assert!(!msgs.is_empty(), "an empty batch is refused by the front end");
+        let mut results: Vec<BackendResult<SendOutcome>> = Vec::with_capacity(msgs.len());
+        // Also bounds how many sends wait for a commit at once; a batch takes up to its
+        // size (capped, so one large batch can still go alone).
+        let permits_len = msgs.len().min(self.options.send_concurrency_max as usize) as u32;
+        let Ok(_permits) = self.send_permits.acquire_many(permits_len).await else {
+            return msgs.iter().map(|_| Err(BackendError::Internal("broker core stopped".into()))).collect();
+        };
+        let mut payloads = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            let prepared = self.prepare(msg).await.and_then(|(outcome, record)| {
+                let payload = super::encode_record(&Record::Message(record))?;
+                Ok((outcome, payload))
+            });
+            results.push(prepared.map(|(outcome, payload)| {
+                payloads.push(payload);
+                outcome
+            }));
+        }
+        if payloads.is_empty() {
+            return results;
+        }
+        let range = match self.replicate_encoded(payloads).await {
+            Ok(range) => range,
+            Err(e) => {
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+                return results;
+            }
+        };
+        // The accepted messages took the entries of `range` in order.
+        let mut indexes = range.indexes();
+        for r in results.iter_mut() {
+            let Ok(outcome) = r else { continue };
+            let index = indexes.next().expect("one entry per accepted message");
+            match self.take_outcome(index) {
+                Some(p) => {
+                    assert_eq!(p.queue_id, outcome.queue_id, "apply placed the message elsewhere");
+                    outcome.queue_offset = p.queue_offset;
+                }
+                None => {
+                    *r = Err(BackendError::Internal(format!(
+                        "entry {index} applied but its queue offset was not recorded"
+                    )))
+                }
+            }
+        }
+        assert!(indexes.next().is_none(), "every entry of the proposal belongs to a message");
+        results
+    }
+
+    /// Checks one message and places it: the outcome (offset still unknown) and its record.
+    async fn prepare(&self, msg: OutgoingMessage) -> BackendResult<(SendOutcome, MessageRecord)> {
         let max = u64::from(self.options.max_message_size_bytes);
         if msg.body.len() as u64 > max {
             return Err(BackendError::MessageTooLarge { size_bytes: msg.body.len() as u64, max_bytes: max });
@@ -38,37 +103,26 @@ impl BrokerCore {
                 self.options.disk.full_percent
             )));
         }
-        let _permit =
-            self.send_permits.acquire().await.map_err(|_| BackendError::Internal("broker core stopped".into()))?;
-
         let properties: Vec<(String, String)> = msg.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let (topic, queue_id) = self.place(&msg, &properties).await?;
+        let outcome =
+            SendOutcome { message_id: msg.message_id.clone(), topic: topic.topic.clone(), queue_id, queue_offset: 0 };
         let record = MessageRecord {
-            topic: topic.topic.clone(),
+            topic: topic.topic,
             queue_id,
-            tag: msg.tag.clone(),
-            keys: msg.keys.clone(),
+            tag: msg.tag,
+            keys: msg.keys,
             properties,
-            message_group: msg.message_group.clone(),
+            message_group: msg.message_group,
             born_timestamp_ms: to_i64("born_timestamp_ms", msg.born_timestamp_ms)?,
             store_timestamp_ms: now_ms(),
-            born_host: msg.born_host.clone(),
-            message_id: msg.message_id.clone(),
+            born_host: msg.born_host,
+            message_id: msg.message_id,
             delivery_timestamp_ms: msg.delivery_timestamp_ms.map(|t| to_i64("delivery_timestamp_ms", t)).transpose()?,
             reconsume_times: msg.reconsume_times,
             body: msg.body,
         };
-        let range = self.replicate(&[Record::Message(record)]).await?;
-        let placement = self.take_outcome(range.last).ok_or_else(|| {
-            BackendError::Internal(format!("entry {} applied but its queue offset was not recorded", range.last))
-        })?;
-        assert_eq!(placement.queue_id, queue_id, "apply placed the message elsewhere");
-        Ok(SendOutcome {
-            message_id: msg.message_id,
-            topic: topic.topic,
-            queue_id,
-            queue_offset: placement.queue_offset,
-        })
+        Ok((outcome, record))
     }
 
     /// Topic and queue for `msg`: router plugins first (first non-default decision wins,
@@ -82,8 +136,9 @@ impl BrokerCore {
         let mut topic = self.writable_topic(&msg.topic).await?;
         for _ in 0..=REDIRECTS_MAX {
             let outcome = match &self.plugins {
-                None => RouteOutcome::Default,
-                Some(plugins) => {
+                // Most topics have no router: no hand-off to a blocking thread (two context
+                // switches and copies of the message) for them.
+                Some(plugins) if plugins.has_routers_for(&topic.topic) => {
                     let plugins = plugins.clone();
                     // Plugin calls are synchronous and may wait for an instance.
                     let topic_name = topic.topic.clone();
@@ -110,6 +165,7 @@ impl BrokerCore {
                     .map_err(|e| BackendError::Internal(format!("router task: {e}")))?
                     .map_err(|e| BackendError::Internal(format!("router: {e}")))?
                 }
+                _ => RouteOutcome::Default,
             };
             match outcome {
                 RouteOutcome::Default => break,

@@ -153,6 +153,12 @@ pub trait MessagingBackend: Send + Sync + 'static {
     /// plugins and picks the queue (`msg.queue_id` is a hint).
     async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome>;
 
+    /// Stores the messages of one request: one result per message, in order; the broker
+    /// core replicates the accepted ones together (one commit round for the request). No
+    /// default on purpose: a wrapper that fell back to `send` one by one would silently
+    /// turn a batch back into N commit rounds in a row.
+    async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>>;
+
     /// Up to `max_count` messages from `offset` on, stopping before `max_bytes` of
     /// bodies is exceeded (at least one message if any exists). Ascending offsets;
     /// offsets below `min_offset` (retention) are skipped.

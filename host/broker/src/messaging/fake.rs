@@ -135,6 +135,14 @@ impl MessagingBackend for FakeBackend {
         Ok(self.route.lock().clone())
     }
 
+    async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            results.push(self.send(msg).await);
+        }
+        results
+    }
+
     async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
         if !self.is_leader() {
             return Err(BackendError::NotLeader { leader: self.leader_client_endpoint() });

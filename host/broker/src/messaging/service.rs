@@ -16,7 +16,7 @@ use v2::Code;
 use v2::messaging_service_server::{MessagingService, MessagingServiceServer};
 use wasmq_proto::apache::rocketmq::v2;
 
-use super::backend::{MessagingBackend, PERM_READ, PERM_WRITE, RouteInfo, TopicInfo};
+use super::backend::{MessagingBackend, OutgoingMessage, PERM_READ, PERM_WRITE, RouteInfo, TopicInfo};
 use super::forward::{self, Forwarder};
 use super::message_codec::{self, Delivery, duration_ms, to_timestamp, validate_group, validate_topic};
 use super::now_ms;
@@ -329,28 +329,23 @@ impl Messaging {
         Ok(v2::QueryAssignmentResponse { status: Some(ok()), assignments })
     }
 
-    async fn send_one(&self, msg: &v2::Message) -> Result<v2::SendResultEntry, v2::Status> {
+    /// One message of a send request, checked and converted for the backend.
+    async fn outgoing(&self, msg: &v2::Message) -> Result<OutgoingMessage, v2::Status> {
         let topic = self.topic(msg.topic.as_ref()).await?;
         if topic.perm & PERM_WRITE == 0 || topic.write_queue_count == 0 {
             return Err(status(Code::Forbidden, format!("topic {} is not writable", topic.name)));
         }
-        let out = message_codec::to_outgoing(
+        message_codec::to_outgoing(
             msg,
             topic.message_type,
             topic.write_queue_count,
             self.backend.max_message_size_bytes(),
             now_ms(),
-        )?;
-        let sent = self.backend.send(out).await.map_err(|e| from_backend(&e))?;
-        Ok(v2::SendResultEntry {
-            status: Some(ok()),
-            message_id: sent.message_id,
-            transaction_id: String::new(),
-            offset: sent.queue_offset as i64,
-            recall_handle: String::new(),
-        })
+        )
     }
 
+    /// Every message of the request gets its own result entry, in order; the ones that pass
+    /// the checks go to the backend together (one replication round for the request).
     async fn send_message_impl(&self, req: v2::SendMessageRequest) -> Result<v2::SendMessageResponse, v2::Status> {
         if req.messages.is_empty() {
             return Err(status(Code::BadRequest, "no messages"));
@@ -361,15 +356,43 @@ impl Messaging {
                 format!("more than {} messages in one request", self.config.send_batch_max),
             ));
         }
-        let mut entries = Vec::with_capacity(req.messages.len());
+        let failed = |msg: &v2::Message, s: v2::Status| v2::SendResultEntry {
+            status: Some(s),
+            message_id: msg.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default(),
+            ..Default::default()
+        };
+        // `None`: waiting for the backend's answer.
+        let mut entries: Vec<Option<v2::SendResultEntry>> = Vec::with_capacity(req.messages.len());
+        let mut outgoing = Vec::with_capacity(req.messages.len());
         for msg in &req.messages {
-            let entry = self.send_one(msg).await.unwrap_or_else(|s| v2::SendResultEntry {
-                status: Some(s),
-                message_id: msg.system_properties.as_ref().map(|p| p.message_id.clone()).unwrap_or_default(),
-                ..Default::default()
-            });
-            entries.push(entry);
+            match self.outgoing(msg).await {
+                Ok(out) => {
+                    outgoing.push(out);
+                    entries.push(None);
+                }
+                Err(s) => entries.push(Some(failed(msg, s))),
+            }
         }
+        let sent_len = outgoing.len();
+        let sent = if outgoing.is_empty() { Vec::new() } else { self.backend.send_batch(outgoing).await };
+        assert_eq!(sent.len(), sent_len, "one backend result per message");
+        let mut sent = sent.into_iter();
+        let entries: Vec<v2::SendResultEntry> = entries
+            .into_iter()
+            .zip(&req.messages)
+            .map(|(entry, msg)| {
+                entry.unwrap_or_else(|| match sent.next().expect("one backend result per message") {
+                    Ok(sent) => v2::SendResultEntry {
+                        status: Some(ok()),
+                        message_id: sent.message_id,
+                        transaction_id: String::new(),
+                        offset: sent.queue_offset as i64,
+                        recall_handle: String::new(),
+                    },
+                    Err(e) => failed(msg, from_backend(&e)),
+                })
+            })
+            .collect();
         let overall = combine(entries.iter().map(|e| e.status.clone().unwrap_or_else(ok)));
         Ok(v2::SendMessageResponse { status: Some(overall), entries })
     }
