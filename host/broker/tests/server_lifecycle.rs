@@ -98,3 +98,58 @@ async fn raft_mode_without_a_replicator_factory_is_a_clear_error() {
     };
     assert!(err.contains("no Raft replicator"), "{err}");
 }
+
+/// Runs `mqbroker -c <toml>` and waits at most 30 s for it to exit: (success, stderr).
+fn run_broker_bounded(dir: &std::path::Path, toml: &str) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let conf = dir.join("broker.toml");
+    std::fs::write(&conf, toml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqbroker"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mqbroker still running after 30 s; it should have exited with an error");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.success(), stderr)
+}
+
+/// A port another process holds is a clear error and the process exits, whether it fails
+/// before anything started (the client port) or after the store, the replicator and the
+/// apply loop are up (the metrics port: the apply thread used to keep the runtime, and so
+/// the process, alive forever).
+#[test]
+fn a_taken_port_is_a_clear_error_and_the_process_exits() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    for (what, listen_port, metrics_port) in [("client", taken_port, 0), ("metrics", free_port(), taken_port)] {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "brokerClusterName = \"C\"\nbrokerName = \"taken\"\nbrokerIP1 = \"127.0.0.1\"\n\
+             listenPort = {listen_port}\nmetricsPort = {metrics_port}\nstorePathRootDir = \"{}\"\n\
+             diskMaxUsedSpaceRatio = 95\ndiskSpaceWarningLevelRatio = 99\n",
+            dir.path().join("store").display()
+        );
+        let (ok, stderr) = run_broker_bounded(dir.path(), &toml);
+        assert!(!ok, "{what} port taken, yet mqbroker exited with success:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{taken_port}")) && stderr.contains(what),
+            "{what} port taken: the error should name it:\n{stderr}"
+        );
+    }
+    drop(taken);
+}

@@ -264,55 +264,48 @@ async fn a_batch_gets_one_result_per_message_and_stores_the_good_ones_in_order()
     let cfg = config(dir.path(), FlushDiskType::AsyncFlush);
     let (node, counting) = start_counting(&cfg).await;
     let core = node.core.clone();
-    // The checks run in a task of their own: a failed one must fail the test, not leave the
-    // node's apply thread running (the test runtime waits for it forever on drop).
-    let checks = tokio::spawn(async move {
-        // As the server wires it: the metered wrapper in front of the core.
-        let backend: Arc<dyn MessagingBackend> = BrokerMetrics::new().wrap(core.clone());
-        core.update_topic(TopicSpec::new("b", 1)).await.unwrap();
-        let last_index = core.commit_log().last_index();
-        let proposals_before = counting.proposals.load(Ordering::Relaxed);
+    // As the server wires it: the metered wrapper in front of the core.
+    let backend: Arc<dyn MessagingBackend> = BrokerMetrics::new().wrap(core.clone());
+    core.update_topic(TopicSpec::new("b", 1)).await.unwrap();
+    let last_index = core.commit_log().last_index();
+    let proposals_before = counting.proposals.load(Ordering::Relaxed);
 
-        let batch: Vec<OutgoingMessage> = (0..BATCH)
-            .map(|i| match i {
-                10 => message("b", format!("m{i}"), vec![7u8; 64 * 1024 + 1]),
-                20 => message("b", String::new(), b"no id".to_vec()),
-                30 => message("nope", format!("m{i}"), b"x".to_vec()),
-                _ => message("b", format!("m{i}"), format!("body {i}").into_bytes()),
-            })
-            .collect();
-        let results = backend.send_batch(batch).await;
-        assert_eq!(results.len(), BATCH, "one result per message");
-        assert_eq!(
-            counting.proposals.load(Ordering::Relaxed) - proposals_before,
-            1,
-            "the accepted messages of a batch are one proposal (one commit round)"
-        );
-        let mut next_offset = 0;
-        for (i, r) in results.iter().enumerate() {
-            match (i, r) {
-                (10, Err(BackendError::MessageTooLarge { .. }))
-                | (20, Err(BackendError::BadRequest(_)))
-                | (30, Err(BackendError::TopicNotFound(_))) => {}
-                (10 | 20 | 30, other) => panic!("message {i}: expected its own error, got {other:?}"),
-                (_, Ok(sent)) => {
-                    assert_eq!((sent.message_id.as_str(), sent.queue_offset), (format!("m{i}").as_str(), next_offset));
-                    next_offset += 1;
-                }
-                (_, Err(e)) => panic!("message {i} failed: {e}"),
+    let batch: Vec<OutgoingMessage> = (0..BATCH)
+        .map(|i| match i {
+            10 => message("b", format!("m{i}"), vec![7u8; 64 * 1024 + 1]),
+            20 => message("b", String::new(), b"no id".to_vec()),
+            30 => message("nope", format!("m{i}"), b"x".to_vec()),
+            _ => message("b", format!("m{i}"), format!("body {i}").into_bytes()),
+        })
+        .collect();
+    let results = backend.send_batch(batch).await;
+    assert_eq!(results.len(), BATCH, "one result per message");
+    assert_eq!(
+        counting.proposals.load(Ordering::Relaxed) - proposals_before,
+        1,
+        "the accepted messages of a batch are one proposal (one commit round)"
+    );
+    let mut next_offset = 0;
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (10, Err(BackendError::MessageTooLarge { .. }))
+            | (20, Err(BackendError::BadRequest(_)))
+            | (30, Err(BackendError::TopicNotFound(_))) => {}
+            (10 | 20 | 30, other) => panic!("message {i}: expected its own error, got {other:?}"),
+            (_, Ok(sent)) => {
+                assert_eq!((sent.message_id.as_str(), sent.queue_offset), (format!("m{i}").as_str(), next_offset));
+                next_offset += 1;
             }
+            (_, Err(e)) => panic!("message {i} failed: {e}"),
         }
-        // The good ones, once each, in request order, and nothing else in the log.
-        let stored = read_all(backend.as_ref(), "b", 0).await;
-        let expected: Vec<String> = (0..BATCH).filter(|i| ![10, 20, 30].contains(i)).map(|i| format!("m{i}")).collect();
-        assert_eq!(stored.iter().map(|(_, id, _)| id.clone()).collect::<Vec<_>>(), expected);
-        assert_eq!(core.commit_log().last_index(), last_index + expected.len() as u64);
-    })
-    .await;
-    stop(node).await;
-    if let Err(e) = checks {
-        std::panic::resume_unwind(e.into_panic());
     }
+    // The good ones, once each, in request order, and nothing else in the log.
+    let stored = read_all(backend.as_ref(), "b", 0).await;
+    let expected: Vec<String> = (0..BATCH).filter(|i| ![10, 20, 30].contains(i)).map(|i| format!("m{i}")).collect();
+    assert_eq!(stored.iter().map(|(_, id, _)| id.clone()).collect::<Vec<_>>(), expected);
+    assert_eq!(core.commit_log().last_index(), last_index + expected.len() as u64);
+    drop((backend, core));
+    stop(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

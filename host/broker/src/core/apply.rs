@@ -6,7 +6,7 @@
 //! faults, a new consume-queue file), and handing each step to the blocking pool cost two
 //! thread hand-offs per step on the send path.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -21,22 +21,33 @@ const APPLY_BATCH_ENTRIES_MAX: u64 = 4096;
 const APPLY_RETRY_MS: u64 = 200;
 
 /// Runs the loop on a dedicated blocking thread with a current-thread runtime.
+///
+/// The loop holds the core only while it applies a step, never while it waits: a core
+/// dropped without [`BrokerCore::stop`] (a start that fails after the core started, a test
+/// that panics) ends the loop through its stop channel, so the process's runtime can shut
+/// down instead of waiting for this thread forever.
 pub(super) fn spawn(
-    core: Arc<BrokerCore>,
+    core: &Arc<BrokerCore>,
     applied_tx: watch::Sender<EntryIndex>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let committed = core.replicator.committed();
+    let core = Arc::downgrade(core);
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("a current-thread runtime for the apply loop");
-        runtime.block_on(run(core, applied_tx, stop));
+        runtime.block_on(run(core, committed, applied_tx, stop));
     })
 }
 
-async fn run(core: Arc<BrokerCore>, applied_tx: watch::Sender<EntryIndex>, mut stop: watch::Receiver<bool>) {
-    let mut committed = core.replicator.committed();
+async fn run(
+    core: Weak<BrokerCore>,
+    mut committed: watch::Receiver<EntryIndex>,
+    applied_tx: watch::Sender<EntryIndex>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut applied = *applied_tx.borrow();
     loop {
         if *stop.borrow() {
@@ -44,6 +55,7 @@ async fn run(core: Arc<BrokerCore>, applied_tx: watch::Sender<EntryIndex>, mut s
         }
         let commit = *committed.borrow_and_update();
         if commit > applied {
+            let Some(core) = core.upgrade() else { break };
             let last_index = core.log.last_index();
             assert!(commit <= last_index, "commit index {commit} beyond the local log's last index {last_index}");
             let to = commit.min(applied + APPLY_BATCH_ENTRIES_MAX);
@@ -58,6 +70,7 @@ async fn run(core: Arc<BrokerCore>, applied_tx: watch::Sender<EntryIndex>, mut s
                 }
                 Err(e) => {
                     tracing::error!(error = %e, from = applied + 1, to, "apply failed; retrying");
+                    drop(core);
                     tokio::time::sleep(Duration::from_millis(APPLY_RETRY_MS)).await;
                 }
             }
@@ -70,9 +83,16 @@ async fn run(core: Arc<BrokerCore>, applied_tx: watch::Sender<EntryIndex>, mut s
                     break;
                 }
             }
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    // The core is gone (its stop sender with it).
+                    break;
+                }
+            }
         }
     }
-    core.apply_waiters.close();
+    if let Some(core) = core.upgrade() {
+        core.apply_waiters.close();
+    }
     tracing::debug!(applied, "apply loop stopped");
 }

@@ -156,7 +156,7 @@ impl BrokerCore {
             stop_tx,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let apply = apply::spawn(core.clone(), applied_tx, stop_rx.clone());
+        let apply = apply::spawn(&core, applied_tx, stop_rx.clone());
         let disk = tokio::spawn(disk_guard::run(core.clone(), stop_rx));
         core.tasks.lock().extend([apply, disk]);
         let commit_at_start = *core.replicator.committed().borrow();
