@@ -266,13 +266,12 @@ pub fn spawn_peer_sender(
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let address = members.address(peer).to_string();
     // No channel-wide timeout: it would end the long-lived pipe. Unary calls and pipe
-    // acknowledgements have their own deadline (`CALL_TIMEOUT_MS`).
+    // acknowledgements have their own deadline (`CALL_TIMEOUT_MS`). The connector
+    // (`dial_peer`) bounds the connect and sets TCP_NODELAY.
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("peer address `{address}`: {e}"))?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true);
+        .map_err(|e| format!("peer address `{address}`: {e}"))?;
     let sender = PeerSender {
-        client: peer_client(&endpoint),
+        client: peer_client(&endpoint, &address),
         endpoint,
         address,
         outbox: Outbox {
@@ -292,10 +291,49 @@ pub fn spawn_peer_sender(
 /// carries many rounds' appends (one frame each way instead of one per round).
 const PIPE_BATCHES_IN_FLIGHT_MAX: usize = 2;
 
-fn peer_client(endpoint: &tonic::transport::Endpoint) -> pb::raft_client::RaftClient<tonic::transport::Channel> {
-    pb::raft_client::RaftClient::new(endpoint.connect_lazy())
+fn peer_client(
+    endpoint: &tonic::transport::Endpoint,
+    address: &str,
+) -> pb::raft_client::RaftClient<tonic::transport::Channel> {
+    let address = address.to_string();
+    let channel = endpoint
+        .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| dial_peer(address.clone())));
+    pb::raft_client::RaftClient::new(channel)
         .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+}
+
+/// Dials a peer's `dLegerPeers` address (bounded by `CONNECT_TIMEOUT_MS`, TCP_NODELAY).
+async fn dial_peer(address: String) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    let stream =
+        tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), tokio::net::TcpStream::connect(&address))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect {address}: timed out"))
+            })??;
+    let stream = refuse_self_connect(stream, &address)?;
+    stream.set_nodelay(true)?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
+}
+
+/// Drops a TCP connection to itself. While a peer is down, a dial whose ephemeral source
+/// port happens to equal the peer's port (peer ports such as 40911 are in Linux's ephemeral
+/// range) connects the socket to itself on loopback (simultaneous open), and that socket
+/// then holds the port the restarting peer must bind: it failed to start with "address in
+/// use" once in CI. Go's dialer makes the same check.
+fn refuse_self_connect(stream: tokio::net::TcpStream, address: &str) -> std::io::Result<tokio::net::TcpStream> {
+    if stream.local_addr()? == stream.peer_addr()? {
+        // An abortive close: a graceful one would leave the port in TIME_WAIT for a minute.
+        // (Deprecated because a non-zero linger blocks on drop; a zero one resets at once.)
+        #[allow(deprecated)]
+        stream.set_linger(Some(Duration::ZERO))?;
+        drop(stream);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("connect {address}: the socket connected to itself (peer down)"),
+        ));
+    }
+    Ok(stream)
 }
 
 struct PeerSender {
@@ -386,7 +424,7 @@ impl PeerSender {
                     // A fresh connection: the old one may be stalled (a cut link keeps it
                     // open) or lead to a member instance that is going away, and a channel
                     // keeps using a connection until it sees it fail.
-                    self.client = peer_client(&self.endpoint);
+                    self.client = peer_client(&self.endpoint, &self.address);
                     // The peer may have been upgraded while it was away.
                     pipe = true;
                 }
@@ -489,6 +527,27 @@ impl PeerSender {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_socket_connected_to_itself_is_refused_and_frees_the_port() {
+        // A self-connect on loopback: a socket bound to a port and connected to that port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(addr).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        assert_eq!(stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+        let err = refuse_self_connect(stream, &addr.to_string()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The member that owns the port can bind it again.
+        std::net::TcpListener::bind(addr).unwrap();
+        // An ordinary connection passes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(to).await.unwrap();
+        refuse_self_connect(stream, &to.to_string()).unwrap();
+    }
+
     use super::*;
 
     const HEARTBEATS: u64 = 2_000;
