@@ -138,13 +138,6 @@ impl MessagingBackend for MeteredBackend {
     async fn route(&self) -> BackendResult<RouteInfo> {
         self.inner.route().await
     }
-    async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
-        let bytes = msg.body.len();
-        let started = Instant::now();
-        let result = self.inner.send(msg).await;
-        self.metrics.record_send(started.elapsed(), bytes, &result);
-        result
-    }
     async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
         let sizes: Vec<usize> = msgs.iter().map(|m| m.body.len()).collect();
         let started = Instant::now();

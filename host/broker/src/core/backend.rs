@@ -70,10 +70,6 @@ impl MessagingBackend for BrokerCore {
         Ok(RouteInfo { broker_name: self.options.broker_name.clone(), members })
     }
 
-    async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
-        self.send_message(msg).await
-    }
-
     async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
         self.send_messages(msgs).await
     }

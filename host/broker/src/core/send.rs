@@ -21,12 +21,6 @@ fn to_i64(field: &str, v: u64) -> BackendResult<i64> {
 }
 
 impl BrokerCore {
-    pub(crate) async fn send_message(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
-        let mut results = self.send_messages(vec![msg]).await;
-        assert_eq!(results.len(), 1, "one result per message");
-        results.pop().expect("one result")
-    }
-
     /// Stores `msgs` (one client request) with **one** proposal, so a batch of N costs one
     /// replication round and one apply wait instead of N in a row. Each message is checked
     /// and placed on its own: one result per message, in order, and a message refused

@@ -149,15 +149,19 @@ pub trait MessagingBackend: Send + Sync + 'static {
     /// Route of this broker group (it serves every topic it has).
     async fn route(&self) -> BackendResult<RouteInfo>;
 
-    /// Stores one message; returns after the entry is committed. Applies router
-    /// plugins and picks the queue (`msg.queue_id` is a hint).
-    async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome>;
-
-    /// Stores the messages of one request: one result per message, in order; the broker
-    /// core replicates the accepted ones together (one commit round for the request). No
-    /// default on purpose: a wrapper that fell back to `send` one by one would silently
-    /// turn a batch back into N commit rounds in a row.
+    /// Stores the messages of one request; returns after their entries are committed: one
+    /// result per message, in order. Applies router plugins and picks each queue
+    /// (`queue_id` is a hint); the broker core replicates the accepted ones together (one
+    /// commit round for the request). The one method a backend implements for sending, so
+    /// a wrapper cannot turn a batch back into N commit rounds by forwarding `send`.
     async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>>;
+
+    /// Stores one message: a batch of one.
+    async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
+        let mut results = self.send_batch(vec![msg]).await;
+        assert_eq!(results.len(), 1, "one result per message");
+        results.pop().expect("one result")
+    }
 
     /// Up to `max_count` messages from `offset` on, stopping before `max_bytes` of
     /// bodies is exceeded (at least one message if any exists). Ascending offsets;

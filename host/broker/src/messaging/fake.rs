@@ -108,42 +108,9 @@ impl FakeBackend {
             .ok_or_else(|| BackendError::BadRequest(format!("queue {queue_id} out of range")))?;
         Ok(f(q))
     }
-}
 
-/// `name = 'value'` over user properties (and TAGS); the fake's whole SQL92.
-fn fake_sql_matches(expression: &str, m: &StoredMessage) -> BackendResult<bool> {
-    let (name, value) = expression
-        .split_once('=')
-        .ok_or_else(|| BackendError::BadRequest(format!("fake SQL92 only supports name = 'value': {expression}")))?;
-    let name = name.trim();
-    let value = value.trim();
-    let value = value
-        .strip_prefix('\'')
-        .and_then(|v| v.strip_suffix('\''))
-        .ok_or_else(|| BackendError::BadRequest(format!("fake SQL92 wants a quoted value: {expression}")))?;
-    let actual = if name == "TAGS" { m.tag.as_deref() } else { m.properties.get(name).map(String::as_str) };
-    Ok(actual == Some(value))
-}
-
-#[async_trait]
-impl MessagingBackend for FakeBackend {
-    async fn topic(&self, topic: &str) -> BackendResult<Option<TopicInfo>> {
-        Ok(self.state.lock().topics.get(topic).map(|t| t.info.clone()))
-    }
-
-    async fn route(&self) -> BackendResult<RouteInfo> {
-        Ok(self.route.lock().clone())
-    }
-
-    async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
-        let mut results = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            results.push(self.send(msg).await);
-        }
-        results
-    }
-
-    async fn send(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
+    /// One message stored as the broker would (the fake has no batching to do).
+    fn store_one(&self, msg: OutgoingMessage) -> BackendResult<SendOutcome> {
         if !self.is_leader() {
             return Err(BackendError::NotLeader { leader: self.leader_client_endpoint() });
         }
@@ -191,6 +158,40 @@ impl MessagingBackend for FakeBackend {
         };
         self.new_message.notify_waiters();
         Ok(outcome)
+    }
+}
+
+/// `name = 'value'` over user properties (and TAGS); the fake's whole SQL92.
+fn fake_sql_matches(expression: &str, m: &StoredMessage) -> BackendResult<bool> {
+    let (name, value) = expression
+        .split_once('=')
+        .ok_or_else(|| BackendError::BadRequest(format!("fake SQL92 only supports name = 'value': {expression}")))?;
+    let name = name.trim();
+    let value = value.trim();
+    let value = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .ok_or_else(|| BackendError::BadRequest(format!("fake SQL92 wants a quoted value: {expression}")))?;
+    let actual = if name == "TAGS" { m.tag.as_deref() } else { m.properties.get(name).map(String::as_str) };
+    Ok(actual == Some(value))
+}
+
+#[async_trait]
+impl MessagingBackend for FakeBackend {
+    async fn topic(&self, topic: &str) -> BackendResult<Option<TopicInfo>> {
+        Ok(self.state.lock().topics.get(topic).map(|t| t.info.clone()))
+    }
+
+    async fn route(&self) -> BackendResult<RouteInfo> {
+        Ok(self.route.lock().clone())
+    }
+
+    async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            results.push(self.store_one(msg));
+        }
+        results
     }
 
     async fn read(
