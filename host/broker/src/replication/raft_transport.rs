@@ -319,8 +319,9 @@ async fn dial_peer(address: String) -> std::io::Result<hyper_util::rt::TokioIo<t
 /// Drops a TCP connection to itself. While a peer is down, a dial whose ephemeral source
 /// port happens to equal the peer's port (peer ports such as 40911 are in Linux's ephemeral
 /// range) connects the socket to itself on loopback (simultaneous open), and that socket
-/// then holds the port the restarting peer must bind: it failed to start with "address in
-/// use" once in CI. Go's dialer makes the same check.
+/// then holds the port the restarting peer must bind ("address in use"; CI once failed that
+/// way, though which socket held the port there is not known). Go's dialer makes the same
+/// check.
 fn refuse_self_connect(stream: tokio::net::TcpStream, address: &str) -> std::io::Result<tokio::net::TcpStream> {
     if stream.local_addr()? == stream.peer_addr()? {
         // An abortive close: a graceful one would leave the port in TIME_WAIT for a minute.
