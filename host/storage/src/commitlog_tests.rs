@@ -545,6 +545,13 @@ fn preallocation_failure_keeps_log_valid() {
     let log = open(dir.path());
     fill(&log, 10, 1);
     log.close().unwrap();
+    let segments = || {
+        let mut names: Vec<_> =
+            std::fs::read_dir(segment_dir(dir.path())).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let segments_before = segments();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap());
     child
         .args(["commitlog_tests::disk_full_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
@@ -565,6 +572,8 @@ fn preallocation_failure_keeps_log_valid() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("running 1 test"), "child ran no test: {stdout}");
+    // The segment whose preallocation failed was removed, not left half-created.
+    assert_eq!(segments(), segments_before);
     // Back with space: the log reopens with everything the child appended and grows again.
     let log = open(dir.path());
     assert!(log.last_index() >= 10);

@@ -225,17 +225,6 @@ mod tests {
     }
 
     #[test]
-    fn create_refuses_impossible_preallocation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(file_name(0));
-        // Far more than any test disk: posix_fallocate fails (ENOSPC/EFBIG), we get an Err,
-        // and the half-created file is gone.
-        let err = MappedFile::create(&path, MAPPED_FILE_SIZE_MAX_BYTES).unwrap_err();
-        assert!(matches!(err, StorageError::Preallocate { .. }), "{err}");
-        assert!(!path.exists());
-    }
-
-    #[test]
     fn numbered_files() {
         assert_eq!(parse_file_base("00000000000000001024"), Some(1024));
         assert_eq!(parse_file_base("1024"), None);
