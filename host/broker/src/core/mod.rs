@@ -1,12 +1,13 @@
 //! The broker core: topics, consumer offsets, the send and read paths, and the apply loop
 //! that turns committed commitlog entries into derived state.
 //!
-//! Write path: encode a [`Record`] → [`Replicator::propose`] → wait until the apply loop has
-//! applied the entry → answer (for messages: the queue offset the apply assigned). Read path:
+//! Write path: encode a [`Record`] → [`Replicator::propose`] → wait until the entry is
+//! applied (by the commit hook, else the apply loop) → answer (for messages: the queue offset the apply assigned). Read path:
 //! only from the derived state, which holds applied (hence committed) entries only.
 //!
-//! The apply loop is the only caller of the store's apply: it runs on leaders and followers
-//! alike, in index order, so queue offsets are the same on every replica.
+//! Every apply is one step under one lock (`apply`), on leaders and followers alike: from
+//! the replicator's commit hook, or from the apply loop for what the hook left. Entries are
+//! applied once each, in index order, so queue offsets are the same on every replica.
 
 mod apply;
 mod apply_waiters;
@@ -116,8 +117,16 @@ pub struct BrokerCore {
     plugins: Option<Arc<PluginRegistry>>,
     /// Highest applied entry index (long polls watch it).
     applied: watch::Receiver<EntryIndex>,
-    /// Senders waiting for their entry, woken precisely by the apply loop.
+    /// Senders waiting for their entry, woken precisely by the apply step that covers it.
     apply_waiters: apply_waiters::ApplyWaiters,
+    /// The applied index's sender, held by every apply step (`apply`): a step (apply, record
+    /// placements, publish, wake) is atomic, so the published index only grows.
+    apply_lock: parking_lot::Mutex<watch::Sender<EntryIndex>>,
+    /// Highest commit index the commit hook was called with (it runs before the replicator
+    /// publishes the index, so the apply loop looks here too).
+    commit_seen: std::sync::atomic::AtomicU64,
+    /// The commit hook's hand-over to the apply loop: work it left.
+    apply_needed: Arc<tokio::sync::Notify>,
     /// Entry index → placement of the message it holds, for senders to pick up.
     outcomes: parking_lot::Mutex<BTreeMap<EntryIndex, Placement>>,
     chooser: queue_choice::QueueChooser,
@@ -150,13 +159,23 @@ impl BrokerCore {
             plugins,
             applied,
             apply_waiters: Default::default(),
+            apply_lock: parking_lot::Mutex::new(applied_tx),
+            commit_seen: std::sync::atomic::AtomicU64::new(0),
+            apply_needed: Arc::new(tokio::sync::Notify::new()),
             outcomes: parking_lot::Mutex::new(BTreeMap::new()),
             chooser: Default::default(),
             disk_full: std::sync::atomic::AtomicBool::new(false),
             stop_tx,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let apply = apply::spawn(&core, applied_tx, stop_rx.clone());
+        // The hook holds the core weakly: the core owns the replicator.
+        let weak = Arc::downgrade(&core);
+        let hooked = core.replicator.set_commit_hook(Arc::new(move |commit| {
+            if let Some(core) = weak.upgrade() {
+                core.on_commit(commit);
+            }
+        }));
+        let apply = apply::spawn(&core, hooked, stop_rx.clone());
         let disk = tokio::spawn(disk_guard::run(core.clone(), stop_rx));
         core.tasks.lock().extend([apply, disk]);
         let commit_at_start = *core.replicator.committed().borrow();
@@ -273,7 +292,7 @@ impl BrokerCore {
         }
     }
 
-    /// Records placements of applied messages (apply loop).
+    /// Records placements of applied messages (apply step).
     pub(crate) fn record_outcomes(&self, placements: impl IntoIterator<Item = (EntryIndex, Placement)>) {
         let mut outcomes = self.outcomes.lock();
         outcomes.extend(placements);

@@ -7,10 +7,11 @@
 //!   a Raft majority for the Raft replicator),
 //! - advances the commit index published on [`Replicator::committed`].
 //!
-//! The core's apply loop watches that commit index and applies entries `applied+1 ..= commit`
-//! from the local commitlog into the derived state (consume queues, topic configs, consumer
-//! offsets). That loop is the same on a leader and on a follower, which is what makes queue
-//! offsets identical on every replica.
+//! The core applies entries `applied+1 ..= commit` from the local commitlog into the derived
+//! state (consume queues, topic configs, consumer offsets), the same way on a leader and on a
+//! follower, which is what makes queue offsets identical on every replica. It applies from
+//! the replicator's [`CommitHook`] when the replicator calls one (both of ours do), else from
+//! an apply loop watching `committed`.
 //!
 //! Contract every implementation keeps (asserted by the core's apply loop):
 //! - the value on `committed()` never decreases and never exceeds the local last entry index;
@@ -26,6 +27,7 @@ pub mod raft_transport;
 pub mod standalone;
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,6 +37,14 @@ use tokio::sync::watch;
 pub type EntryIndex = u64;
 /// Raft term. Standalone brokers stay in term 0.
 pub type Term = u64;
+
+/// Called by a replicator on its own thread each time its commit index advances, with the
+/// new commit index, *before* it publishes that index on [`Replicator::committed`] and answers
+/// the proposals it covers. The broker core applies there, so a proposer wakes once, to an
+/// entry already applied, and no apply thread wakes per commit (on a small VM each thread
+/// wake-up costs tens of microseconds of CPU). It runs on the replication critical path: it
+/// must be short and must never wait for a lock.
+pub type CommitHook = Arc<dyn Fn(EntryIndex) + Send + Sync>;
 
 /// Upper bound on entries in one `propose` call: bounds memory held per call and the size
 /// of one group commit.
@@ -168,6 +178,14 @@ pub trait Replicator: Send + Sync + 'static {
 
     /// Watch of the commit index (highest committed entry index). Never decreases.
     fn committed(&self) -> watch::Receiver<EntryIndex>;
+
+    /// Installs the hook called on every commit advance (the first install wins). Returns
+    /// whether this replicator calls it; one that does not (the default) leaves applying to
+    /// a watcher of [`Replicator::committed`].
+    fn set_commit_hook(&self, hook: CommitHook) -> bool {
+        let _ = hook;
+        false
+    }
 
     /// Asks the leader to hand leadership to `target_id` (RocketMQ's `preferredLeaderId`,
     /// `mqadmin` leader transfer). Returns once the transfer is done or has failed.

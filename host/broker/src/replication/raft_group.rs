@@ -8,8 +8,8 @@
 //! 2. tick the node,
 //! 3. group fsync: flush the commitlog once for everything appended, tell the node,
 //! 4. persist the hard state if it changed, *then* hand messages to the peer senders,
-//! 5. publish the commit index, answer proposals whose entries committed (or were lost),
-//!    refresh the status snapshot.
+//! 5. call the commit hook (the core applies), publish the commit index, answer proposals
+//!    whose entries committed (or were lost), refresh the status snapshot.
 //!
 //! Followers publish only their commit index, which never passes entries they hold that
 //! match the leader, so followers only serve committed entries.
@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -31,7 +31,8 @@ use super::raft_hard_state::{HardStateFile, StoredHardState};
 use super::raft_log::CommitLogRaftLog;
 use super::raft_transport::{Members, RaftPeerService, listen_address, spawn_peer_sender};
 use super::{
-    CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, PeerStatus, ReplicationError, ReplicationStatus, Replicator, Role,
+    CommitHook, CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, PeerStatus, ReplicationError, ReplicationStatus,
+    Replicator, Role,
 };
 use crate::config::{BrokerConfig, FlushDiskType};
 
@@ -116,6 +117,8 @@ pub struct RaftReplicator {
     control: mpsc::Sender<Control>,
     status: Arc<Mutex<ReplicationStatus>>,
     committed_rx: watch::Receiver<EntryIndex>,
+    /// Shared with the driver, which calls it on every commit advance.
+    commit_hook: Arc<OnceLock<CommitHook>>,
     /// Set when the driver stopped on a storage error (fail-stop).
     failure: Arc<Mutex<Option<String>>>,
     stop_tx: watch::Sender<bool>,
@@ -220,6 +223,7 @@ impl RaftReplicator {
             peers: Vec::new(),
         }));
         let failure = Arc::new(Mutex::new(None));
+        let commit_hook = Arc::new(OnceLock::new());
         let driver = Driver {
             node,
             log,
@@ -231,6 +235,7 @@ impl RaftReplicator {
             control: control_rx,
             peers,
             committed: committed_tx,
+            commit_hook: commit_hook.clone(),
             status: status.clone(),
             failure: failure.clone(),
             pending: VecDeque::new(),
@@ -254,6 +259,7 @@ impl RaftReplicator {
             control: control_tx,
             status,
             committed_rx,
+            commit_hook,
             failure,
             stop_tx,
             driver: Mutex::new(Some(driver)),
@@ -335,6 +341,11 @@ impl Replicator for RaftReplicator {
         self.committed_rx.clone()
     }
 
+    fn set_commit_hook(&self, hook: CommitHook) -> bool {
+        let _ = self.commit_hook.set(hook);
+        true
+    }
+
     async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError> {
         let (reply, rx) = oneshot::channel();
         self.control
@@ -392,6 +403,7 @@ struct Driver {
     control: mpsc::Receiver<Control>,
     peers: BTreeMap<NodeId, mpsc::Sender<Message>>,
     committed: watch::Sender<EntryIndex>,
+    commit_hook: Arc<OnceLock<CommitHook>>,
     status: Arc<Mutex<ReplicationStatus>>,
     failure: Arc<Mutex<Option<String>>>,
     /// Proposals appended and waiting for commit, in index order.
@@ -649,14 +661,13 @@ impl Driver {
         }
 
         let commit = self.node.commit_index();
-        self.committed.send_if_modified(|c| {
-            if commit > *c {
-                *c = commit;
-                true
-            } else {
-                false
+        if commit > *self.committed.borrow() {
+            // Before publishing and answering: proposers then wake to applied entries.
+            if let Some(hook) = self.commit_hook.get() {
+                hook(commit);
             }
-        });
+            self.committed.send_replace(commit);
+        }
         self.resolve_pending(commit);
         self.resolve_transfer();
         self.publish_status(now);

@@ -3,18 +3,20 @@
 //!
 //! One writer thread owns appends. It takes every proposal waiting in its queue, appends
 //! them as one batch (one writer-lock acquisition), fsyncs once for the whole batch under
-//! SYNC_FLUSH (group commit), publishes the new commit index, then answers each proposer
-//! with its own index range. A thread, not a task: appends and fsyncs block.
+//! SYNC_FLUSH (group commit), calls the commit hook, publishes the new commit index, then
+//! answers each proposer with its own index range. A thread, not a task: appends and fsyncs block.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use wasmq_storage::commitlog::CommitLog;
 
-use super::{CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, ReplicationError, ReplicationStatus, Replicator, Role};
+use super::{
+    CommitHook, CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, ReplicationError, ReplicationStatus, Replicator, Role,
+};
 use crate::config::FlushDiskType;
 
 /// Proposals queued for the writer thread; more wait in `propose` (backpressure).
@@ -37,6 +39,8 @@ pub struct StandaloneReplicator {
     /// clone is gone and the queue is drained.
     queue: parking_lot::RwLock<Option<mpsc::Sender<Proposal>>>,
     committed_rx: watch::Receiver<EntryIndex>,
+    /// Shared with the writer thread, which calls it on every commit.
+    commit_hook: Arc<OnceLock<CommitHook>>,
     stopping: Arc<AtomicBool>,
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     entry_size_max_bytes: u64,
@@ -55,15 +59,18 @@ impl StandaloneReplicator {
         let stopping = Arc::new(AtomicBool::new(false));
         let entry_size_max_bytes = u64::from(log.config().entry_size_max_bytes);
         let writer_log = log.clone();
+        let commit_hook = Arc::new(OnceLock::new());
+        let writer_hook = commit_hook.clone();
         let writer = std::thread::Builder::new()
             .name("wasmq-standalone-writer".into())
-            .spawn(move || writer_loop(writer_log, flush, queue_rx, committed_tx))
+            .spawn(move || writer_loop(writer_log, flush, queue_rx, committed_tx, writer_hook))
             .map_err(|e| ReplicationError::Storage(format!("spawn writer thread: {e}")))?;
         Ok(StandaloneReplicator {
             log,
             self_id,
             queue: parking_lot::RwLock::new(Some(queue)),
             committed_rx,
+            commit_hook,
             stopping,
             writer: parking_lot::Mutex::new(Some(writer)),
             entry_size_max_bytes,
@@ -76,6 +83,7 @@ fn writer_loop(
     flush: FlushDiskType,
     mut queue: mpsc::Receiver<Proposal>,
     committed: watch::Sender<EntryIndex>,
+    commit_hook: Arc<OnceLock<CommitHook>>,
 ) {
     let mut batch: Vec<Proposal> = Vec::new();
     // `blocking_recv` returns None once every sender is gone (shutdown) and the queue is empty.
@@ -96,6 +104,9 @@ fn writer_loop(
         let result = write_batch(&log, flush, &batch, entries);
         match result {
             Ok((first_index, last_index, term)) => {
+                if let Some(hook) = commit_hook.get() {
+                    hook(last_index);
+                }
                 committed.send_modify(|c| {
                     assert!(*c < first_index, "commit index {c} ahead of new entries");
                     *c = last_index;
@@ -192,6 +203,11 @@ impl Replicator for StandaloneReplicator {
 
     fn committed(&self) -> watch::Receiver<EntryIndex> {
         self.committed_rx.clone()
+    }
+
+    fn set_commit_hook(&self, hook: CommitHook) -> bool {
+        let _ = self.commit_hook.set(hook);
+        true
     }
 
     async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError> {
