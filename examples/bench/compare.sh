@@ -50,6 +50,8 @@ command -v jq >/dev/null || { log "jq is required"; exit 1; }
 
 WORK="$(mktemp -d /tmp/wasmq-compare.XXXXXX)"
 PIDS=()
+WQ_PIDS=()
+NATS_PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -100,6 +102,7 @@ diskSpaceWarningLevelRatio = 99
 EOF
         "$BIN/mqbroker" -c "$WORK/wasmq/broker-n$i.toml" >"$WORK/wasmq/broker-n$i.log" 2>&1 &
         PIDS+=($!)
+        WQ_PIDS+=($!)
     done
     for i in 0 1 2; do wait_port 127.0.0.1 "${WQ_CLIENT[$i]}" 30; done
     # The topic goes through the replicated log: retry until a leader exists.
@@ -130,16 +133,39 @@ cluster {
 EOF
         "$NATS_SERVER" -c "$WORK/nats/n$i.conf" >"$WORK/nats/n$i.log" 2>&1 &
         PIDS+=($!)
+        NATS_PIDS+=($!)
     done
     for i in 0 1 2; do wait_port 127.0.0.1 "${NATS_CLIENT[$i]}" 20; done
 }
 
 # ---- runs ------------------------------------------------------------------------------
+# CPU time (user + system, microseconds) the given processes have used so far. On a machine
+# where servers and load generator share the cores, throughput is bounded by the CPU all of
+# them spend per message; the table shows that split for both systems.
+cpu_us() {
+    local total=0 ticks
+    for pid in "$@"; do
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+        total=$((total + ticks))
+    done
+    echo $((total * 1000000 / $(getconf CLK_TCK)))
+}
+# Runs "$@" (an mqbench --json run) and adds the servers' CPU per acknowledged message to
+# its JSON line as server_cpu_us_per_msg. The servers are the pids in SERVER_PIDS.
+with_server_cpu() {
+    local before after out
+    before=$(cpu_us "${SERVER_PIDS[@]}")
+    out=$("$@")
+    after=$(cpu_us "${SERVER_PIDS[@]}")
+    jq -c --argjson cpu $((after - before)) '. + {server_cpu_us_per_msg: (if .sent > 0 then ($cpu / .sent * 10 | round / 10) else null end)}' <<<"$out"
+}
+
 WQ_EPS="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
 NATS_EPS="127.0.0.1:${NATS_CLIENT[0]},127.0.0.1:${NATS_CLIENT[1]},127.0.0.1:${NATS_CLIENT[2]}"
 
 run_wasmq() { # producers route
-    "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
+    SERVER_PIDS=("${WQ_PIDS[@]}")
+    with_server_cpu "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
         --batch "$BATCH" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
 }
 run_nats() { # producers; (re)creates the R3 file stream first, retrying while the
@@ -150,7 +176,8 @@ run_nats() { # producers; (re)creates the R3 file stream first, retrying while t
         ((SECONDS < deadline)) || { log "JetStream setup failed: $(cat "$WORK/nats/setup.err")"; return 1; }
         sleep 1
     done
-    "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
+    SERVER_PIDS=("${NATS_PIDS[@]}")
+    with_server_cpu "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
         --size "$SIZE" -p "$1" --connections "$CONNECTIONS" --batch "$BATCH" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
 }
 
@@ -185,6 +212,21 @@ for p in $PRODUCERS; do
        $w.send_latency_us.p99, $n.send_latency_us.p99, r($w.send_latency_us.p99; $n.send_latency_us.p99),
        "\($w.send_errors)/\($n.send_errors)"] | @tsv' |
     awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %8sus %8sus %7s | %8sus %8sus %7s | %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11 }'
+  done
+done
+echo
+printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum.\n'
+printf '%-14s | %12s %12s %7s | %12s %12s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client"
+for p in $PRODUCERS; do
+  for route in $ROUTES; do
+    w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p-$route\")" "$RESULTS")
+    n=$(jq -c "select(.target==\"nats\" and .label==\"p$p\")" "$RESULTS")
+    jq -rn --argjson w "$w" --argjson n "$n" --arg p "$p $route" '
+      def r(a; b): if (a != null and b != null and b > 0) then (a / b * 100 | round / 100) else "n/a" end;
+      def f(x): if x == null then "n/a" else (x * 10 | round / 10) end;
+      [$p, f($w.server_cpu_us_per_msg), f($n.server_cpu_us_per_msg), r($w.server_cpu_us_per_msg; $n.server_cpu_us_per_msg),
+       f($w.client_cpu_us_per_msg), f($n.client_cpu_us_per_msg)] | @tsv' |
+    awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %12s %12s\n", $1,$2,$3,$4,$5,$6 }'
   done
 done
 echo

@@ -101,6 +101,9 @@ pub struct Report {
     pub send_latency_us: LatencySummary,
     /// Send → delivered to a consumer (from the timestamp in the body), microseconds.
     pub e2e_latency_us: Option<LatencySummary>,
+    /// mqbench's own CPU time (user + system) per message sent or received, microseconds:
+    /// what the load generator took from the machine it shares with the servers.
+    pub client_cpu_us_per_msg: Option<f64>,
 }
 
 impl Report {
@@ -127,6 +130,9 @@ impl Report {
             max = l.max,
             mean = l.mean,
         );
+        if let Some(cpu) = self.client_cpu_us_per_msg {
+            s.push_str(&format!("client cpu: {cpu:.1} us per message\n"));
+        }
         if let Some(e) = &self.last_send_error {
             s.push_str(&format!("last send error: {e}\n"));
         }

@@ -171,6 +171,7 @@ pub async fn run(w: Workload) -> Result<Report> {
     let counters = Arc::new(Counters::default());
     let budget = Arc::new(AtomicU64::new(w.count));
     let start = Instant::now();
+    let cpu_at_start = process_cpu_us();
     let deadline = start + w.duration;
     let producers_done = Arc::new(AtomicBool::new(false));
 
@@ -243,6 +244,7 @@ pub async fn run(w: Workload) -> Result<Report> {
 
     let sent = counters.sent.load(Ordering::Relaxed);
     let received = counters.received.load(Ordering::Relaxed);
+    let client_cpu_us = process_cpu_us().saturating_sub(cpu_at_start);
     Ok(Report {
         target: format!("{:?}", w.target).to_lowercase(),
         label: w.label.clone(),
@@ -263,7 +265,24 @@ pub async fn run(w: Workload) -> Result<Report> {
         receive_msgs_per_s: received as f64 / elapsed.as_secs_f64(),
         send_latency_us: LatencySummary::of(&send_latency),
         e2e_latency_us: (w.consumers > 0).then(|| LatencySummary::of(&e2e)),
+        client_cpu_us_per_msg: (sent + received > 0).then(|| client_cpu_us as f64 / (sent + received) as f64),
     })
+}
+
+/// CPU time (user + system) this process has used so far, in microseconds. The load
+/// generator shares the machine with the brokers, so its own cost per message is part of
+/// reading a run's throughput.
+fn process_cpu_us() -> u64 {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0;
+        }
+        usage
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }
 
 /// One lazily dialled client per endpoint.
