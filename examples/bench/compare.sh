@@ -27,6 +27,9 @@ CONNECTIONS="${CONNECTIONS:-1}"
 # Messages per send (1: the synchronous single sends of the default table). wasmq: one
 # SendMessage request carrying them; NATS: that many publishes in flight, then their acks.
 BATCH="${BATCH:-1}"
+# mqbench's runtime worker threads, the same for both systems. mqbench shares the cores with
+# the servers; one thread costs it the least CPU per message (see the CPU table).
+THREADS="${THREADS:-1}"
 # Ports: away from the defaults so a developer's own cluster keeps running.
 NS_PORT=29876
 WQ_CLIENT=(28081 28082 28083)
@@ -166,7 +169,7 @@ NATS_EPS="127.0.0.1:${NATS_CLIENT[0]},127.0.0.1:${NATS_CLIENT[1]},127.0.0.1:${NA
 run_wasmq() { # producers route
     SERVER_PIDS=("${WQ_PIDS[@]}")
     with_server_cpu "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
-        --batch "$BATCH" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
+        --batch "$BATCH" --threads "$THREADS" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
 }
 run_nats() { # producers; (re)creates the R3 file stream first, retrying while the
     # JetStream meta group elects its leader.
@@ -178,7 +181,7 @@ run_nats() { # producers; (re)creates the R3 file stream first, retrying while t
     done
     SERVER_PIDS=("${NATS_PIDS[@]}")
     with_server_cpu "$BIN/mqbench" --target nats -e "$NATS_EPS" -t BenchTopic --nats-stream BENCH --nats-replicas 3 \
-        --size "$SIZE" -p "$1" --connections "$CONNECTIONS" --batch "$BATCH" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
+        --size "$SIZE" -p "$1" --connections "$CONNECTIONS" --batch "$BATCH" --threads "$THREADS" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1"
 }
 
 start_wasmq
@@ -197,7 +200,7 @@ for p in $PRODUCERS; do
 done
 
 echo
-printf 'Same run, same machine: %s B messages, sync acks, %s message(s) per send, %s s per cell, %s shared connections per endpoint (0: one per producer). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$BATCH" "$DURATION" "$CONNECTIONS"
+printf 'Same run, same machine: %s B messages, sync acks, %s message(s) per send, %s s per cell, %s shared connections per endpoint (0: one per producer), mqbench with %s thread(s). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$BATCH" "$DURATION" "$CONNECTIONS" "$THREADS"
 printf '%-14s | %12s %12s %7s | %10s %10s %7s | %10s %10s %7s | %s\n' \
     producers "wasmq msg/s" "nats msg/s" ratio "wasmq p50" "nats p50" ratio "wasmq p99" "nats p99" ratio "errors w/n"
 for p in $PRODUCERS; do

@@ -104,6 +104,8 @@ pub struct Report {
     /// mqbench's own CPU time (user + system) per message sent or received, microseconds:
     /// what the load generator took from the machine it shares with the servers.
     pub client_cpu_us_per_msg: Option<f64>,
+    /// Runtime worker threads mqbench ran with.
+    pub client_threads: u32,
 }
 
 impl Report {
@@ -131,7 +133,7 @@ impl Report {
             mean = l.mean,
         );
         if let Some(cpu) = self.client_cpu_us_per_msg {
-            s.push_str(&format!("client cpu: {cpu:.1} us per message\n"));
+            s.push_str(&format!("client cpu: {cpu:.1} us per message ({} threads)\n", self.client_threads));
         }
         if let Some(e) = &self.last_send_error {
             s.push_str(&format!("last send error: {e}\n"));

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use crate::client::{ClientError, MqClient, Outgoing, SEND_BATCH_MAX};
 use crate::nats::{NatsConn, NatsMux};
 use crate::stats::{Counters, LatencySummary, Report, new_histogram, progress_line, record_latency};
+use wasmq_proto::apache::rocketmq::v2::Code;
 
 pub const SIZE_BYTES_MIN: usize = 8;
 pub const SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -63,6 +64,8 @@ pub struct Workload {
     pub connections: u32,
     pub label: String,
     pub progress: bool,
+    /// Runtime worker threads of this process (reported only).
+    pub client_threads: u32,
 }
 
 impl Workload {
@@ -265,6 +268,7 @@ pub async fn run(w: Workload) -> Result<Report> {
         receive_msgs_per_s: received as f64 / elapsed.as_secs_f64(),
         send_latency_us: LatencySummary::of(&send_latency),
         e2e_latency_us: (w.consumers > 0).then(|| LatencySummary::of(&e2e)),
+        client_threads: w.client_threads,
         client_cpu_us_per_msg: (sent + received > 0).then(|| client_cpu_us as f64 / (sent + received) as f64),
     })
 }
@@ -335,8 +339,17 @@ async fn wasmq_producer(
         };
         if let Some(e) = error {
             tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
+            let leader_may_have_moved = matches!(
+                e,
+                ClientError::Transport(_)
+                    | ClientError::Rpc(_)
+                    | ClientError::Timeout(_)
+                    | ClientError::Status { code: Some(Code::HaNotAvailable), .. }
+            );
             if w.route == Route::Leader {
-                find_leader = true;
+                // Not on every error: a broker refusing sends (disk full, say) had 64
+                // producers each dialling every member per attempt, 1,250 connections/s.
+                find_leader = leader_may_have_moved;
             } else if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
                 current = (current + 1) % clients.len();
             }
