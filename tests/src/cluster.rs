@@ -1,5 +1,6 @@
 //! Starts a name server and N brokers as real processes, with generated configs and data
-//! under a temp dir, and injects process faults (kill -9, SIGSTOP/SIGCONT, restart).
+//! under a temp dir, and injects process faults (kill -9, SIGSTOP/SIGCONT, restart, a full
+//! disk).
 //!
 //! Binaries come from `target/release/` of this workspace, or from `$WASMQ_BIN_DIR`.
 //! Each process logs to `<dir>/logs/<name>.log`; `dump_logs` prints their tails (tests call it
@@ -19,6 +20,12 @@ use wasmq_proto::wasmq::admin::{self, admin_client::AdminClient};
 use wasmq_proto::wasmq::namesrv::{self, name_server_client::NameServerClient};
 
 use crate::proxy::ProxyMesh;
+
+/// Room left for a node's log file under [`Cluster::disk_full`].
+const DISK_FULL_LOG_ROOM_BYTES: u64 = 128 * 1024;
+/// `mqbroker`'s exit code when replication stopped on a storage error
+/// (`wasmq_broker::server::ReplicationFailed::EXIT_CODE`, EX_TEMPFAIL).
+pub const FAIL_STOP_EXIT_CODE: u8 = 75;
 
 /// Nodes in one Raft group: DLedger groups are 1, 3 or 5 in practice.
 pub const NODES_MAX: usize = 5;
@@ -95,6 +102,9 @@ pub struct ClusterSpec {
     pub group_name: String,
     /// Extra `key = value` TOML lines appended to every broker config (tuning under test).
     pub broker_extra_toml: Vec<String>,
+    /// `mappedFileSizeCommitLog`; `maxMessageSize` is the smaller of [`MESSAGE_BYTES_MAX`]
+    /// and half of it.
+    pub segment_bytes: u64,
 }
 
 impl ClusterSpec {
@@ -105,7 +115,15 @@ impl ClusterSpec {
             cluster_name: "WasmqTestCluster".into(),
             group_name: "broker-a".into(),
             broker_extra_toml: Vec::new(),
+            segment_bytes: COMMIT_LOG_SEGMENT_BYTES,
         }
+    }
+
+    /// Smaller commitlog segments: more segment rolls, so more moments where the store needs
+    /// new space (what a full disk refuses).
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
     }
 
     pub fn proxied(mut self) -> Self {
@@ -275,8 +293,8 @@ impl Cluster {
         writeln!(t, "namesrvAddr = \"{}\"", self.namesrv_addr).unwrap();
         writeln!(t, "storePathRootDir = \"{}\"", n.store_dir.display()).unwrap();
         // Small segments: tests cross segment boundaries and keep the disk footprint small.
-        writeln!(t, "mappedFileSizeCommitLog = {COMMIT_LOG_SEGMENT_BYTES}").unwrap();
-        writeln!(t, "maxMessageSize = {MESSAGE_BYTES_MAX}").unwrap();
+        writeln!(t, "mappedFileSizeCommitLog = {}", self.spec.segment_bytes).unwrap();
+        writeln!(t, "maxMessageSize = {}", MESSAGE_BYTES_MAX.min(self.spec.segment_bytes / 2)).unwrap();
         // Disk-pressure retention deletes old segments, consumed or not (RocketMQ semantics),
         // once the filesystem is this full; CI disks (root-reserved blocks count as used) can
         // sit above the default 75 %. These tests are about crashes, not disk pressure; sends
@@ -441,6 +459,50 @@ impl Cluster {
         self.kill9(i)?;
         self.nodes[i].restarts += 1;
         self.start_node(i).await
+    }
+
+    /// A full disk for node `i`: RLIMIT_FSIZE on the running process, just above what its log
+    /// file already holds. No file of the process can then grow (preallocating a commitlog
+    /// segment or a consume-queue file fails with EFBIG, which the store treats as ENOSPC),
+    /// while space already allocated stays usable: a real full disk under preallocated,
+    /// memory-mapped files. The log keeps some room so what the broker says about it is kept.
+    pub fn disk_full(&mut self, i: usize) -> Result<()> {
+        let log_bytes = fs::metadata(&self.nodes[i].log_path).map(|m| m.len()).unwrap_or(0);
+        self.set_file_size_limit(i, Some(log_bytes + DISK_FULL_LOG_ROOM_BYTES))
+    }
+
+    /// Lifts [`Cluster::disk_full`] (no-op if the node is not running).
+    pub fn disk_freed(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].proc.as_mut().is_some_and(|p| p.child.try_wait().ok().flatten().is_none()) {
+            self.set_file_size_limit(i, None)?;
+        }
+        Ok(())
+    }
+
+    fn set_file_size_limit(&mut self, i: usize, bytes: Option<u64>) -> Result<()> {
+        let proc = self.nodes[i].proc.as_ref().context("file size limit: node not running")?;
+        let limit = libc::rlimit { rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY), rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: prlimit(2) on a pid we spawned and have not reaped; `limit` is a valid rlimit
+        // and the old value is not asked for.
+        let rc = unsafe { libc::prlimit(proc.pid(), libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        ensure!(rc == 0, "prlimit({}, RLIMIT_FSIZE): {}", proc.pid(), std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// Whether node `i` has exited by itself with the broker's fail-stop code (replication
+    /// stopped on a storage error); if so the process is forgotten, to be started again.
+    /// Another exit is an error; a node still running gives false.
+    pub fn reap_fail_stop(&mut self, i: usize) -> Result<bool> {
+        let Some(proc) = self.nodes[i].proc.as_mut() else { return Ok(false) };
+        let Some(status) = proc.child.try_wait()? else { return Ok(false) };
+        ensure!(
+            status.code() == Some(i32::from(FAIL_STOP_EXIT_CODE)),
+            "broker {} exited by itself with {status}, not the fail-stop code {FAIL_STOP_EXIT_CODE}\n{}",
+            self.nodes[i].id,
+            tail(&self.nodes[i].log_path, LOG_TAIL_LINES)
+        );
+        self.nodes[i].proc = None;
+        Ok(true)
     }
 
     /// SIGSTOP: the process freezes with its sockets open (a GC pause or a hung VM).

@@ -3,7 +3,11 @@
 //!
 //! Faults, one at a time, each held for a random while and then repaired: kill -9 + restart,
 //! isolate a node, split the group, cut one direction of one link, delay links, SIGSTOP +
-//! SIGCONT. Checked throughout and at the end: at most one leader per term (every node's
+//! SIGCONT, a full disk (no file of the node can grow; see `Cluster::disk_full`). A node whose
+//! store needs new space while its disk is full fail-stops (exits with the fail-stop code) and
+//! is started again once the space is back, as a supervisor would; any other exit fails the
+//! test. Segments are the smallest allowed (1 MiB) and a full disk lasts longer than other
+//! faults, so that the store usually needs new space while it lasts. Checked throughout and at the end: at most one leader per term (every node's
 //! status and the name server's table), consumer offsets never go backwards, the consumer
 //! only gets bodies that were sent; at the end every acknowledged message is on every replica
 //! exactly once per queue, in order, and the replicas are identical.
@@ -11,7 +15,7 @@
 //! Bounded: `WASMQ_FAULT_SECS` (default 120) of faults, then at most a few minutes of
 //! catch-up. `WASMQ_FAULT_SEED` replays a schedule (the seed is printed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -34,6 +38,8 @@ const FAULT_SECS_DEFAULT: u64 = 120;
 /// Upper bound on the schedule however it is configured (a soak is for a person to start).
 const FAULT_SECS_MAX: u64 = 6 * 3600;
 const OBSERVE_EVERY: Duration = Duration::from_millis(300);
+/// The smallest segment a broker accepts: at this load one fills in about 8 s.
+const SEGMENT_BYTES: u64 = 1024 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
@@ -43,6 +49,7 @@ enum Fault {
     OneWay { from: usize, to: usize },
     Delay { node: usize, delay_ms: u64 },
     Pause { node: usize },
+    DiskFull { node: usize },
 }
 
 impl Fault {
@@ -54,6 +61,7 @@ impl Fault {
             Fault::OneWay { .. } => "one-way-cut",
             Fault::Delay { .. } => "delay",
             Fault::Pause { .. } => "sigstop+sigcont",
+            Fault::DiskFull { .. } => "disk-full",
         }
     }
 
@@ -63,13 +71,14 @@ impl Fault {
             Some(l) if rng.random_bool(0.5) => l,
             _ => rng.random_range(0..3),
         };
-        match rng.random_range(0..6) {
+        match rng.random_range(0..7) {
             0 => Fault::Kill9 { node },
             1 => Fault::Isolate { node },
             2 => Fault::Split { alone: node },
             3 => Fault::OneWay { from: node, to: (node + rng.random_range(1..3)) % 3 },
             4 => Fault::Delay { node, delay_ms: rng.random_range(20..400) },
-            _ => Fault::Pause { node },
+            5 => Fault::Pause { node },
+            _ => Fault::DiskFull { node },
         }
     }
 }
@@ -83,7 +92,7 @@ async fn randomised_fault_schedule() {
     let seed = env_u64("WASMQ_FAULT_SEED").unwrap_or_else(|| rand::rng().random());
     let fault_secs = env_u64("WASMQ_FAULT_SECS").unwrap_or(FAULT_SECS_DEFAULT).clamp(5, FAULT_SECS_MAX);
     eprintln!("fault schedule: seed {seed} (replay: WASMQ_FAULT_SEED={seed}), {fault_secs}s of faults");
-    let mut cluster = scenario::start(ClusterSpec::replicated(3).proxied()).await;
+    let mut cluster = scenario::start(ClusterSpec::replicated(3).proxied().segment_bytes(SEGMENT_BYTES)).await;
     let result = run(&mut cluster, seed, Duration::from_secs(fault_secs)).await;
     cluster.finish(result);
 }
@@ -113,6 +122,7 @@ async fn apply(cluster: &mut Cluster, fault: Fault) -> Result<()> {
             }
         }
         Fault::Pause { node } => cluster.sigstop(node)?,
+        Fault::DiskFull { node } => cluster.disk_full(node)?,
     }
     Ok(())
 }
@@ -121,11 +131,28 @@ async fn repair(cluster: &mut Cluster, fault: Fault) -> Result<()> {
     match fault {
         Fault::Kill9 { node } => cluster.restart(node).await?,
         Fault::Pause { node } => cluster.sigcont(node)?,
+        // A node that fail-stopped meanwhile is started by `restart_fail_stopped`.
+        Fault::DiskFull { node } => cluster.disk_freed(node)?,
         Fault::Isolate { .. } | Fault::Split { .. } | Fault::OneWay { .. } | Fault::Delay { .. } => {
             cluster.mesh.as_ref().expect("proxied cluster").heal_all();
         }
     }
     Ok(())
+}
+
+/// Starts again the nodes of `disk_full_nodes` that fail-stopped (they may exit a little after
+/// the space is back: the broker notices within 250 ms, then stops gracefully). Returns how
+/// many it started.
+async fn restart_fail_stopped(cluster: &mut Cluster, disk_full_nodes: &BTreeSet<usize>) -> Result<u32> {
+    let mut restarted = 0;
+    for &i in disk_full_nodes {
+        if cluster.reap_fail_stop(i)? {
+            eprintln!("           node {i} fail-stopped on its full disk; starting it again");
+            cluster.restart(i).await?;
+            restarted += 1;
+        }
+    }
+    Ok(restarted)
 }
 
 async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<()> {
@@ -163,9 +190,15 @@ async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<(
     let mut obs = Observations::default();
     let mut faults: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut leader_hint = Some(leader);
+    let mut disk_full_nodes = BTreeSet::new();
+    let mut fail_stops = 0;
     while Instant::now() < faults_end {
         let fault = Fault::pick(&mut rng, leader_hint);
-        let hold = Duration::from_millis(rng.random_range(500..5_000));
+        let hold = match fault {
+            // Long enough to span a segment roll more often than not.
+            Fault::DiskFull { .. } => Duration::from_millis(rng.random_range(4_000..10_000)),
+            _ => Duration::from_millis(rng.random_range(500..5_000)),
+        };
         let settle = Duration::from_millis(rng.random_range(500..3_000));
         eprintln!(
             "[{:>6.1}s] fault {fault:?} for {:.1}s (acked so far {})",
@@ -175,9 +208,13 @@ async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<(
         );
         apply(cluster, fault).await?;
         *faults.entry(fault.kind()).or_default() += 1;
+        if let Fault::DiskFull { node } = fault {
+            disk_full_nodes.insert(node);
+        }
         observe_until(cluster, &mut obs, Instant::now() + hold).await;
         repair(cluster, fault).await?;
         observe_until(cluster, &mut obs, Instant::now() + settle).await;
+        fail_stops += restart_fail_stopped(cluster, &disk_full_nodes).await?;
         cluster.check_alive()?;
         leader_hint = cluster
             .statuses()
@@ -189,6 +226,7 @@ async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<(
 
     // Repair everything, let the load finish, and check.
     cluster.mesh.as_ref().expect("proxied").heal_all();
+    fail_stops += restart_fail_stopped(cluster, &disk_full_nodes).await?;
     for i in 0..3 {
         if cluster.is_stopped(i) {
             cluster.sigcont(i)?;
@@ -222,7 +260,10 @@ async fn run(cluster: &mut Cluster, seed: u64, fault_time: Duration) -> Result<(
         consume_stats.acked.load(Ordering::Relaxed),
         consume_stats.errors.load(Ordering::Relaxed),
     );
-    eprintln!("faults: {faults:?} ({} total)", faults.values().sum::<u32>());
+    eprintln!(
+        "faults: {faults:?} ({} total); fail-stops on a full disk, restarted: {fail_stops}",
+        faults.values().sum::<u32>()
+    );
     eprintln!("{}", obs.summary());
     eprintln!(
         "violations: checker {} + monitor {} + consumer strays {strays} = {}",

@@ -280,15 +280,50 @@ impl RunningBroker {
     }
 }
 
-/// Runs until SIGINT/SIGTERM (or an admin stop request), then stops gracefully.
+/// How often the process looks for a replication fail-stop.
+const FAILURE_POLL_MS: u64 = 250;
+
+/// Replication stopped on a storage error (disk full, I/O error): the process stops too, with
+/// [`ReplicationFailed::EXIT_CODE`], so a supervisor restarts the member once the cause is
+/// fixed. Left running, it would serve stale reads and never rejoin its group; restarted, it
+/// recovers its log (torn tail cut) and catches up from the leader.
+#[derive(Debug, thiserror::Error)]
+#[error("replication stopped on a storage error: {0}; exiting so the member can be restarted once the cause is fixed")]
+pub struct ReplicationFailed(pub String);
+
+impl ReplicationFailed {
+    /// EX_TEMPFAIL (sysexits.h): a temporary failure, worth a restart.
+    pub const EXIT_CODE: u8 = 75;
+}
+
+/// Runs until SIGINT/SIGTERM (or an admin stop request, or a replication fail-stop), then
+/// stops gracefully.
 pub async fn run_until_signal(broker: RunningBroker) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = broker.stopped_by_request() => tracing::info!("stop requested"),
+    let replicator = broker.ctx.replicator.clone();
+    let failed = async move {
+        let mut poll = tokio::time::interval(Duration::from_millis(FAILURE_POLL_MS));
+        loop {
+            poll.tick().await;
+            if let Some(why) = replicator.failure() {
+                return why;
+            }
+        }
+    };
+    let failure = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM received"); None }
+        _ = int.recv() => { tracing::info!("SIGINT received"); None }
+        _ = broker.stopped_by_request() => { tracing::info!("stop requested"); None }
+        why = failed => {
+            tracing::error!(error = %why, "replication stopped on a storage error; stopping the broker");
+            Some(why)
+        }
+    };
+    let stopped = broker.stop().await;
+    match failure {
+        Some(why) => Err(ReplicationFailed(why).into()),
+        None => stopped,
     }
-    broker.stop().await
 }

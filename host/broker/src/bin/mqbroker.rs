@@ -31,12 +31,23 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // Tracing may not be up yet (bad config): the error goes to stderr as text.
             eprintln!("mqbroker: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<server::ReplicationFailed>().is_some() {
+                std::process::ExitCode::from(server::ReplicationFailed::EXIT_CODE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    // A file-size limit (RLIMIT_FSIZE) reached must surface as an error (EFBIG) on the write
+    // or preallocation that hit it, which the store handles like a full disk, not kill the
+    // process mid-write with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to SIG_IGN before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let loaded = config::load(&args.config).with_context(|| format!("load config {}", args.config.display()))?;
     // Nothing is created here; `server::start` validates again with `StoreCheck::Create`.
     loaded.config.validate(&args.config, StoreCheck::WithoutCreating).context("invalid config")?;

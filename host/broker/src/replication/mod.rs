@@ -179,6 +179,13 @@ pub trait Replicator: Send + Sync + 'static {
     /// Watch of the commit index (highest committed entry index). Never decreases.
     fn committed(&self) -> watch::Receiver<EntryIndex>;
 
+    /// Why replication stopped for good (fail-stop on a storage error: a failed append,
+    /// flush or hard-state write), if it did. Such a member takes no further part in its
+    /// group until it is restarted.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// Installs the hook called on every commit advance (the first install wins). Returns
     /// whether this replicator calls it; one that does not (the default) leaves applying to
     /// a watcher of [`Replicator::committed`].

@@ -346,6 +346,10 @@ impl Replicator for RaftReplicator {
         true
     }
 
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
     async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError> {
         let (reply, rx) = oneshot::channel();
         self.control
