@@ -13,7 +13,7 @@
 //! the replicator's [`CommitHook`] when the replicator calls one (both of ours do), else from
 //! an apply loop watching `committed`.
 //!
-//! Contract every implementation keeps (asserted by the core's apply loop):
+//! Contract every implementation keeps (asserted by the core's apply step):
 //! - the value on `committed()` never decreases and never exceeds the local last entry index;
 //! - every entry `<= committed` is readable from the local commitlog and will never change;
 //! - `propose` returns only after *all* of its entries are committed, with their index range;
