@@ -1,7 +1,8 @@
 //! Failover: 3 brokers + name server; 10,000 messages from 8 concurrent producers; the
-//! leader is killed with SIGKILL mid-stream; producers retry until a new leader answers;
-//! the old leader restarts and catches up; every acknowledged message is on every replica
-//! exactly once, at its acknowledged offset, in send order.
+//! leader is killed with SIGKILL mid-stream, or its disk fills up (it must then fail-stop:
+//! exit with the fail-stop code once its log needs new space); producers retry until a new
+//! leader answers; the old leader restarts and catches up; every acknowledged message is on
+//! every replica exactly once, at its acknowledged offset, in send order.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,15 +16,33 @@ const TOPIC: &str = "FailoverTopic";
 const PRODUCERS: u32 = 8;
 const MESSAGES_TOTAL: u64 = 10_000;
 const QUEUES: u32 = 4;
+/// How long a leader whose disk is full may keep running while producers fill its log
+/// (10,000 messages cross several 1 MiB segments; the broker notices a fail-stop within
+/// 250 ms and then stops gracefully).
+const FAIL_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+enum LeaderFault {
+    Kill9,
+    DiskFull,
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_kill9_leader_mid_stream() {
     let mut cluster = scenario::start(ClusterSpec::replicated(3)).await;
-    let result = run(&mut cluster).await;
+    let result = run(&mut cluster, LeaderFault::Kill9).await;
     cluster.finish(result);
 }
 
-async fn run(cluster: &mut Cluster) -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_disk_full_leader_mid_stream() {
+    // Small segments: the leader needs new space soon after its disk fills.
+    let mut cluster = scenario::start(ClusterSpec::replicated(3).segment_bytes(1 << 20)).await;
+    let result = run(&mut cluster, LeaderFault::DiskFull).await;
+    cluster.finish(result);
+}
+
+async fn run(cluster: &mut Cluster, fault: LeaderFault) -> Result<()> {
     let (leader, term) = scenario::leader_with_topic(cluster, TOPIC, QUEUES).await?;
 
     let state = Arc::new(LoadState::default());
@@ -40,9 +59,23 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
 
     let before_kill = wait_acked(&state, MESSAGES_TOTAL / 3, Duration::from_secs(90)).await;
     ensure!(before_kill >= MESSAGES_TOTAL / 3, "only {before_kill} acks before the kill");
-    cluster.kill9(leader)?;
+    match fault {
+        LeaderFault::Kill9 => cluster.kill9(leader)?,
+        LeaderFault::DiskFull => {
+            cluster.disk_full(leader)?;
+            let deadline = Instant::now() + FAIL_STOP_TIMEOUT;
+            // Any other exit is an error from `reap_fail_stop`.
+            while !cluster.reap_fail_stop(leader)? {
+                ensure!(
+                    Instant::now() < deadline,
+                    "leader n{leader} still running {FAIL_STOP_TIMEOUT:?} after its disk filled"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     let killed_at = Instant::now();
-    eprintln!("killed leader n{leader} after {before_kill} acks");
+    eprintln!("leader n{leader} gone ({fault:?}) after {before_kill} acks");
 
     let (new_leader, new_term) = cluster.wait_for_leader_among(LEADER_TIMEOUT, &others(3, leader)).await?;
     ensure!(new_term > term, "new leader n{new_leader} has term {new_term}, not above {term}");
