@@ -82,11 +82,36 @@ impl Binaries {
     }
 }
 
-/// Picks a free loopback port. The port is released before the process binds it; a collision
-/// with another process in between is possible but rare, and shows up as a clear start error.
+/// Ports `free_port` picks from: below the kernel's ephemeral range (`ip_local_port_range`,
+/// 32768 and up by default) and below the fixed ports of `conf/dledger` (30911-30913).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..30_000;
+/// Ports tried before `free_port` gives up.
+const PORT_PROBES_MAX: u32 = 1_000;
+/// Ports `free_port` has handed out in this process: two nodes never get the same one.
+static PORTS_HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Picks a loopback port that is free now, for a process to bind later. Not from bind(0):
+/// that gives an *ephemeral* port, which any outgoing loopback connection may take as its
+/// source port between the pick and the broker's bind, and the broker then failed to start
+/// with EADDRINUSE (a CI failure: `bind raft peer service on 127.0.0.1:35419`). The kernel
+/// never gives ports below the ephemeral range to connections, so only another explicit bind
+/// could take this one.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    let mut handed_out = PORTS_HANDED_OUT.lock().expect("not poisoned");
+    for _ in 0..PORT_PROBES_MAX {
+        let port = rng.random_range(TEST_PORTS);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(loopback(port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {TEST_PORTS:?} after {PORT_PROBES_MAX} tries")
 }
 
 fn loopback(port: u16) -> SocketAddr {
