@@ -13,6 +13,9 @@ use wasmq_broker::server::{self, Extensions};
 use wasmq_proto::wasmq::admin::ShutdownRequest;
 use wasmq_proto::wasmq::admin::admin_client::AdminClient;
 
+mod common;
+use common::free_port;
+
 async fn mqadmin(args: &[&str]) -> anyhow::Result<String> {
     let cli = Cli::try_parse_from(std::iter::once("mqadmin").chain(args.iter().copied()))?;
     let mut out = Vec::new();
@@ -25,10 +28,6 @@ async fn mqadmin_json(args: &[&str]) -> serde_json::Value {
     all.push("--json");
     let text = mqadmin(&all).await.unwrap_or_else(|e| panic!("mqadmin {args:?}: {e:#}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

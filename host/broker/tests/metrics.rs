@@ -13,9 +13,8 @@ use wasmq_broker::messaging::backend::OutgoingMessage;
 use wasmq_broker::metrics::{self, BrokerMetrics};
 use wasmq_broker::server;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::free_port;
 
 fn http(addr: std::net::SocketAddr, request: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use wasmq_broker::namesrv::client;
 use wasmq_proto::wasmq::namesrv::{BrokerHeartbeat, Role, TopicInfo};
 
+mod common;
+use common::free_port;
+
 const MQNAMESRV: &str = env!("CARGO_BIN_EXE_mqnamesrv");
 const MQADMIN: &str = env!("CARGO_BIN_EXE_mqadmin");
 const MQSHUTDOWN: &str = env!("CARGO_BIN_EXE_mqshutdown");
@@ -21,10 +24,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn start_namesrv(port: u16, pid_file: &Path) -> Proc {

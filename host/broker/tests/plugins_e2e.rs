@@ -13,12 +13,11 @@ use wasmq_broker::core::TopicSpec;
 use wasmq_broker::messaging::backend::{BackendError, FilterKind, MessagingBackend, OutgoingMessage, StoredMessage};
 use wasmq_broker::server;
 
+mod common;
+use common::free_port;
+
 /// Queue count of every test topic: enough for the override targets 3 and 5.
 const QUEUE_COUNT: u32 = 8;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn dist_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist")

@@ -12,12 +12,10 @@ use wasmq_broker::replication::{CommittedRange, ReplicationError, Replicator, Ro
 use wasmq_raft::RaftConfig;
 use wasmq_storage::commitlog::{CommitLog, CommitLogConfig, FlushMode};
 
-const IDS: [&str; 3] = ["n0", "n1", "n2"];
+mod common;
+use common::free_ports;
 
-fn free_ports() -> Vec<u16> {
-    let listeners: Vec<_> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+const IDS: [&str; 3] = ["n0", "n1", "n2"];
 
 fn open_log(dir: &std::path::Path) -> Arc<CommitLog> {
     let mut cfg = CommitLogConfig::new(dir.join("log"));
@@ -111,7 +109,7 @@ fn assert_holds(log: &CommitLog, acked: &[(CommittedRange, Vec<Bytes>)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_replicate_fail_over_and_catch_up() {
-    let ports = free_ports();
+    let ports = free_ports(3);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = BTreeMap::new();
     for (i, dir) in dirs.iter().enumerate() {
@@ -216,7 +214,7 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_peer_port_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut ports = free_ports();
+    let mut ports = free_ports(3);
     ports[0] = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path());

@@ -7,11 +7,8 @@ use wasmq_bench::client::{MqClient, Outgoing};
 use wasmq_broker::config::{BrokerConfig, FlushDiskType};
 use wasmq_broker::server;
 
-/// A free loopback port (bound and released; the race with other processes is acceptable
-/// for a test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::free_port;
 
 fn config(dir: &std::path::Path) -> BrokerConfig {
     let mut c = BrokerConfig::default();

@@ -17,6 +17,9 @@ use wasmq_broker::replication::raft_group::{RaftGroupConfig, RaftReplicator};
 use wasmq_broker::replication::standalone::StandaloneReplicator;
 use wasmq_broker::replication::{Replicator, Role};
 
+mod common;
+use common::free_ports;
+
 const TOPIC: &str = "orders";
 const QUEUES: u32 = 3;
 const COMMON: usize = 40;
@@ -26,27 +29,6 @@ const B_EXTRA: usize = 5;
 struct Node {
     core: Arc<BrokerCore>,
     replicator: Arc<dyn Replicator>,
-}
-
-/// `n` distinct free ports below the kernel's ephemeral range (32768..): ports handed out for
-/// `bind(0)` and for outgoing connections (raft peers, clients, other tests) come from that
-/// range, so a port picked there can be taken again before a broker process binds it.
-fn free_ports(n: usize) -> Vec<u16> {
-    const LOW: u16 = 20_000;
-    const SPAN: u16 = 12_000;
-    let mut held = Vec::with_capacity(n);
-    // Bounded: a few tries per port; the range is mostly idle.
-    for _ in 0..n * 64 {
-        if held.len() == n {
-            break;
-        }
-        let port = LOW + rand::random::<u16>() % SPAN;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(l);
-        }
-    }
-    assert_eq!(held.len(), n, "could not find {n} free ports in {LOW}..{}", LOW + SPAN);
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 fn write_config(path: &Path, text: &str) -> BrokerConfig {
