@@ -43,6 +43,11 @@ pub struct FakeBackend {
     max_message_size_bytes: AtomicU64,
     /// Every commit_offset call, for assertions.
     pub commits: Mutex<Vec<(String, String, u32, u64)>>,
+    /// send_batch calls so far (counted before the gate).
+    pub send_batches: AtomicU64,
+    /// Every send_batch waits for a read guard: a test that holds the write guard holds
+    /// the sends in flight.
+    pub send_gate: tokio::sync::RwLock<()>,
 }
 
 impl FakeBackend {
@@ -59,6 +64,8 @@ impl FakeBackend {
             }),
             max_message_size_bytes: AtomicU64::new(4 * 1024 * 1024),
             commits: Mutex::new(Vec::new()),
+            send_batches: AtomicU64::new(0),
+            send_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -187,6 +194,8 @@ impl MessagingBackend for FakeBackend {
     }
 
     async fn send_batch(&self, msgs: Vec<OutgoingMessage>) -> Vec<BackendResult<SendOutcome>> {
+        self.send_batches.fetch_add(1, Ordering::SeqCst);
+        let _open = self.send_gate.read().await;
         let mut results = Vec::with_capacity(msgs.len());
         for msg in msgs {
             results.push(self.store_one(msg));

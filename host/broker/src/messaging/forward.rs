@@ -12,7 +12,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use wasmq_proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+use wasmq_proto::apache::rocketmq::v2::{self, Code, messaging_service_client::MessagingServiceClient};
+
+use super::status::status;
 
 /// Marks a call a broker forwarded (value: the forwarding hop count, always "1").
 pub const FORWARDED_HEADER: &str = "x-wasmq-forwarded";
@@ -65,20 +67,39 @@ pub fn is_forwarded(meta: &MetadataMap) -> bool {
 /// The same request for the leader: client metadata (`x-mq-*`, `authorization`) kept,
 /// the forwarded mark added, the client's deadline carried over.
 pub fn forward_request<T>(request: tonic::Request<T>) -> tonic::Request<T> {
-    let timeout = grpc_timeout(request.metadata()).unwrap_or(FORWARD_TIMEOUT_DEFAULT);
-    let meta = request.metadata().clone();
+    let timeout = forward_timeout(request.metadata());
+    let meta = relayed_metadata(request.metadata());
     let mut out = tonic::Request::new(request.into_inner());
+    *out.metadata_mut() = meta;
+    out.set_timeout(timeout);
+    out
+}
+
+/// What a forwarded call carries of the client's metadata: `x-mq-*` and `authorization`,
+/// plus the forwarded mark. Transport headers (content-type, user-agent, ...) stay behind.
+pub fn relayed_metadata(meta: &MetadataMap) -> MetadataMap {
+    let mut out = MetadataMap::new();
     for kv in meta.iter() {
         if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
             let name = k.as_str();
             if name.starts_with("x-mq-") || name == "authorization" {
-                out.metadata_mut().insert(k.clone(), v.clone());
+                out.insert(k.clone(), v.clone());
             }
         }
     }
-    out.metadata_mut().insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
-    out.set_timeout(timeout);
+    out.insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     out
+}
+
+/// The deadline of a forwarded call: the client's, or a default when it sent none.
+pub fn forward_timeout(meta: &MetadataMap) -> Duration {
+    grpc_timeout(meta).unwrap_or(FORWARD_TIMEOUT_DEFAULT)
+}
+
+/// What the client hears when the leader cannot be reached (crashed, partitioned): a
+/// status it retries on, naming the node, rather than a transport error.
+pub fn leader_unreachable(leader: &str, err: &tonic::Status) -> v2::Status {
+    status(Code::HaNotAvailable, format!("leader {leader} unreachable from this follower: {}", err.message()))
 }
 
 /// The client's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).

@@ -2,7 +2,8 @@
 //!
 //! - `backend`: the seam to the broker core ([`backend::MessagingBackend`]).
 //! - `service`: the tonic service ([`service::Messaging`]); `forward` relays calls
-//!   from a follower to the leader.
+//!   from a follower to the leader, and `send_coalescer` puts the sends it forwards
+//!   together (one request to the leader for the calls that arrive while one is in flight).
 //! - `pop`: delivery state of consumers (invisibility, acks, retries, DLQ); `pull`:
 //!   the pull/offset family (consumer-managed positions).
 //! - `receipt_handle`, `message_codec`, `tag_expression`, `status`, `telemetry`:
@@ -16,6 +17,7 @@ pub mod message_codec;
 pub mod pop;
 pub mod pull;
 pub mod receipt_handle;
+pub mod send_coalescer;
 pub mod service;
 pub mod status;
 pub mod tag_expression;

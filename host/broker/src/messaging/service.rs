@@ -22,7 +22,8 @@ use super::message_codec::{self, Delivery, duration_ms, to_timestamp, validate_g
 use super::now_ms;
 use super::pop::{PopError, PopLimits, PopService, QueueKey, ReceiveRequest, Subscription};
 use super::receipt_handle::ReceiptHandle;
-use super::status::{from_backend, is_ok, ok, status};
+use super::send_coalescer::SendCoalescer;
+use super::status::{combine, from_backend, ok, status};
 use super::tag_expression::TagExpression;
 use super::telemetry::{ClientRegistry, TelemetryLimits};
 
@@ -79,7 +80,8 @@ pub struct Messaging {
     config: MessagingConfig,
     pop: Arc<PopService>,
     clients: Arc<ClientRegistry>,
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
+    send_coalescer: SendCoalescer,
     was_leader: AtomicBool,
     telemetry_streams: Arc<AtomicUsize>,
     receive_rotation: AtomicU32,
@@ -238,13 +240,15 @@ impl Messaging {
         assert!(config.long_polling_ms_default <= config.long_polling_ms_max);
         assert!(config.receive_queues_max >= 1 && config.pull_batch_max >= 1);
         let pop = Arc::new(PopService::new(backend.clone(), config.pop.clone()));
+        let forwarder = Arc::new(Forwarder::new(config.grpc_message_bytes_max));
         if config.pop.commit_interval_ms > 0 {
             spawn_offset_flusher(&pop, &backend, Duration::from_millis(config.pop.commit_interval_ms));
         }
         Messaging {
             pop,
             clients: Arc::new(ClientRegistry::new(config.telemetry.clone())),
-            forwarder: Forwarder::new(config.grpc_message_bytes_max),
+            forwarder: forwarder.clone(),
+            send_coalescer: SendCoalescer::new(forwarder, config.send_batch_max, config.grpc_message_bytes_max),
             was_leader: AtomicBool::new(backend.is_leader()),
             telemetry_streams: Arc::new(AtomicUsize::new(0)),
             receive_rotation: AtomicU32::new(0),
@@ -832,28 +836,6 @@ async fn telemetry_answer(
     Some(v2::TelemetryCommand { status: Some(ok()), command: Some(v2::telemetry_command::Command::Settings(answer)) })
 }
 
-/// Overall status of a batch: OK if all OK, the failure if all failed alike,
-/// MULTIPLE_RESULTS otherwise (the per-entry statuses tell which).
-fn combine(statuses: impl Iterator<Item = v2::Status>) -> v2::Status {
-    let mut first_fail: Option<v2::Status> = None;
-    let mut any_ok = false;
-    let mut mixed = false;
-    for s in statuses {
-        if is_ok(&s) {
-            any_ok = true;
-        } else if let Some(f) = &first_fail {
-            mixed |= f.code != s.code;
-        } else {
-            first_fail = Some(s);
-        }
-    }
-    match first_fail {
-        None => ok(),
-        Some(f) if !any_ok && !mixed => f,
-        Some(f) => status(Code::MultipleResults, format!("some entries failed, first: {}", f.message)),
-    }
-}
-
 enum LeaderRoute {
     Local,
     Forward(String),
@@ -872,12 +854,7 @@ macro_rules! on_leader {
                     // The leader's HTTP headers stay behind: relaying them would duplicate
                     // ours (content-type...), which grpc-core rejects (RST_STREAM).
                     Ok(answer) => Ok(Response::new(answer.into_inner())),
-                    // The leader is unreachable (crashed, partitioned): a status the
-                    // client retries on, naming the node, rather than a transport error.
-                    Err(e) => Ok(Response::new(<$resp>::with_status(status(
-                        Code::HaNotAvailable,
-                        format!("leader {leader} unreachable from this follower: {}", e.message()),
-                    )))),
+                    Err(e) => Ok(Response::new(<$resp>::with_status(forward::leader_unreachable(&leader, &e)))),
                 };
             }
             LeaderRoute::Unavailable(s) => return Ok(Response::new(<$resp>::with_status(s))),
@@ -944,8 +921,15 @@ impl MessagingService for Messaging {
 
     async fn send_message(&self, request: Request<v2::SendMessageRequest>) -> RpcResult<v2::SendMessageResponse> {
         require_client_id!(request, v2::SendMessageResponse);
-        on_leader!(self, request, send_message, v2::SendMessageResponse);
-        reply(self.send_message_impl(request.into_inner()).await)
+        match self.leader_route(&request) {
+            LeaderRoute::Local => reply(self.send_message_impl(request.into_inner()).await),
+            // Not `on_leader!`: sends are coalesced on their way (`send_coalescer`).
+            LeaderRoute::Forward(leader) => {
+                let (metadata, _, request) = request.into_parts();
+                self.send_coalescer.send(&leader, &metadata, request).await.map(Response::new)
+            }
+            LeaderRoute::Unavailable(s) => Ok(Response::new(v2::SendMessageResponse::with_status(s))),
+        }
     }
 
     async fn query_assignment(

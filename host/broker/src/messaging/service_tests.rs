@@ -641,6 +641,71 @@ async fn follower_forwards_to_the_leader_with_client_metadata() {
     assert_eq!(r.status.unwrap().code, v2::Code::Ok as i32);
 }
 
+/// Sends that reach a follower while earlier ones are in flight to the leader go on in one
+/// request; each caller still gets its own entries, failures included, in order.
+#[tokio::test]
+async fn a_follower_coalesces_the_sends_it_forwards() {
+    use super::send_coalescer::BATCHES_IN_FLIGHT_MAX;
+    use std::sync::atomic::Ordering;
+    let leader = serve().await;
+    let follower = serve().await;
+    follower.backend.set_leader(false, Some(leader.addr.to_string()));
+    let c = client(follower.addr).await;
+    let gate = leader.backend.send_gate.write().await;
+    let spawn_send = |i: usize| {
+        let mut c = c.clone();
+        // Call 5: a topic the leader lacks. Call 7: two messages, one of each.
+        let msgs = match i {
+            5 => vec![message("nowhere", &format!("m{i}"), "A", b"x")],
+            7 => vec![message("orders", "m7a", "A", b"x"), message("nowhere", "m7b", "A", b"x")],
+            _ => vec![message("orders", &format!("m{i}"), "A", b"x")],
+        };
+        tokio::spawn(async move { (i, send(&mut c, msgs).await) })
+    };
+    // The first calls take the lane's in-flight slots and are held on the leader.
+    let mut calls: Vec<_> = (0..BATCHES_IN_FLIGHT_MAX).map(spawn_send).collect();
+    let t0 = Instant::now();
+    while leader.backend.send_batches.load(Ordering::SeqCst) < BATCHES_IN_FLIGHT_MAX as u64 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first sends never reached the leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    const CALLS: usize = 24;
+    calls.extend((BATCHES_IN_FLIGHT_MAX..CALLS).map(spawn_send));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(gate);
+    for call in calls {
+        let (i, r) = call.await.unwrap();
+        let code = r.status.unwrap().code;
+        let ids: Vec<&str> = r.entries.iter().map(|e| e.message_id.as_str()).collect();
+        let entry_codes: Vec<i32> = r.entries.iter().map(|e| e.status.as_ref().unwrap().code).collect();
+        match i {
+            5 => {
+                assert_eq!(code, v2::Code::TopicNotFound as i32);
+                assert_eq!((ids, entry_codes), (vec!["m5"], vec![v2::Code::TopicNotFound as i32]));
+            }
+            7 => {
+                assert_eq!(code, v2::Code::MultipleResults as i32);
+                assert_eq!(ids, vec!["m7a", "m7b"]);
+                assert_eq!(entry_codes, vec![v2::Code::Ok as i32, v2::Code::TopicNotFound as i32]);
+            }
+            _ => {
+                assert_eq!(code, v2::Code::Ok as i32, "call {i}");
+                assert_eq!((ids, entry_codes), (vec![format!("m{i}").as_str()], vec![v2::Code::Ok as i32]));
+            }
+        }
+    }
+    let mut stored: Vec<String> = leader.backend.messages("orders").into_iter().map(|m| m.message_id).collect();
+    stored.sort();
+    let mut expected: Vec<String> = (0..CALLS).filter(|&i| i != 5 && i != 7).map(|i| format!("m{i}")).collect();
+    expected.push("m7a".to_string());
+    expected.sort();
+    assert_eq!(stored, expected, "every message stored once, on the leader");
+    // One request per call would be 23 batches (call 5 stores nothing).
+    let batches = leader.backend.send_batches.load(Ordering::SeqCst);
+    assert!(batches <= BATCHES_IN_FLIGHT_MAX as u64 + 2, "{batches} send batches on the leader for {CALLS} calls");
+    assert!(follower.backend.messages("orders").is_empty());
+}
+
 #[tokio::test]
 async fn forwarding_is_one_hop_even_when_followers_point_at_each_other() {
     let make = |endpoint: &str| {

@@ -30,6 +30,28 @@ pub fn is_ok(s: &v2::Status) -> bool {
     s.code == Code::Ok as i32
 }
 
+/// Overall status of a batch: OK if all OK, the failure if all failed alike,
+/// MULTIPLE_RESULTS otherwise (the per-entry statuses tell which).
+pub fn combine(statuses: impl Iterator<Item = v2::Status>) -> v2::Status {
+    let mut first_fail: Option<v2::Status> = None;
+    let mut any_ok = false;
+    let mut mixed = false;
+    for s in statuses {
+        if is_ok(&s) {
+            any_ok = true;
+        } else if let Some(f) = &first_fail {
+            mixed |= f.code != s.code;
+        } else {
+            first_fail = Some(s);
+        }
+    }
+    match first_fail {
+        None => ok(),
+        Some(f) if !any_ok && !mixed => f,
+        Some(f) => status(Code::MultipleResults, format!("some entries failed, first: {}", f.message)),
+    }
+}
+
 /// The status a client sees for a backend failure.
 pub fn from_backend(err: &BackendError) -> v2::Status {
     let code = match err {
