@@ -30,9 +30,6 @@ use crate::replication::EntryIndex;
 const APPLY_BATCH_ENTRIES_MAX: u64 = 4096;
 /// Pause before retrying a failed apply (disk error): the loop must not spin.
 const APPLY_RETRY_MS: u64 = 200;
-/// With a commit hook the loop sleeps until the hook hands it work; it also looks on its
-/// own this often, a safety net that costs 10 wake-ups a second.
-const APPLY_POLL_MS: u64 = 100;
 
 impl BrokerCore {
     /// One apply step through `to` (which must be committed), at most
@@ -142,8 +139,13 @@ impl Loop {
                         break;
                     }
                 }
+                // With a hook, the loop sleeps until the hook hands it work. No timer
+                // backs this up, and none is needed: the hook runs on every commit advance
+                // before `committed` is published (and records it in `commit_seen` first);
+                // a hook installed after some commits finds the loop not yet started, and
+                // the loop's first look covers them; `notify_one` keeps a permit while the
+                // loop is busy, so no hand-over is lost.
                 () = self.needed.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(APPLY_POLL_MS)), if hooked => {}
                 changed = self.stop.changed() => {
                     if changed.is_err() {
                         // The core is gone (its stop sender with it).

@@ -2,8 +2,9 @@
 //! that turns committed commitlog entries into derived state.
 //!
 //! Write path: encode a [`Record`] → [`Replicator::propose`] → wait until the entry is
-//! applied (by the commit hook, else the apply loop) → answer (for messages: the queue offset the apply assigned). Read path:
-//! only from the derived state, which holds applied (hence committed) entries only.
+//! applied (by the commit hook, else the apply loop) → answer (for messages: the queue
+//! offset the apply assigned). Read path: only from the derived state, which holds applied
+//! (hence committed) entries only.
 //!
 //! Every apply is one step under one lock (`apply`), on leaders and followers alike: from
 //! the replicator's commit hook, or from the apply loop for what the hook left. Entries are
