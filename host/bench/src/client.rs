@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::transport::{Channel, Endpoint};
 use wasmq_proto::apache::rocketmq::v2::{self as v2, Code, messaging_service_client::MessagingServiceClient};
+use wasmq_proto::coalescing_io::coalescing_channel;
 
 /// Largest batch one receive/pull asks for (the broker has its own cap too).
 pub const BATCH_MAX: i32 = 256;
@@ -109,11 +110,9 @@ pub struct MqClient {
 impl MqClient {
     /// Connects lazily: the first call dials, so a dead endpoint fails that call, not this one.
     pub fn connect_lazy(endpoint: &str, rpc_timeout: Duration) -> ClientResult<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_string())?
-            .connect_timeout(rpc_timeout)
-            .timeout(rpc_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        // Coalescing writes: the frames of producers woken together go in one write.
+        let channel =
+            coalescing_channel(&Endpoint::from_shared(endpoint.to_string())?.timeout(rpc_timeout), rpc_timeout);
         let n = CLIENT_SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();

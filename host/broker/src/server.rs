@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tonic::service::RoutesBuilder;
 use wasmq_plugin::validation::PluginVersion;
 use wasmq_plugin::{PluginRegistry, RegistryConfig};
+use wasmq_proto::coalescing_io::CoalescingIo;
 use wasmq_storage::commitlog::CommitLog;
 
 use crate::config::{BrokerConfig, StoreCheck};
@@ -209,6 +210,7 @@ pub async fn start(
                 tracing::debug!(error = %e, "TCP_NODELAY not set");
             }
         })
+        .map(CoalescingIo::new)
     });
     let mut stop_rx = shutdown.clone();
     let server =

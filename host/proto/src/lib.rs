@@ -3,6 +3,9 @@
 //! - `apache::rocketmq::v2`: the RocketMQ 5 gRPC protocol, written by us from the published
 //!   definitions (same package, message/field names and numbers: identical wire format).
 //! - `wasmq::{raft, admin, namesrv}`: wasmq's internal services.
+//! - `coalescing_io`: the socket wrapper our gRPC servers and clients use (fewer writes).
+
+pub mod coalescing_io;
 
 pub mod apache {
     pub mod rocketmq {

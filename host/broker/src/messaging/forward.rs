@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use wasmq_proto::apache::rocketmq::v2::{self, Code, messaging_service_client::MessagingServiceClient};
+use wasmq_proto::coalescing_io::coalescing_channel;
 
 use super::status::status;
 
@@ -42,11 +43,10 @@ impl Forwarder {
             Some(c) => c.clone(),
             None => {
                 let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-                let channel = Endpoint::from_shared(uri)
-                    .map_err(|e| tonic::Status::internal(format!("bad leader endpoint {endpoint:?}: {e}")))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let endpoint_config = Endpoint::from_shared(uri)
+                    .map_err(|e| tonic::Status::internal(format!("bad leader endpoint {endpoint:?}: {e}")))?;
+                // Coalescing writes: the sends of many callers leave in one write.
+                let channel = coalescing_channel(&endpoint_config, CONNECT_TIMEOUT);
                 if channels.len() >= CHANNELS_MAX {
                     channels.clear();
                 }
