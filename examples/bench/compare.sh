@@ -16,8 +16,9 @@ BIN="${WASMQ_BIN_DIR:-$ROOT/target/release}"
 DURATION="${DURATION:-10}"
 SIZE="${SIZE:-1024}"
 PRODUCERS="${PRODUCERS:-1 64}"
-# wasmq producers either spread over the 3 members (followers forward to the leader, as NATS
-# servers forward to the stream leader) or all send to the leader (as a RocketMQ client does
+# wasmq producers either spread over the 3 members (followers forward to the leader, coalescing
+# the sends that arrive while earlier ones are in flight, as NATS servers forward to the stream
+# leader) or all send to the leader (as a RocketMQ client does
 # with a route that names the master).
 ROUTES="${ROUTES:-spread leader}"
 # Connections per endpoint the producers share, the same for both systems (0: one per

@@ -47,7 +47,7 @@ pub const INDEX_ENTRIES_PER_FILE_DEFAULT: u64 = 1 << 22;
 /// (not on every group commit); the recovery checkpoint only advances with it.
 const INDEX_SYNC_INTERVAL: Duration = Duration::from_millis(1000);
 /// Pages of the segment ahead of the writer are faulted in this many bytes at a time
-/// (one madvise instead of a page fault per 4 KiB).
+/// (one madvise instead of a page-cache fault per 4 KiB; see `MappedFile::prefault_write`).
 const PREFAULT_CHUNK_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
