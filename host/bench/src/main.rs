@@ -9,6 +9,11 @@ use clap::Parser;
 use wasmq_bench::nats::NatsConn;
 use wasmq_bench::workload::{self, Route, Target, Workload};
 
+// The same allocator as mqbroker (see there): the client shares the cores with the servers it
+// measures, and both systems' clients run in this binary, so both get it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "mqbench", about = "Load generator for wasmq (RocketMQ v2 gRPC) and NATS JetStream")]
 struct Args {
