@@ -65,6 +65,14 @@ impl WriteState {
         self.failed.as_ref().map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
     }
 
+    /// Registers `waker` once (a task polled again while it waits is not added twice, so the
+    /// list stays as short as the number of tasks waiting: one or two per connection).
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+    }
+
     fn wake_waiting(&mut self) {
         for w in self.waiting.drain(..) {
             w.wake();
@@ -166,7 +174,7 @@ impl AsyncWrite for CoalescingIo {
         }
         let room = WRITE_BUFFER_BYTES_MAX.saturating_sub(state.queued.len());
         if room == 0 {
-            state.waiting.push(cx.waker().clone());
+            state.wait(cx.waker());
             return Poll::Pending;
         }
         let was_empty = state.queued.is_empty();
@@ -204,7 +212,7 @@ impl AsyncWrite for CoalescingIo {
             return Poll::Ready(state.error().map_or(Ok(()), Err));
         }
         state.shutdown = true;
-        state.waiting.push(cx.waker().clone());
+        state.wait(cx.waker());
         drop(state);
         self.shared.work.notify_one();
         Poll::Pending
