@@ -48,8 +48,6 @@ struct Shared {
 #[derive(Default)]
 struct WriteState {
     queued: Vec<u8>,
-    /// The writer took bytes and is writing them.
-    writing: bool,
     /// The socket failed; every later write and flush reports it.
     failed: Option<(io::ErrorKind, String)>,
     /// No more writes: the writer shuts the socket's write side once the buffer is out.
@@ -107,7 +105,6 @@ async fn writer(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
                 let mut state = shared.state.lock();
                 assert!(batch.is_empty());
                 std::mem::swap(&mut batch, &mut state.queued);
-                state.writing = !batch.is_empty();
                 state.wake_waiting();
                 state.shutdown && batch.is_empty()
             };
@@ -127,7 +124,6 @@ async fn writer(shared: Arc<Shared>, mut socket: OwnedWriteHalf) {
                     .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "socket write stalled")));
             batch.clear();
             let mut state = shared.state.lock();
-            state.writing = false;
             if let Err(e) = written {
                 state.failed = Some((e.kind(), e.to_string()));
                 state.done = true;

@@ -166,12 +166,6 @@ impl SendCoalescer {
         lanes.insert(key, lane.clone());
         lane
     }
-
-    /// Lanes kept now (tests: idle lanes are dropped).
-    #[cfg(test)]
-    pub fn lanes_len(&self) -> usize {
-        self.lanes.lock().len()
-    }
 }
 
 /// Takes the calls of the next request: in arrival order, at least one, then as many as
