@@ -232,14 +232,11 @@ pub fn coalescing_channel(
     connect_timeout: std::time::Duration,
 ) -> tonic::transport::Channel {
     let connector = tower::service_fn(move |uri: http::Uri| async move {
+        // `Uri::host` keeps an IPv6 address's brackets, so `host:port` parses either way.
         let host =
             uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect((host.as_str(), port)))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {uri}: timed out")))??;
-        stream.set_nodelay(true)?;
+        let address = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let stream = crate::dial::dial(&address, connect_timeout).await?;
         Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(CoalescingIo::new(stream)))
     });
     endpoint.connect_with_connector_lazy(connector)

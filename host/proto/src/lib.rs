@@ -4,8 +4,10 @@
 //!   definitions (same package, message/field names and numbers: identical wire format).
 //! - `wasmq::{raft, admin, namesrv}`: wasmq's internal services.
 //! - `coalescing_io`: the socket wrapper our gRPC servers and clients use (fewer writes).
+//! - `dial`: how our gRPC clients connect (bounded, TCP_NODELAY, no self-connects).
 
 pub mod coalescing_io;
+pub mod dial;
 
 pub mod apache {
     pub mod rocketmq {

@@ -80,15 +80,19 @@ pub fn forward_request<T>(request: tonic::Request<T>) -> tonic::Request<T> {
 pub fn relayed_metadata(meta: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     for kv in meta.iter() {
-        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
-            let name = k.as_str();
-            if name.starts_with("x-mq-") || name == "authorization" {
-                out.insert(k.clone(), v.clone());
-            }
+        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv
+            && is_relayed(k.as_str())
+        {
+            out.insert(k.clone(), v.clone());
         }
     }
     out.insert(FORWARDED_HEADER, MetadataValue::from_static("1"));
     out
+}
+
+/// Whether a header of the client's goes with its forwarded call.
+pub fn is_relayed(name: &str) -> bool {
+    name.starts_with("x-mq-") || name == "authorization"
 }
 
 /// The deadline of a forwarded call: the client's, or a default when it sent none.

@@ -60,7 +60,7 @@ struct LaneState {
 }
 
 struct Lane {
-    key: String,
+    key: Vec<u8>,
     leader: String,
     metadata: MetadataMap,
     state: Mutex<LaneState>,
@@ -73,7 +73,7 @@ struct Limits {
 
 pub struct SendCoalescer {
     forwarder: Arc<Forwarder>,
-    lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+    lanes: Arc<Mutex<HashMap<Vec<u8>, Arc<Lane>>>>,
     limits: Arc<Limits>,
 }
 
@@ -125,25 +125,20 @@ impl SendCoalescer {
     /// The lane of this client and leader: the shared one, or a private one (its call
     /// goes alone) when the lane is full or there are too many lanes.
     fn lane(&self, leader: &str, metadata: &MetadataMap) -> Arc<Lane> {
-        let mut relayed = forward::relayed_metadata(metadata);
-        for name in PER_CALL_METADATA {
-            relayed.remove(*name);
-        }
-        let mut key = leader.to_string();
-        let mut pairs: Vec<String> = relayed
-            .iter()
-            .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(format!("\n{}={}", k, v.to_str().unwrap_or(""))),
-                tonic::metadata::KeyAndValueRef::Binary(..) => None,
-            })
-            .collect();
-        pairs.sort();
-        key.extend(pairs);
+        let key = lane_key(leader, metadata);
+        // The lane's metadata is built only for a new lane: the lookup is on every call.
+        let lane_metadata = || {
+            let mut relayed = forward::relayed_metadata(metadata);
+            for name in PER_CALL_METADATA {
+                relayed.remove(*name);
+            }
+            relayed
+        };
         let private = || {
             Arc::new(Lane {
-                key: String::new(),
+                key: Vec::new(),
                 leader: leader.to_string(),
-                metadata: relayed.clone(),
+                metadata: lane_metadata(),
                 state: Mutex::new(LaneState::default()),
             })
         };
@@ -160,12 +155,41 @@ impl SendCoalescer {
         let lane = Arc::new(Lane {
             key: key.clone(),
             leader: leader.to_string(),
-            metadata: relayed.clone(),
+            metadata: lane_metadata(),
             state: Mutex::new(LaneState::default()),
         });
         lanes.insert(key, lane.clone());
         lane
     }
+}
+
+/// A lane's key: the leader, then the client's relayed headers but the per-call ones,
+/// sorted (the same client's headers may come in another order). Built from borrowed
+/// names and values: one vector and one buffer per call.
+fn lane_key(leader: &str, metadata: &MetadataMap) -> Vec<u8> {
+    let mut pairs: Vec<(&str, &[u8])> = metadata
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v)
+                if forward::is_relayed(k.as_str()) && !PER_CALL_METADATA.contains(&k.as_str()) =>
+            {
+                Some((k.as_str(), v.as_bytes()))
+            }
+            _ => None,
+        })
+        .collect();
+    pairs.sort_unstable();
+    let len: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut key = Vec::with_capacity(leader.len() + len);
+    key.extend_from_slice(leader.as_bytes());
+    // Header names and values hold no newline and names no `=`: the key is unambiguous.
+    for (name, value) in pairs {
+        key.push(b'\n');
+        key.extend_from_slice(name.as_bytes());
+        key.push(b'=');
+        key.extend_from_slice(value);
+    }
+    key
 }
 
 /// Takes the calls of the next request: in arrival order, at least one, then as many as
@@ -190,7 +214,7 @@ fn take_batch(waiting: &mut VecDeque<Call>, limits: &Limits) -> Vec<Call> {
 /// One of a lane's in-flight slots: forwards batches until the lane has nothing waiting.
 struct LaneTask {
     forwarder: Arc<Forwarder>,
-    lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+    lanes: Arc<Mutex<HashMap<Vec<u8>, Arc<Lane>>>>,
     limits: Arc<Limits>,
     lane: Arc<Lane>,
 }
@@ -281,6 +305,29 @@ mod tests {
 
     fn sizes(batch: &[Call]) -> Vec<usize> {
         batch.iter().map(|c| c.messages.len()).collect()
+    }
+
+    fn metadata(headers: &[(&'static str, &'static str)]) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        for (name, value) in headers {
+            map.append(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_lane_key_names_the_leader_and_the_client_not_the_call() {
+        let key = |headers| lane_key("n0", &metadata(headers));
+        let one = key(&[("x-mq-client-id", "c1"), ("authorization", "a"), ("x-mq-request-id", "r1")]);
+        // Another call of the same client: new request id, headers reordered, transport
+        // headers that are not relayed.
+        let again =
+            key(&[("x-mq-request-id", "r2"), ("authorization", "a"), ("user-agent", "u"), ("x-mq-client-id", "c1")]);
+        assert_eq!(one, again);
+        assert_ne!(one, key(&[("x-mq-client-id", "c2"), ("authorization", "a")]));
+        assert_ne!(one, key(&[("x-mq-client-id", "c1"), ("authorization", "b")]));
+        assert_ne!(one, key(&[("x-mq-client-id", "c1")]));
+        assert_ne!(one, lane_key("n1", &metadata(&[("x-mq-client-id", "c1"), ("authorization", "a")])));
     }
 
     #[test]

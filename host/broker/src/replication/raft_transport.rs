@@ -303,38 +303,10 @@ fn peer_client(
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
 
-/// Dials a peer's `dLegerPeers` address (bounded by `CONNECT_TIMEOUT_MS`, TCP_NODELAY).
+/// Dials a peer's `dLegerPeers` address (bounded by `CONNECT_TIMEOUT_MS`).
 async fn dial_peer(address: String) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
-    let stream =
-        tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), tokio::net::TcpStream::connect(&address))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect {address}: timed out"))
-            })??;
-    let stream = refuse_self_connect(stream, &address)?;
-    stream.set_nodelay(true)?;
+    let stream = wasmq_proto::dial::dial(&address, Duration::from_millis(CONNECT_TIMEOUT_MS)).await?;
     Ok(hyper_util::rt::TokioIo::new(stream))
-}
-
-/// Drops a TCP connection to itself. While a peer is down, a dial whose ephemeral source
-/// port happens to equal the peer's port (peer ports such as 40911 are in Linux's ephemeral
-/// range) connects the socket to itself on loopback (simultaneous open), and that socket
-/// then holds the port the restarting peer must bind ("address in use"; CI once failed that
-/// way, though which socket held the port there is not known). Go's dialer makes the same
-/// check.
-fn refuse_self_connect(stream: tokio::net::TcpStream, address: &str) -> std::io::Result<tokio::net::TcpStream> {
-    if stream.local_addr()? == stream.peer_addr()? {
-        // An abortive close: a graceful one would leave the port in TIME_WAIT for a minute.
-        // (Deprecated because a non-zero linger blocks on drop; a zero one resets at once.)
-        #[allow(deprecated)]
-        stream.set_linger(Some(Duration::ZERO))?;
-        drop(stream);
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            format!("connect {address}: the socket connected to itself (peer down)"),
-        ));
-    }
-    Ok(stream)
 }
 
 struct PeerSender {
@@ -528,26 +500,6 @@ impl PeerSender {
 
 #[cfg(test)]
 mod tests {
-
-    #[tokio::test]
-    async fn a_socket_connected_to_itself_is_refused_and_frees_the_port() {
-        // A self-connect on loopback: a socket bound to a port and connected to that port.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(addr).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
-        assert_eq!(stream.local_addr().unwrap(), stream.peer_addr().unwrap());
-        let err = refuse_self_connect(stream, &addr.to_string()).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-        // The member that owns the port can bind it again.
-        std::net::TcpListener::bind(addr).unwrap();
-        // An ordinary connection passes.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = listener.local_addr().unwrap();
-        let stream = tokio::net::TcpStream::connect(to).await.unwrap();
-        refuse_self_connect(stream, &to.to_string()).unwrap();
-    }
 
     use super::*;
 
