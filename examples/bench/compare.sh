@@ -7,6 +7,7 @@
 #   examples/bench/compare.sh            # defaults
 #   DURATION=30 SIZE=4096 PRODUCERS="1 16 64" ROUTES=leader examples/bench/compare.sh
 #   BATCH=16 PRODUCERS=8 examples/bench/compare.sh   # batched producers
+#   SERVER_THREADS=1 examples/bench/compare.sh       # both tuned for 3 servers on one box
 #
 # Needs: the release binaries (built here if missing), nats-server (apt-get if missing), jq.
 set -euo pipefail
@@ -31,6 +32,11 @@ BATCH="${BATCH:-1}"
 # mqbench's runtime worker threads, the same for both systems. mqbench shares the cores with
 # the servers; one thread costs it the least CPU per message (see the CPU table).
 THREADS="${THREADS:-1}"
+# Server threads, the same for both systems: empty = each system's default (one per CPU:
+# wasmq's runtime workers, Go's GOMAXPROCS); N = N per server process (wasmq's
+# serverWorkerThreads, NATS's GOMAXPROCS). Three servers share this machine's cores, and
+# both systems spend less CPU per message with 1 (NATS gains even more than wasmq).
+SERVER_THREADS="${SERVER_THREADS:-}"
 # Ports: away from the defaults so a developer's own cluster keeps running.
 NS_PORT=29876
 WQ_CLIENT=(28081 28082 28083)
@@ -103,6 +109,7 @@ logLevel = "warn"
 # A bench on a shared disk: its fill level is not this run's subject (see fast-try.sh).
 diskMaxUsedSpaceRatio = 95
 diskSpaceWarningLevelRatio = 99
+serverWorkerThreads = ${SERVER_THREADS:-0}
 EOF
         "$BIN/mqbroker" -c "$WORK/wasmq/broker-n$i.toml" >"$WORK/wasmq/broker-n$i.log" 2>&1 &
         PIDS+=($!)
@@ -135,7 +142,7 @@ cluster {
   routes: [ ${routes%, } ]
 }
 EOF
-        "$NATS_SERVER" -c "$WORK/nats/n$i.conf" >"$WORK/nats/n$i.log" 2>&1 &
+        env ${SERVER_THREADS:+GOMAXPROCS=$SERVER_THREADS} "$NATS_SERVER" -c "$WORK/nats/n$i.conf" >"$WORK/nats/n$i.log" 2>&1 &
         PIDS+=($!)
         NATS_PIDS+=($!)
     done
@@ -187,7 +194,7 @@ run_nats() { # producers; (re)creates the R3 file stream first, retrying while t
 
 start_wasmq
 start_nats
-log "both clusters up; ${DURATION}s per run, ${SIZE} B messages, producers: $PRODUCERS"
+log "both clusters up; ${DURATION}s per run, ${SIZE} B messages, producers: $PRODUCERS, server threads: ${SERVER_THREADS:-default}"
 
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"

@@ -77,11 +77,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}: OK", args.config.display());
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("mqbroker")
-        .build()
-        .context("start tokio runtime")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("mqbroker");
+    if loaded.config.server_worker_threads > 0 {
+        runtime.worker_threads(loaded.config.server_worker_threads as usize);
+    }
+    let runtime = runtime.build().context("start tokio runtime")?;
     runtime.block_on(async move {
         let broker =
             server::start(loaded.config, args.config, server::default_extensions()).await.context("start broker")?;
