@@ -29,6 +29,7 @@ use crate::error::{IoContext, Result, StorageError, corrupt};
 use crate::frame::{self, BLANK_MAGIC, EntryHeader, Frame, HEADER_SIZE};
 use crate::index_file::{IndexEntry, IndexFile};
 use crate::mapped_file::{self, MappedFile};
+use crate::prefaulter::{PrefaultRequests, Prefaulter};
 use crate::recovery::{self, RecoveryReport};
 
 /// Default segment size, as RocketMQ's `mappedFileSizeCommitLog`.
@@ -47,8 +48,12 @@ pub const INDEX_ENTRIES_PER_FILE_DEFAULT: u64 = 1 << 22;
 /// (not on every group commit); the recovery checkpoint only advances with it.
 const INDEX_SYNC_INTERVAL: Duration = Duration::from_millis(1000);
 /// Pages of the segment ahead of the writer are faulted in this many bytes at a time
-/// (one madvise instead of a page-cache fault per 4 KiB; see `MappedFile::prefault_write`).
+/// (one madvise instead of a page-cache fault per 4 KiB; see `MappedFile::prefault_write`),
+/// by a thread of its own (`prefaulter`).
 const PREFAULT_CHUNK_BYTES: u64 = 4 << 20;
+/// The writer asks for the log to be faulted in this far ahead of its end whenever less
+/// than one chunk ahead is asked for: one request per chunk written.
+const PREFAULT_AHEAD_BYTES: u64 = 2 * PREFAULT_CHUNK_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
@@ -316,6 +321,10 @@ pub(crate) struct Inner {
     flush_state: Mutex<FlushState>,
     flushed_index: AtomicU64,
     flush_count: AtomicU64,
+    /// Log bytes below this have been faulted in by the prefault thread (lowered by a
+    /// truncation; a stale value only costs the writer page faults).
+    prefaulted_to: AtomicU64,
+    prefault_requests: PrefaultRequests,
     /// Group commit: true while a leader flushes; followers wait on `group_commit_done`.
     group_commit: Mutex<bool>,
     group_commit_done: parking_lot::Condvar,
@@ -332,13 +341,14 @@ struct FlushState {
 }
 
 struct WriterState {
-    /// Log bytes below this position have been prefaulted for writing.
-    prefaulted_to: u64,
+    /// The writer has asked the prefault thread for the log up to here.
+    prefault_requested_to: u64,
 }
 
 pub struct CommitLog {
     inner: Arc<Inner>,
     flusher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    _prefaulter: Prefaulter,
 }
 
 impl std::fmt::Debug for CommitLog {
@@ -388,7 +398,7 @@ impl CommitLog {
             segments: RwLock::new(segments),
             index,
             bounds: RwLock::new(bounds),
-            writer: Mutex::new(WriterState { prefaulted_to: bounds.end_pos }),
+            writer: Mutex::new(WriterState { prefault_requested_to: bounds.end_pos }),
             flush_state: Mutex::new(FlushState {
                 checkpoint: checkpoint_file,
                 flushed_end_pos: bounds.end_pos,
@@ -397,6 +407,8 @@ impl CommitLog {
             }),
             flushed_index: AtomicU64::new(bounds.last_index),
             flush_count: AtomicU64::new(0),
+            prefaulted_to: AtomicU64::new(bounds.end_pos),
+            prefault_requests: PrefaultRequests::default(),
             group_commit: Mutex::new(false),
             group_commit_done: parking_lot::Condvar::new(),
             truncation: Arc::new(TruncationGate::default()),
@@ -417,7 +429,13 @@ impl CommitLog {
             scanned_entries = report.scanned_entries,
             "commitlog opened"
         );
-        Ok((CommitLog { inner, flusher }, report))
+        let weak = Arc::downgrade(&inner);
+        let prefaulter = Prefaulter::spawn(&inner.prefault_requests, move |to| {
+            if let Some(inner) = weak.upgrade() {
+                inner.prefault_to(to);
+            }
+        });
+        Ok((CommitLog { inner, flusher, _prefaulter: prefaulter }, report))
     }
 
     pub fn config(&self) -> &CommitLogConfig {
@@ -783,8 +801,11 @@ impl Inner {
         }
 
         // Write frames (unpublished region: no reader can look here yet).
+        if w.prefault_requested_to < end_pos + PREFAULT_CHUNK_BYTES {
+            w.prefault_requested_to = end_pos + PREFAULT_AHEAD_BYTES;
+            self.prefault_requests.request(w.prefault_requested_to);
+        }
         let segments = self.segments.read();
-        self.prefault(w, &segments, end_pos);
         for (&(index, term, body), placement) in entries.iter().zip(&placements) {
             if let Some(pad) = placement.pad_at {
                 let file = &segments[&(pad - pad % seg)];
@@ -867,16 +888,22 @@ impl Inner {
         self.index.sync_last()
     }
 
-    /// Fault in the pages the writer is about to touch, a chunk at a time.
-    fn prefault(&self, w: &mut WriterState, segments: &Segments, end_pos: u64) {
+    /// Fault in the log up to `to`, a chunk at a time, as far as segments exist (the
+    /// prefault thread; the writer creates segments). Holds no lock while it faults.
+    fn prefault_to(&self, to: u64) {
         let seg = self.seg_size();
-        while w.prefaulted_to < end_pos + PREFAULT_CHUNK_BYTES / 2 {
-            let base = w.prefaulted_to - w.prefaulted_to % seg;
-            let Some(file) = segments.get(&base) else { return };
-            let off = w.prefaulted_to - base;
+        loop {
+            let at = self.prefaulted_to.load(Ordering::Acquire);
+            if at >= to {
+                return;
+            }
+            let base = at - at % seg;
+            let Some(file) = self.segments.read().get(&base).cloned() else { return };
+            let off = at - base;
             let len = PREFAULT_CHUNK_BYTES.min(seg - off);
             file.prefault_write(off as usize, len as usize);
-            w.prefaulted_to += len;
+            // Not past a truncation that lowered the mark meanwhile: then start again there.
+            let _ = self.prefaulted_to.compare_exchange(at, at + len, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -1034,7 +1061,8 @@ impl Inner {
         }
         fs.flushed_end_pos = fs.flushed_end_pos.min(new_end);
         fs.index_synced = fs.index_synced.min(index - 1);
-        w.prefaulted_to = w.prefaulted_to.min(new_end);
+        w.prefault_requested_to = w.prefault_requested_to.min(new_end);
+        self.prefaulted_to.fetch_min(new_end, Ordering::AcqRel);
         // Durable right away: the on-disk checkpoint must never point at truncated entries.
         self.write_checkpoint(&mut fs, true)?;
         tracing::info!(from_index = index, removed = b.last_index - index + 1, "commitlog truncated");

@@ -17,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod index_file;
 pub mod mapped_file;
+mod prefaulter;
 pub mod record;
 pub mod recovery;
 pub mod retention;

@@ -115,8 +115,9 @@ impl MappedFile {
     /// page-cache fault per page (the first write to each page still takes a write-protect
     /// fault). READ, not WRITE: WRITE would dirty pages of zeros ahead of the writer, which
     /// background writeback may then write twice. Zero-filling the pages is most of the cost
-    /// (`perf`: ~10 % of a Raft thread at 64 producers) and is paid whichever way; READ,
-    /// WRITE and no prefault measured within noise of each other at 64 producers (session 8).
+    /// and is paid whichever way; READ, WRITE and no prefault measured within noise of each
+    /// other at 64 producers (session 8). The commitlog calls this from a thread of its own
+    /// (`prefaulter`), so the cost is off the Raft thread.
     /// Best effort: older kernels refuse and the pages fault in on first touch as usual. The
     /// pages' contents are not changed.
     pub fn prefault_write(&self, offset: usize, len: usize) {
