@@ -517,6 +517,11 @@ impl CommitLog {
     pub fn end_pos(&self) -> u64 {
         self.inner.bounds.read().end_pos
     }
+    /// How far the prefault thread has faulted the log in (tests).
+    #[cfg(test)]
+    pub(crate) fn prefaulted_to(&self) -> u64 {
+        self.inner.prefaulted_to.load(Ordering::Acquire)
+    }
 
     /// Make everything appended so far durable; returns the flushed index. Concurrent callers
     /// queue on one lock, and whoever gets it flushes everything appended so far, so many
@@ -801,7 +806,8 @@ impl Inner {
         }
 
         // Write frames (unpublished region: no reader can look here yet).
-        if w.prefault_requested_to < end_pos + PREFAULT_CHUNK_BYTES {
+        // Also on a new segment: a request made before it existed stopped short of it.
+        if !new_bases.is_empty() || w.prefault_requested_to < end_pos + PREFAULT_CHUNK_BYTES {
             w.prefault_requested_to = end_pos + PREFAULT_AHEAD_BYTES;
             self.prefault_requests.request(w.prefault_requested_to);
         }

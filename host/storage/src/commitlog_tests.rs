@@ -50,6 +50,35 @@ fn assert_content(log: &CommitLog, range: std::ops::RangeInclusive<u64>) {
     }
 }
 
+/// Waits (bounded) until the prefault thread has faulted in `to`; returns where it got.
+fn prefaulted_to_reach(log: &CommitLog, to: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.prefaulted_to() < to && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    log.prefaulted_to()
+}
+
+#[test]
+fn the_prefault_thread_follows_the_writer_into_each_new_segment_and_back_after_a_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for _ in 0..5 {
+        // Each round rolls over into new segments; the thread faults the newest one in to
+        // its end (the next one does not exist yet).
+        fill(&log, 40, 1);
+        let newest_end = log.end_pos() - log.end_pos() % SEG + SEG;
+        assert_eq!(prefaulted_to_reach(&log, newest_end), newest_end);
+    }
+    let last = log.last_index();
+    log.truncate_from(last - 60).unwrap();
+    assert!(log.prefaulted_to() <= log.end_pos(), "a truncation lowers the mark");
+    fill(&log, 100, 2);
+    let newest_end = log.end_pos() - log.end_pos() % SEG + SEG;
+    assert_eq!(prefaulted_to_reach(&log, newest_end), newest_end);
+    assert_content(&log, 1..=last - 61);
+}
+
 #[test]
 fn empty_log() {
     let dir = tempfile::tempdir().unwrap();
