@@ -89,11 +89,16 @@ async fn raft_mode_without_a_replicator_factory_is_a_clear_error() {
     cfg.d_leger_group = "g".into();
     cfg.d_leger_peers = format!("n0-127.0.0.1:{}", free_port());
     cfg.d_leger_self_id = "n0".into();
+    let listen_port = cfg.listen_port;
     let err = match server::start(cfg, dir.path().join("b.toml"), server::Extensions::default()).await {
         Ok(_) => panic!("started without a Raft replicator"),
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("no Raft replicator"), "{err}");
+    // Said before anything was bound or opened: the client port is free, no store exists.
+    std::net::TcpListener::bind(("127.0.0.1", listen_port)).expect("the client port was never bound");
+    let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(created.is_empty(), "no store is opened for a config that cannot run: {created:?}");
 }
 
 /// Runs `mqbroker -c <toml>` and waits at most 30 s for it to exit: (success, stderr).
