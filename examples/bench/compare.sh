@@ -161,14 +161,25 @@ cpu_us() {
     done
     echo $((total * 1000000 / $(getconf CLK_TCK)))
 }
+# Idle and total jiffies of the whole machine so far (first line of /proc/stat: idle and
+# iowait against all). A system whose threads hand work to each other leaves cores idle
+# even under load; that share bounds what its CPU per message can buy.
+machine_jiffies() {
+    awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
 # Runs "$@" (an mqbench --json run) and adds the servers' CPU per acknowledged message to
-# its JSON line as server_cpu_us_per_msg. The servers are the pids in SERVER_PIDS.
+# its JSON line as server_cpu_us_per_msg, and the machine's idle share over the run as
+# machine_idle_pct. The servers are the pids in SERVER_PIDS.
 with_server_cpu() {
-    local before after out
+    local before after out idle_before total_before idle_after total_after
     before=$(cpu_us "${SERVER_PIDS[@]}")
+    read -r idle_before total_before < <(machine_jiffies)
     out=$("$@")
+    read -r idle_after total_after < <(machine_jiffies)
     after=$(cpu_us "${SERVER_PIDS[@]}")
-    jq -c --argjson cpu $((after - before)) '. + {server_cpu_us_per_msg: (if .sent > 0 then ($cpu / .sent * 10 | round / 10) else null end)}' <<<"$out"
+    jq -c --argjson cpu $((after - before)) --argjson idle $((idle_after - idle_before)) --argjson total $((total_after - total_before)) \
+        '. + {server_cpu_us_per_msg: (if .sent > 0 then ($cpu / .sent * 10 | round / 10) else null end),
+              machine_idle_pct: (if $total > 0 then ($idle / $total * 100 | round) else null end)}' <<<"$out"
 }
 
 WQ_EPS="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
@@ -226,8 +237,8 @@ for p in $PRODUCERS; do
   done
 done
 echo
-printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum.\n'
-printf '%-14s | %12s %12s %7s | %12s %12s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client"
+printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum. Idle: the share of the machine'"'"'s CPU time left idle during the cell (includes the start and end of the run).\n'
+printf '%-14s | %12s %12s %7s | %12s %12s | %10s %10s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client" "wasmq idle" "nats idle"
 for p in $PRODUCERS; do
   for route in $ROUTES; do
     w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p-$route\")" "$RESULTS")
@@ -236,8 +247,10 @@ for p in $PRODUCERS; do
       def r(a; b): if (a != null and b != null and b > 0) then (a / b * 100 | round / 100) else "n/a" end;
       def f(x): if x == null then "n/a" else (x * 10 | round / 10) end;
       [$p, f($w.server_cpu_us_per_msg), f($n.server_cpu_us_per_msg), r($w.server_cpu_us_per_msg; $n.server_cpu_us_per_msg),
-       f($w.client_cpu_us_per_msg), f($n.client_cpu_us_per_msg)] | @tsv' |
-    awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %12s %12s\n", $1,$2,$3,$4,$5,$6 }'
+       f($w.client_cpu_us_per_msg), f($n.client_cpu_us_per_msg),
+       (if $w.machine_idle_pct == null then "n/a" else "\($w.machine_idle_pct)%" end),
+       (if $n.machine_idle_pct == null then "n/a" else "\($n.machine_idle_pct)%" end)] | @tsv' |
+    awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %12s %12s | %10s %10s\n", $1,$2,$3,$4,$5,$6,$7,$8 }'
   done
 done
 echo
