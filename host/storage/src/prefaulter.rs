@@ -32,7 +32,7 @@ struct Shared {
 }
 
 /// The writer's side: cheap to call (a lock and a notify), never waits for the thread.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct PrefaultRequests {
     shared: Arc<Shared>,
 }
