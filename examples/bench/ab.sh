@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# A/B of two wasmq builds on this machine, interleaved: BASE, NEW, BASE, NEW, ... Each
+# measurement starts a fresh 3-member group from that build, runs one mqbench workload
+# (default: 64 producers, sync sends of 1 KiB to the leader) and reads, over a steady
+# window in the middle of the run, the CPU each broker and mqbench spent per acknowledged
+# message (/proc/<pid>/stat) and the machine's idle share (/proc/stat). Both builds are
+# driven by the same mqbench (NEW's unless BENCH says otherwise), so only the servers differ.
+#
+#   BASE=/tmp/old/release NEW=target/release examples/bench/ab.sh
+#   ROUNDS=5 ARGS="-p 8 --route leader --batch 16" examples/bench/ab.sh
+#
+# Why this and not compare.sh for a change of a few percent: compare.sh's cells move by
+# ±15 % from run to run with NATS in between; steady-window CPU per message over several
+# interleaved rounds is the steadier figure. Ratios are NEW / BASE of the medians.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BASE="${BASE:?set BASE to the binary directory of the base build}"
+NEW="${NEW:-$ROOT/target/release}"
+BENCH="${BENCH:-$NEW/mqbench}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10}"
+ARGS="${ARGS:--p 64 --route leader --connections 1 --size 1024}"
+# The window: from WARMUP s after mqbench starts, WINDOW s long (inside DURATION).
+WARMUP=3
+WINDOW=$((DURATION - WARMUP - 2))
+((WINDOW >= 2)) || { echo "DURATION must be at least 7 s" >&2; exit 2; }
+NS_PORT=29876
+WQ_CLIENT=(28081 28082 28083)
+WQ_RAFT=(48911 48912 48913)
+
+log() { printf '[ab] %s\n' "$*" >&2; }
+for dir in "$BASE" "$NEW"; do
+    for b in mqbroker mqnamesrv mqadmin; do
+        [[ -x "$dir/$b" ]] || { log "$dir/$b is missing"; exit 2; }
+    done
+done
+[[ -x "$BENCH" ]] || { log "$BENCH is missing"; exit 2; }
+command -v jq >/dev/null || { log "jq is required"; exit 1; }
+
+WORK=""
+PIDS=()
+WQ_PIDS=()
+stop_group() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+    WQ_PIDS=()
+    if [[ -n "$WORK" ]]; then rm -rf "$WORK"; fi
+    WORK=""
+}
+trap stop_group EXIT
+# shellcheck source=examples/bench/wasmq_group.sh
+source "$ROOT/examples/bench/wasmq_group.sh"
+
+ticks() { for pid in "$@"; do awk '{ printf "%d ", $14 + $15 }' "/proc/$pid/stat"; done; }
+
+# One measurement of build $1 (label $2): a JSON line.
+measure() {
+    BIN="$1"
+    WORK="$(mktemp -d /tmp/wasmq-ab.XXXXXX)"
+    start_wasmq
+    local eps="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
+    # shellcheck disable=SC2086 # ARGS is a list of mqbench options.
+    "$BENCH" --target wasmq -e "$eps" -t BenchTopic --duration "$DURATION" -n 100000000 --quiet --json $ARGS >"$WORK/bench.json" &
+    local bench=$!
+    sleep "$WARMUP"
+    local t0 t1 idle0 total0 idle1 total1 hz
+    hz=$(getconf CLK_TCK)
+    read -r -a t0 < <(ticks "${WQ_PIDS[@]}" "$bench")
+    read -r idle0 total0 < <(machine_jiffies)
+    sleep "$WINDOW"
+    read -r -a t1 < <(ticks "${WQ_PIDS[@]}" "$bench")
+    read -r idle1 total1 < <(machine_jiffies)
+    wait "$bench"
+    local rate us=()
+    rate=$(jq '.send_msgs_per_s' "$WORK/bench.json")
+    for i in 0 1 2 3; do
+        us+=("$(jq -n --argjson d $((t1[i] - t0[i])) --argjson r "$rate" --argjson w "$WINDOW" --argjson hz "$hz" \
+            'if $r > 0 then ($d / $hz * 1e6 / ($r * $w) * 10 | round / 10) else null end')")
+    done
+    jq -c --arg side "$2" --argjson b0 "${us[0]}" --argjson b1 "${us[1]}" --argjson b2 "${us[2]}" --argjson bench "${us[3]}" \
+        --argjson idle $((idle1 - idle0)) --argjson total $((total1 - total0)) \
+        '{label: $side, msgs_per_s: (.send_msgs_per_s | round), p99_us: .send_latency_us.p99, errors: .send_errors,
+          brokers_us: ([$b0, $b1, $b2] | sort | reverse), servers_us: (($b0 + $b1 + $b2) * 10 | round / 10),
+          bench_us: $bench, idle_pct: (if $total > 0 then ($idle / $total * 100 | round) else null end)}' "$WORK/bench.json"
+    stop_group
+}
+
+RESULTS="$(mktemp /tmp/wasmq-ab-results.XXXXXX)"
+log "base $BASE, new $NEW, mqbench $BENCH; $ROUNDS rounds of $DURATION s: $ARGS"
+for r in $(seq 1 "$ROUNDS"); do
+    for side in base new; do
+        if [[ $side == base ]]; then dir="$BASE"; else dir="$NEW"; fi
+        line=$(measure "$dir" "$side")
+        log "round $r $line"
+        echo "$line" >>"$RESULTS"
+    done
+done
+
+echo
+printf 'Interleaved A/B, %s rounds; CPU in microseconds per acknowledged message over a %s s steady window (brokers: busiest first, i.e. the leader).\n' "$ROUNDS" "$WINDOW"
+printf '%-5s | %9s %9s | %-20s %9s %9s | %6s\n' build "msg/s" "p99 us" "brokers us/msg" "servers" "mqbench" idle
+jq -r '[.label, .msgs_per_s, .p99_us, (.brokers_us | map(tostring) | join(" / ")), .servers_us, .bench_us, "\(.idle_pct)%"] | @tsv' "$RESULTS" |
+    awk -F'\t' '{ printf "%-5s | %9s %9s | %-20s %9s %9s | %6s\n", $1,$2,$3,$4,$5,$6,$7 }'
+echo
+jq -rs '
+  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def med(side; f): [.[] | select(.label == side) | f] | median;
+  def ratio(f): (med("new"; f) / med("base"; f) * 100 | round / 100);
+  "median NEW / BASE: msg/s \(ratio(.msgs_per_s)), p99 \(ratio(.p99_us)), leader CPU/msg \(ratio(.brokers_us[0])), servers CPU/msg \(ratio(.servers_us)), mqbench CPU/msg \(ratio(.bench_us))"' "$RESULTS"
+rm -f "$RESULTS"

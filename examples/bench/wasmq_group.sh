@@ -1,0 +1,75 @@
+# Shared by compare.sh and ab.sh (sourced): a wasmq 3-member group on loopback and the CPU
+# counters both scripts read. Expects BIN, WORK, NS_PORT, WQ_CLIENT, WQ_RAFT, the arrays
+# PIDS and WQ_PIDS, and a `log` function; SERVER_THREADS sets serverWorkerThreads.
+
+wait_port() { # host port seconds
+    local deadline=$((SECONDS + $3))
+    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+        ((SECONDS < deadline)) || { log "port $1:$2 did not open"; return 1; }
+        sleep 0.2
+    done
+}
+
+# ---- wasmq: name server + 3 brokers -------------------------------------------------------
+start_wasmq() {
+    mkdir -p "$WORK/wasmq"
+    printf 'listenPort = %d\n' "$NS_PORT" >"$WORK/wasmq/namesrv.toml"
+    "$BIN/mqnamesrv" -c "$WORK/wasmq/namesrv.toml" >"$WORK/wasmq/namesrv.log" 2>&1 &
+    PIDS+=($!)
+    wait_port 127.0.0.1 "$NS_PORT" 20
+    local peers="" endpoints=""
+    for i in 0 1 2; do
+        peers+="n$i-127.0.0.1:${WQ_RAFT[$i]};"
+        endpoints+="n$i-127.0.0.1:${WQ_CLIENT[$i]};"
+    done
+    peers="${peers%;}"; endpoints="${endpoints%;}"
+    for i in 0 1 2; do
+        cat >"$WORK/wasmq/broker-n$i.toml" <<EOF
+brokerClusterName = "BenchCluster"
+brokerName = "bench-a"
+brokerIP1 = "127.0.0.1"
+listenPort = ${WQ_CLIENT[$i]}
+namesrvAddr = "127.0.0.1:$NS_PORT"
+storePathRootDir = "$WORK/wasmq/store-n$i"
+flushDiskType = "ASYNC_FLUSH"
+enableDLegerCommitLog = true
+dLegerGroup = "bench-a"
+dLegerPeers = "$peers"
+dLegerSelfId = "n$i"
+dLegerClientEndpoints = "$endpoints"
+logLevel = "warn"
+# A bench on a shared disk: its fill level is not this run's subject (see fast-try.sh).
+diskMaxUsedSpaceRatio = 95
+diskSpaceWarningLevelRatio = 99
+serverWorkerThreads = ${SERVER_THREADS:-0}
+EOF
+        "$BIN/mqbroker" -c "$WORK/wasmq/broker-n$i.toml" >"$WORK/wasmq/broker-n$i.log" 2>&1 &
+        PIDS+=($!)
+        WQ_PIDS+=($!)
+    done
+    for i in 0 1 2; do wait_port 127.0.0.1 "${WQ_CLIENT[$i]}" 30; done
+    # The topic goes through the replicated log: retry until a leader exists.
+    local deadline=$((SECONDS + 60))
+    until "$BIN/mqadmin" updateTopic -b "127.0.0.1:${WQ_CLIENT[0]}" -t BenchTopic -r 8 -w 8 >/dev/null 2>"$WORK/wasmq/topic.err"; do
+        ((SECONDS < deadline)) || { log "topic creation failed: $(cat "$WORK/wasmq/topic.err")"; return 1; }
+        sleep 0.5
+    done
+}
+
+# CPU time (user + system, microseconds) the given processes have used so far. On a machine
+# where servers and load generator share the cores, throughput is bounded by the CPU all of
+# them spend per message; the table shows that split for both systems.
+cpu_us() {
+    local total=0 ticks
+    for pid in "$@"; do
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+        total=$((total + ticks))
+    done
+    echo $((total * 1000000 / $(getconf CLK_TCK)))
+}
+# Idle and total jiffies of the whole machine so far (first line of /proc/stat: idle and
+# iowait against all). A system whose threads hand work to each other leaves cores idle
+# even under load; that share bounds what its CPU per message can buy.
+machine_jiffies() {
+    awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
