@@ -39,6 +39,7 @@ done
 command -v jq >/dev/null || { log "jq is required"; exit 1; }
 
 WORK=""
+RESULTS=""
 PIDS=()
 WQ_PIDS=()
 stop_group() {
@@ -49,7 +50,7 @@ stop_group() {
     if [[ -n "$WORK" ]]; then rm -rf "$WORK"; fi
     WORK=""
 }
-trap stop_group EXIT
+trap 'stop_group; rm -f "$RESULTS"' EXIT
 # shellcheck source=examples/bench/wasmq_group.sh
 source "$ROOT/examples/bench/wasmq_group.sh"
 
@@ -109,4 +110,3 @@ jq -rs '
   def med(side; f): [.[] | select(.label == side) | f] | median;
   def ratio(f): (med("new"; f) / med("base"; f) * 100 | round / 100);
   "median NEW / BASE: msg/s \(ratio(.msgs_per_s)), p99 \(ratio(.p99_us)), leader CPU/msg \(ratio(.brokers_us[0])), servers CPU/msg \(ratio(.servers_us)), mqbench CPU/msg \(ratio(.bench_us))"' "$RESULTS"
-rm -f "$RESULTS"
