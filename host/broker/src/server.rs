@@ -131,12 +131,14 @@ pub async fn start(
     config.validate(&config_path, StoreCheck::Create).context("invalid config")?;
     // A DLedger member needs the Raft replicator; a build without one says so before it
     // binds a port or opens the store.
-    if config.enable_d_leger_commit_log && extensions.replicator.is_none() {
-        bail!(
+    let raft_factory = match (config.enable_d_leger_commit_log, extensions.replicator) {
+        (false, _) => None,
+        (true, Some(factory)) => Some(factory),
+        (true, None) => bail!(
             "enableDLegerCommitLog = true, but this build has no Raft replicator; \
              set enableDLegerCommitLog = false for a standalone broker"
-        );
-    }
+        ),
+    };
     // Bound before anything starts: a taken port is reported at once, and no store, Raft
     // member or apply thread is left behind to be torn down. Clients that connect while the
     // store recovers wait in the accept backlog until the service is mounted.
@@ -152,8 +154,7 @@ pub async fn start(
     };
     let log = opened.log.clone();
 
-    let replicator: Arc<dyn Replicator> = if config.enable_d_leger_commit_log {
-        let factory = extensions.replicator.expect("checked before binding");
+    let replicator: Arc<dyn Replicator> = if let Some(factory) = raft_factory {
         factory(ReplicatorInputs { config: config.clone(), log: log.clone(), shutdown: shutdown.clone() })
             .await
             .context("start Raft replicator")?
