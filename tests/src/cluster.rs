@@ -127,6 +127,8 @@ pub struct ClusterSpec {
     pub group_name: String,
     /// Extra `key = value` TOML lines appended to every broker config (tuning under test).
     pub broker_extra_toml: Vec<String>,
+    /// Extra lines for one member only: `(index, line)`, after `broker_extra_toml`.
+    pub member_extra_toml: Vec<(usize, String)>,
     /// `mappedFileSizeCommitLog`; `maxMessageSize` is the smaller of [`MESSAGE_BYTES_MAX`]
     /// and half of it.
     pub segment_bytes: u64,
@@ -140,6 +142,7 @@ impl ClusterSpec {
             cluster_name: "WasmqTestCluster".into(),
             group_name: "broker-a".into(),
             broker_extra_toml: Vec::new(),
+            member_extra_toml: Vec::new(),
             segment_bytes: COMMIT_LOG_SEGMENT_BYTES,
         }
     }
@@ -153,6 +156,12 @@ impl ClusterSpec {
 
     pub fn proxied(mut self) -> Self {
         self.proxied = true;
+        self
+    }
+
+    /// One more config line for member `index` only.
+    pub fn member_toml(mut self, index: usize, line: &str) -> Self {
+        self.member_extra_toml.push((index, line.to_string()));
         self
     }
 }
@@ -337,6 +346,9 @@ impl Cluster {
             writeln!(t, "dLegerClientEndpoints = \"{}\"", endpoints.join(";")).unwrap();
         }
         for line in &self.spec.broker_extra_toml {
+            writeln!(t, "{line}").unwrap();
+        }
+        for (_, line) in self.spec.member_extra_toml.iter().filter(|(m, _)| *m == i) {
             writeln!(t, "{line}").unwrap();
         }
         t

@@ -3,7 +3,8 @@
 //!
 //! Faults, one at a time, each held for a random while and then repaired: kill -9 + restart,
 //! isolate a node, split the group, cut one direction of one link, delay links, SIGSTOP +
-//! SIGCONT, a full disk (no file of the node can grow; see `Cluster::disk_full`). A node whose
+//! SIGCONT, a full disk (no file of the node can grow; see `Cluster::disk_full`). Two members
+//! run the Raft driver on their runtime's one worker, the third on a thread of its own. A node whose
 //! store needs new space while its disk is full fail-stops (exits with the fail-stop code) and
 //! is started again once the space is back, as a supervisor would; any other exit fails the
 //! test. Segments are the smallest allowed (1 MiB) and a full disk lasts longer than other
@@ -92,7 +93,14 @@ async fn randomised_fault_schedule() {
     let seed = env_u64("WASMQ_FAULT_SEED").unwrap_or_else(|| rand::rng().random());
     let fault_secs = env_u64("WASMQ_FAULT_SECS").unwrap_or(FAULT_SECS_DEFAULT).clamp(5, FAULT_SECS_MAX);
     eprintln!("fault schedule: seed {seed} (replay: WASMQ_FAULT_SEED={seed}), {fault_secs}s of faults");
-    let mut cluster = scenario::start(ClusterSpec::replicated(3).proxied().segment_bytes(SEGMENT_BYTES)).await;
+    // Both places of the Raft driver under the same faults: n0 and n1 run it on their one
+    // runtime worker (`serverWorkerThreads = 1`, as conf/dledger ships), n2 on its own thread.
+    let spec = ClusterSpec::replicated(3)
+        .proxied()
+        .segment_bytes(SEGMENT_BYTES)
+        .member_toml(0, "serverWorkerThreads = 1")
+        .member_toml(1, "serverWorkerThreads = 1");
+    let mut cluster = scenario::start(spec).await;
     let result = run(&mut cluster, seed, Duration::from_secs(fault_secs)).await;
     cluster.finish(result);
 }

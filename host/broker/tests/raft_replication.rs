@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmq_broker::replication::raft_group::{RaftGroupConfig, RaftReplicator};
+use wasmq_broker::replication::raft_group::{DriverPlacement, RaftGroupConfig, RaftReplicator};
 use wasmq_broker::replication::{CommittedRange, ReplicationError, Replicator, Role};
 use wasmq_raft::RaftConfig;
 use wasmq_storage::commitlog::{CommitLog, CommitLogConfig, FlushMode};
@@ -31,7 +31,7 @@ const ELECTION_TIMEOUT_MIN_MS: u64 = 1_000;
 /// A handover (TimeoutNow) must beat any election timeout (≥ min − one heartbeat).
 const HANDOVER_MS_MAX: u64 = ELECTION_TIMEOUT_MIN_MS - 100;
 
-fn group_config(ports: &[u16], me: usize, dir: &std::path::Path) -> RaftGroupConfig {
+fn group_config(ports: &[u16], me: usize, dir: &std::path::Path, placement: DriverPlacement) -> RaftGroupConfig {
     RaftGroupConfig {
         group: "g".into(),
         self_id: IDS[me].into(),
@@ -48,6 +48,7 @@ fn group_config(ports: &[u16], me: usize, dir: &std::path::Path) -> RaftGroupCon
         sync_flush: true,
         propose_timeout_ms: 5_000,
         tick_interval_ms: 10,
+        driver_placement: placement,
     }
 }
 
@@ -109,12 +110,24 @@ fn assert_holds(log: &CommitLog, acked: &[(CommittedRange, Vec<Bytes>)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_replicate_fail_over_and_catch_up() {
+    elect_replicate_fail_over_and_catch_up(DriverPlacement::OwnThread).await;
+}
+
+/// The same with every driver a task on the test's runtime, as `serverWorkerThreads = 1`
+/// places it: a dropped member's driver must still stop and let go of its log, a graceful
+/// stop must still hand over, fsyncs must not stall the other members' tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_with_drivers_on_the_callers_runtime() {
+    elect_replicate_fail_over_and_catch_up(DriverPlacement::CallerRuntime).await;
+}
+
+async fn elect_replicate_fail_over_and_catch_up(placement: DriverPlacement) {
     let ports = free_ports(3);
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = BTreeMap::new();
     for (i, dir) in dirs.iter().enumerate() {
         let log = open_log(dir.path());
-        let r = RaftReplicator::start(group_config(&ports, i, dir.path()), log.clone()).await.unwrap();
+        let r = RaftReplicator::start(group_config(&ports, i, dir.path(), placement), log.clone()).await.unwrap();
         nodes.insert(i, (Arc::new(r), log));
     }
 
@@ -176,8 +189,9 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     }
     drop(killed_log);
     let log = open_log(dirs[leader].path());
-    let r =
-        Arc::new(RaftReplicator::start(group_config(&ports, leader, dirs[leader].path()), log.clone()).await.unwrap());
+    let r = Arc::new(
+        RaftReplicator::start(group_config(&ports, leader, dirs[leader].path(), placement), log.clone()).await.unwrap(),
+    );
     nodes.insert(leader, (r, log));
     for (r, log) in nodes.values() {
         wait_committed(r, last, Duration::from_secs(10)).await;
@@ -218,7 +232,7 @@ async fn a_taken_peer_port_is_a_clear_error() {
     ports[0] = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path());
-    let err = match RaftReplicator::start(group_config(&ports, 0, dir.path()), log).await {
+    let err = match RaftReplicator::start(group_config(&ports, 0, dir.path(), DriverPlacement::OwnThread), log).await {
         Ok(_) => panic!("started on a port another listener holds"),
         Err(e) => e.to_string(),
     };
