@@ -77,6 +77,8 @@ pub struct RaftGroupConfig {
 /// Where the driver runs (module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DriverPlacement {
+    /// A thread of its own, with the peer service and senders on its runtime: the broker's
+    /// workers are free for clients (a member with a machine of its own and several workers).
     OwnThread,
     /// A task on the runtime that calls [`RaftReplicator::start`]. Measured with three
     /// members and the load generator on 2 cores (`examples/bench/ab.sh`, one worker per
