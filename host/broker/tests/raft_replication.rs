@@ -238,3 +238,68 @@ async fn a_taken_peer_port_is_a_clear_error() {
     };
     assert!(err.contains(&format!("127.0.0.1:{}", ports[0])), "{err}");
 }
+
+/// A member whose storage fails stops as a crashed one does, whichever way its driver is
+/// placed: proposals get the storage error, its peer port refuses new connections and a
+/// connection it had already accepted is closed (with `CallerRuntime` the loop's end must
+/// abort the peer service and senders itself; no runtime is dropped for it). The others
+/// elect a leader among themselves and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_storage_fails_stops_like_a_crash_in_both_placements() {
+    for placement in [DriverPlacement::CallerRuntime, DriverPlacement::OwnThread] {
+        storage_failure_stops_the_member(placement).await;
+    }
+}
+
+async fn storage_failure_stops_the_member(placement: DriverPlacement) {
+    use tokio::io::AsyncReadExt;
+
+    let ports = free_ports(3);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = BTreeMap::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let log = open_log(dir.path());
+        let r = RaftReplicator::start(group_config(&ports, i, dir.path(), placement), log.clone()).await.unwrap();
+        nodes.insert(i, (Arc::new(r), log));
+    }
+    let leader = wait_for_leader(&nodes, Duration::from_secs(10)).await;
+    let acked = propose_many(&nodes[&leader].0, "a", 10).await;
+    let failing = (leader + 1) % 3;
+    let peer_address = format!("127.0.0.1:{}", ports[failing]);
+    // A connection the failing member has accepted (it waits for an HTTP/2 preface).
+    let mut accepted = tokio::net::TcpStream::connect(&peer_address).await.unwrap();
+
+    // The next hard-state write fails: its temporary file's name is taken by a directory.
+    std::fs::create_dir_all(dirs[failing].path().join("raft").join("raft-hardstate.tmp")).unwrap();
+    // A new term makes every member store its hard state: the leader steps down gracefully
+    // and hands over.
+    let (old_leader, _) = nodes.remove(&leader).unwrap();
+    old_leader.shutdown().await.unwrap();
+
+    let failed = &nodes[&failing].0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match failed.propose(vec![Bytes::from_static(b"after")]).await {
+            Err(ReplicationError::Storage(why)) => break why,
+            _ => {
+                assert!(Instant::now() < deadline, "{placement:?}: the member did not stop on a storage error");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(err.contains("raft-hardstate"), "{placement:?}: {err}");
+    // The server's HTTP/2 settings may come first; then the connection must end.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), accepted.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(_)), "{placement:?}: a connection the stopped member accepted is still open: {read:?}");
+    let connect = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&peer_address)).await;
+    assert!(matches!(connect, Ok(Err(_))), "{placement:?}: the stopped member's peer port still accepts");
+
+    // The remaining member cannot win alone (two of three members are gone), but it still
+    // holds what was acknowledged.
+    let survivor = (leader + 2) % 3;
+    assert_holds(&nodes[&survivor].1, &acked);
+    for (r, _) in nodes.values() {
+        let _ = r.shutdown().await;
+    }
+}

@@ -6,6 +6,7 @@
 //! - `coalescing_io`: the socket wrapper our gRPC servers and clients use (fewer writes).
 //! - `dial`: how our gRPC clients connect (bounded, TCP_NODELAY, no self-connects).
 
+pub mod cancellable_io;
 pub mod coalescing_io;
 pub mod dial;
 

@@ -30,6 +30,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt;
+use wasmq_proto::cancellable_io::CancellableIo;
 use wasmq_raft::{HardState, Message, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role as RaftRole};
 use wasmq_storage::commitlog::CommitLog;
 
@@ -218,11 +220,17 @@ impl RaftReplicator {
         let service = RaftPeerService::new(members.clone(), self_node, inbox_tx, dropped_inbound).into_server();
         let mut server_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
+            // However this task ends (stopped, or aborted with a `CallerRuntime` driver), the
+            // connections it accepted, which tonic runs as tasks of their own, end with it.
+            let connections = tokio_util::sync::CancellationToken::new();
+            let _end_connections = connections.clone().drop_guard();
             // `Server::tcp_nodelay` only applies to listeners tonic binds itself; a listener we
             // bound (to report its address and fail early) needs it set on the incoming stream,
             // or the small `DeliverReply` waits on Nagle + the peer's delayed ACK while the
             // sender holds its next batch for it.
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |s| s.map(|s| CancellableIo::new(s, connections.clone())));
             let result = tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
