@@ -8,6 +8,7 @@
 #   DURATION=30 SIZE=4096 PRODUCERS="1 16 64" ROUTES=leader examples/bench/compare.sh
 #   BATCH=16 PRODUCERS=8 examples/bench/compare.sh   # batched producers
 #   SERVER_THREADS=1 examples/bench/compare.sh       # both tuned for 3 servers on one box
+#   ROUNDS=3 examples/bench/compare.sh               # every cell 3 times, interleaved; medians
 #
 # Needs: the release binaries (built here if missing), nats-server (apt-get if missing), jq.
 set -euo pipefail
@@ -37,6 +38,12 @@ THREADS="${THREADS:-1}"
 # serverWorkerThreads, NATS's GOMAXPROCS). Three servers share this machine's cores, and
 # both systems spend less CPU per message with 1 (NATS gains even more than wasmq).
 SERVER_THREADS="${SERVER_THREADS:-}"
+# Rounds of the whole table. A cell moves by ±15 % from one run to the next on a shared
+# machine, so with ROUNDS > 1 the cells of both systems alternate round by round and the
+# tables show medians, with the range of the per-round ratios (wasmq's cell against NATS's
+# cell of the same round) beside the ratio of the medians.
+ROUNDS="${ROUNDS:-1}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "ROUNDS must be 1..99" >&2; exit 2; }
 # Ports: away from the defaults so a developer's own cluster keeps running.
 NS_PORT=29876
 WQ_CLIENT=(28081 28082 28083)
@@ -142,48 +149,63 @@ log "both clusters up; ${DURATION}s per run, ${SIZE} B messages, producers: $PRO
 
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
-for p in $PRODUCERS; do
-    for route in $ROUTES; do
-        log "wasmq, $p producer(s), route $route"
-        run_wasmq "$p" "$route" >>"$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+    for p in $PRODUCERS; do
+        for route in $ROUTES; do
+            log "round $round/$ROUNDS: wasmq, $p producer(s), route $route"
+            run_wasmq "$p" "$route" | jq -c --argjson r "$round" '. + {round: $r}' >>"$RESULTS"
+        done
+        log "round $round/$ROUNDS: nats, $p producer(s)"
+        run_nats "$p" | jq -c --argjson r "$round" '. + {round: $r}' >>"$RESULTS"
     done
-    log "nats, $p producer(s)"
-    run_nats "$p" >>"$RESULTS"
 done
 
+# jq definitions for the tables: $w and $n are the cell's results of every round, wasmq's
+# and NATS's; m(f) is the median over the rounds, rr(f) the range of per-round ratios.
+JQ_DEFS='
+  def median: map(select(. != null)) | sort | if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def r(a; b): if (a != null and b != null and b > 0) then (a / b * 100 | round / 100) else null end;
+  def m($xs; f): [$xs[] | f] | median;
+  def rr($w; $n; f): [$w[] as $x | $n[] | select(.round == $x.round) | r($x | f; f)] | map(select(. != null))
+    | if length > 1 then " (\(min)-\(max))" else "" end;
+  def ratio($w; $n; f): (r(m($w; f); m($n; f)) // "n/a" | tostring) + rr($w; $n; f);
+  def num(x): if x == null then "n/a" else (x * 10 | round / 10 | tostring) end;
+  def cell($p; $route): [.[] | select(.target == "wasmq" and .label == "p\($p)-\($route)")] as $w
+    | [.[] | select(.target == "nats" and .label == "p\($p)")] as $n | {w: $w, n: $n};
+'
+MEDIANS=""
+if ((ROUNDS > 1)); then MEDIANS=" Each figure is the median of $ROUNDS rounds; a ratio is wasmq's median over NATS's, with the range of the per-round ratios in brackets."; fi
+
 echo
-printf 'Same run, same machine: %s B messages, sync acks, %s message(s) per send, %s s per cell, %s shared connections per endpoint (0: one per producer), mqbench with %s thread(s). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).\n' "$SIZE" "$BATCH" "$DURATION" "$CONNECTIONS" "$THREADS"
-printf '%-14s | %12s %12s %7s | %10s %10s %7s | %10s %10s %7s | %s\n' \
+printf 'Same run, same machine: %s B messages, sync acks, %s message(s) per send, %s s per cell, %s shared connections per endpoint (0: one per producer), mqbench with %s thread(s). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).%s\n' "$SIZE" "$BATCH" "$DURATION" "$CONNECTIONS" "$THREADS" "$MEDIANS"
+printf '%-14s | %12s %12s %17s | %10s %10s %17s | %10s %10s %17s | %s\n' \
     producers "wasmq msg/s" "nats msg/s" ratio "wasmq p50" "nats p50" ratio "wasmq p99" "nats p99" ratio "errors w/n"
 for p in $PRODUCERS; do
   for route in $ROUTES; do
-    w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p-$route\")" "$RESULTS")
-    n=$(jq -c "select(.target==\"nats\" and .label==\"p$p\")" "$RESULTS")
-    jq -rn --argjson w "$w" --argjson n "$n" --arg p "$p $route" '
-      def r(a; b): if b > 0 then (a / b * 100 | round / 100) else "n/a" end;
-      [$p,
-       ($w.send_msgs_per_s | round), ($n.send_msgs_per_s | round), r($w.send_msgs_per_s; $n.send_msgs_per_s),
-       $w.send_latency_us.p50, $n.send_latency_us.p50, r($w.send_latency_us.p50; $n.send_latency_us.p50),
-       $w.send_latency_us.p99, $n.send_latency_us.p99, r($w.send_latency_us.p99; $n.send_latency_us.p99),
-       "\($w.send_errors)/\($n.send_errors)"] | @tsv' |
-    awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %8sus %8sus %7s | %8sus %8sus %7s | %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11 }'
+    jq -rs --arg p "$p" --arg route "$route" "$JQ_DEFS"'
+      cell($p; $route) as $c | $c.w as $w | $c.n as $n |
+      ["\($p) \($route)",
+       (m($w; .send_msgs_per_s) | round), (m($n; .send_msgs_per_s) | round), ratio($w; $n; .send_msgs_per_s),
+       m($w; .send_latency_us.p50), m($n; .send_latency_us.p50), ratio($w; $n; .send_latency_us.p50),
+       m($w; .send_latency_us.p99), m($n; .send_latency_us.p99), ratio($w; $n; .send_latency_us.p99),
+       "\([$w[].send_errors] | add)/\([$n[].send_errors] | add)"] | @tsv' "$RESULTS" |
+    awk -F'\t' '{ printf "%-14s | %12s %12s %17s | %8sus %8sus %17s | %8sus %8sus %17s | %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11 }'
   done
 done
 echo
-printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum. Idle: the share of the machine'"'"'s CPU time left idle during the cell (includes the start and end of the run).\n'
-printf '%-14s | %12s %12s %7s | %12s %12s | %10s %10s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client" "wasmq idle" "nats idle"
+printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum. Idle: the share of the machine'"'"'s CPU time left idle during the cell (includes the start and end of the run).%s\n' "$MEDIANS"
+printf '%-14s | %12s %12s %17s | %12s %12s | %10s %10s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client" "wasmq idle" "nats idle"
 for p in $PRODUCERS; do
   for route in $ROUTES; do
-    w=$(jq -c "select(.target==\"wasmq\" and .label==\"p$p-$route\")" "$RESULTS")
-    n=$(jq -c "select(.target==\"nats\" and .label==\"p$p\")" "$RESULTS")
-    jq -rn --argjson w "$w" --argjson n "$n" --arg p "$p $route" '
-      def r(a; b): if (a != null and b != null and b > 0) then (a / b * 100 | round / 100) else "n/a" end;
-      def f(x): if x == null then "n/a" else (x * 10 | round / 10) end;
-      [$p, f($w.server_cpu_us_per_msg), f($n.server_cpu_us_per_msg), r($w.server_cpu_us_per_msg; $n.server_cpu_us_per_msg),
-       f($w.client_cpu_us_per_msg), f($n.client_cpu_us_per_msg),
-       (if $w.machine_idle_pct == null then "n/a" else "\($w.machine_idle_pct)%" end),
-       (if $n.machine_idle_pct == null then "n/a" else "\($n.machine_idle_pct)%" end)] | @tsv' |
-    awk -F'\t' '{ printf "%-14s | %12s %12s %7s | %12s %12s | %10s %10s\n", $1,$2,$3,$4,$5,$6,$7,$8 }'
+    jq -rs --arg p "$p" --arg route "$route" "$JQ_DEFS"'
+      cell($p; $route) as $c | $c.w as $w | $c.n as $n |
+      ["\($p) \($route)",
+       num(m($w; .server_cpu_us_per_msg)), num(m($n; .server_cpu_us_per_msg)), ratio($w; $n; .server_cpu_us_per_msg),
+       num(m($w; .client_cpu_us_per_msg)), num(m($n; .client_cpu_us_per_msg)),
+       (m($w; .machine_idle_pct) | if . == null then "n/a" else "\(.)%" end),
+       (m($n; .machine_idle_pct) | if . == null then "n/a" else "\(.)%" end)] | @tsv' "$RESULTS" |
+    awk -F'\t' '{ printf "%-14s | %12s %12s %17s | %12s %12s | %10s %10s\n", $1,$2,$3,$4,$5,$6,$7,$8 }'
   done
 done
 echo
