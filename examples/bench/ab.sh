@@ -4,7 +4,8 @@
 # (default: 64 producers, sync sends of 1 KiB to the leader) and reads, over a steady
 # window in the middle of the run, the CPU each broker and mqbench spent per acknowledged
 # message (/proc/<pid>/stat) and the machine's idle share (/proc/stat). Both builds are
-# driven by the same mqbench (NEW's unless BENCH says otherwise), so only the servers differ.
+# driven by the same mqbench (NEW's unless BENCH says otherwise), so only the servers differ;
+# for an A/B of the client instead, give BASE's runs their own with BASE_BENCH (BASE=NEW).
 #
 #   BASE=/tmp/old/release NEW=target/release examples/bench/ab.sh
 #   ROUNDS=5 ARGS="-p 8 --route leader --batch 16" examples/bench/ab.sh
@@ -18,6 +19,7 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 BASE="${BASE:?set BASE to the binary directory of the base build}"
 NEW="${NEW:-$ROOT/target/release}"
 BENCH="${BENCH:-$NEW/mqbench}"
+BASE_BENCH="${BASE_BENCH:-$BENCH}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10}"
 ARGS="${ARGS:--p 64 --route leader --connections 1 --size 1024}"
@@ -35,7 +37,7 @@ for dir in "$BASE" "$NEW"; do
         [[ -x "$dir/$b" ]] || { log "$dir/$b is missing"; exit 2; }
     done
 done
-[[ -x "$BENCH" ]] || { log "$BENCH is missing"; exit 2; }
+for b in "$BENCH" "$BASE_BENCH"; do [[ -x "$b" ]] || { log "$b is missing"; exit 2; }; done
 command -v jq >/dev/null || { log "jq is required"; exit 1; }
 
 WORK=""
@@ -56,14 +58,15 @@ source "$ROOT/examples/bench/wasmq_group.sh"
 
 ticks() { for pid in "$@"; do awk '{ printf "%d ", $14 + $15 }' "/proc/$pid/stat"; done; }
 
-# One measurement of build $1 (label $2): a JSON line.
+# One measurement of build $1 (label $2) driven by mqbench $3: a JSON line.
 measure() {
     BIN="$1"
+    local bench_bin="$3"
     WORK="$(mktemp -d /tmp/wasmq-ab.XXXXXX)"
     start_wasmq
     local eps="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
     # shellcheck disable=SC2086 # ARGS is a list of mqbench options.
-    "$BENCH" --target wasmq -e "$eps" -t BenchTopic --duration "$DURATION" -n 100000000 --quiet --json $ARGS >"$WORK/bench.json" &
+    "$bench_bin" --target wasmq -e "$eps" -t BenchTopic --duration "$DURATION" -n 100000000 --quiet --json $ARGS >"$WORK/bench.json" &
     local bench=$!
     sleep "$WARMUP"
     local t0 t1 idle0 total0 idle1 total1 hz
@@ -89,11 +92,11 @@ measure() {
 }
 
 RESULTS="$(mktemp /tmp/wasmq-ab-results.XXXXXX)"
-log "base $BASE, new $NEW, mqbench $BENCH; $ROUNDS rounds of $DURATION s: $ARGS"
+log "base $BASE (mqbench $BASE_BENCH), new $NEW (mqbench $BENCH); $ROUNDS rounds of $DURATION s: $ARGS"
 for r in $(seq 1 "$ROUNDS"); do
     for side in base new; do
-        if [[ $side == base ]]; then dir="$BASE"; else dir="$NEW"; fi
-        line=$(measure "$dir" "$side")
+        if [[ $side == base ]]; then dir="$BASE" bench_bin="$BASE_BENCH"; else dir="$NEW" bench_bin="$BENCH"; fi
+        line=$(measure "$dir" "$side" "$bench_bin")
         log "round $r $line"
         echo "$line" >>"$RESULTS"
     done

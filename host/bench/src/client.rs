@@ -7,9 +7,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tonic::transport::{Channel, Endpoint};
 use wasmq_proto::apache::rocketmq::v2::{self as v2, Code, messaging_service_client::MessagingServiceClient};
-use wasmq_proto::coalescing_io::coalescing_channel;
+use wasmq_proto::h2_channel::H2Channel;
 
 /// Largest batch one receive/pull asks for (the broker has its own cap too).
 pub const BATCH_MAX: i32 = 256;
@@ -18,8 +17,8 @@ pub const SEND_BATCH_MAX: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("bad endpoint {endpoint:?}: {why}")]
+    Endpoint { endpoint: String, why: String },
     #[error("rpc: {0}")]
     Rpc(#[from] tonic::Status),
     #[error("status {code:?} ({code_raw}): {message}")]
@@ -98,7 +97,7 @@ static CLIENT_SEQ: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Clone)]
 pub struct MqClient {
-    inner: MessagingServiceClient<Channel>,
+    inner: MessagingServiceClient<H2Channel>,
     pub endpoint: String,
     client_id: String,
     /// Per-client message-id generator: 6 bytes of client identity + pid + time + counter.
@@ -109,15 +108,26 @@ pub struct MqClient {
 
 impl MqClient {
     /// Connects lazily: the first call dials, so a dead endpoint fails that call, not this one.
+    /// `endpoint` is `http://host:port`. One HTTP/2 connection ([`H2Channel`]: straight on
+    /// h2, with coalesced writes) carries every call of this client and its clones, and is
+    /// dialled again after it fails.
     pub fn connect_lazy(endpoint: &str, rpc_timeout: Duration) -> ClientResult<Self> {
-        // Coalescing writes: the frames of producers woken together go in one write.
-        let channel =
-            coalescing_channel(&Endpoint::from_shared(endpoint.to_string())?.timeout(rpc_timeout), rpc_timeout);
+        let bad = |why: &str| ClientError::Endpoint { endpoint: endpoint.to_string(), why: why.to_string() };
+        let uri: http::Uri = endpoint.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("only http:// endpoints are supported"));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host:port"))?;
+        if authority.port_u16().is_none() {
+            return Err(bad("no port"));
+        }
+        let channel = H2Channel::new(authority.clone(), rpc_timeout, rpc_timeout);
+        let origin = channel.origin();
         let n = CLIENT_SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         Ok(MqClient {
-            inner: MessagingServiceClient::new(channel),
+            inner: MessagingServiceClient::with_origin(channel, origin),
             endpoint: endpoint.to_string(),
             client_id: format!("wasmq-test@{pid}#{n}"),
             // RocketMQ 5 message id layout: version 01, 6-byte host id, 2-byte pid, 4-byte

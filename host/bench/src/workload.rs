@@ -341,8 +341,7 @@ async fn wasmq_producer(
             tracing::debug!(producer = id, endpoint = %clients[current].endpoint, error = %e, "send failed");
             let leader_may_have_moved = matches!(
                 e,
-                ClientError::Transport(_)
-                    | ClientError::Rpc(_)
+                ClientError::Rpc(_)
                     | ClientError::Timeout(_)
                     | ClientError::Status { code: Some(Code::HaNotAvailable), .. }
             );
@@ -350,7 +349,7 @@ async fn wasmq_producer(
                 // Not on every error: a broker refusing sends (disk full, say) had 64
                 // producers each dialling every member per attempt, 1,250 connections/s.
                 find_leader = leader_may_have_moved;
-            } else if matches!(e, ClientError::Transport(_) | ClientError::Rpc(_)) {
+            } else if matches!(e, ClientError::Rpc(_)) {
                 current = (current + 1) % clients.len();
             }
             failed(budget, counters, claimed - acked_len, &e).await;
