@@ -112,16 +112,8 @@ impl MqClient {
     /// h2, with coalesced writes) carries every call of this client and its clones, and is
     /// dialled again after it fails.
     pub fn connect_lazy(endpoint: &str, rpc_timeout: Duration) -> ClientResult<Self> {
-        let bad = |why: &str| ClientError::Endpoint { endpoint: endpoint.to_string(), why: why.to_string() };
-        let uri: http::Uri = endpoint.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("only http:// endpoints are supported"));
-        }
-        let authority = uri.authority().ok_or_else(|| bad("no host:port"))?;
-        if authority.port_u16().is_none() {
-            return Err(bad("no port"));
-        }
-        let channel = H2Channel::new(authority.clone(), rpc_timeout, rpc_timeout);
+        let channel = H2Channel::for_endpoint(endpoint, rpc_timeout, rpc_timeout)
+            .map_err(|why| ClientError::Endpoint { endpoint: endpoint.to_string(), why })?;
         let origin = channel.origin();
         let n = CLIENT_SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();

@@ -223,25 +223,6 @@ impl tonic::transport::server::Connected for CoalescingIo {
     }
 }
 
-/// A lazily connecting channel to `endpoint` whose connections are [`CoalescingIo`] over
-/// TCP with `TCP_NODELAY`. `connect_timeout` bounds each dial (a custom connector does
-/// not get the endpoint's own). Other endpoint settings (request timeout, keep-alive)
-/// apply as usual.
-pub fn coalescing_channel(
-    endpoint: &tonic::transport::Endpoint,
-    connect_timeout: std::time::Duration,
-) -> tonic::transport::Channel {
-    let connector = tower::service_fn(move |uri: http::Uri| async move {
-        // `Uri::host` keeps an IPv6 address's brackets, so `host:port` parses either way.
-        let host =
-            uri.host().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
-        let address = format!("{host}:{}", uri.port_u16().unwrap_or(80));
-        let stream = crate::dial::dial(&address, connect_timeout).await?;
-        Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(CoalescingIo::new(stream)))
-    });
-    endpoint.connect_with_connector_lazy(connector)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

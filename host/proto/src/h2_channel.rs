@@ -91,6 +91,22 @@ impl H2Channel {
         }
     }
 
+    /// [`H2Channel::new`] for `endpoint`, written `http://host:port` or `host:port`; the
+    /// error says what is wrong with it.
+    pub fn for_endpoint(
+        endpoint: &str,
+        connect_timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<H2Channel, String> {
+        let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let uri: http::Uri = uri.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        if uri.scheme_str() != Some("http") {
+            return Err("only http:// endpoints are supported".into());
+        }
+        let authority = uri.authority().filter(|a| a.port_u16().is_some()).ok_or("no host:port")?;
+        Ok(H2Channel::new(authority.clone(), connect_timeout, call_timeout))
+    }
+
     /// The origin to give a tonic client (`with_origin`): `http://authority`.
     pub fn origin(&self) -> http::Uri {
         http::Uri::builder()
@@ -409,6 +425,18 @@ mod tests {
         let mut c = client(&format!("127.0.0.1:{port}"), Duration::from_secs(5));
         let err = c.deliver(batch("g", 1)).await.unwrap_err();
         assert!(err.to_string().contains("connect 127.0.0.1"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_with_and_without_a_scheme_and_bad_ones() {
+        let t = Duration::from_secs(1);
+        let origin = |e: &str| H2Channel::for_endpoint(e, t, t).map(|c| c.origin().to_string());
+        assert_eq!(origin("http://127.0.0.1:8081").unwrap(), "http://127.0.0.1:8081/");
+        assert_eq!(origin("127.0.0.1:8081").unwrap(), "http://127.0.0.1:8081/");
+        assert_eq!(origin("[::1]:8081").unwrap(), "http://[::1]:8081/");
+        assert!(origin("https://127.0.0.1:8081").unwrap_err().contains("only http://"));
+        assert!(origin("http://127.0.0.1").unwrap_err().contains("no host:port"));
+        assert!(origin("http://bad host:1").is_err());
     }
 
     #[test]

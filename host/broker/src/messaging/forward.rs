@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
 use wasmq_proto::apache::rocketmq::v2::{self, Code, messaging_service_client::MessagingServiceClient};
-use wasmq_proto::coalescing_io::coalescing_channel;
+use wasmq_proto::h2_channel::H2Channel;
 
 use super::status::status;
 
@@ -27,7 +26,7 @@ const FORWARD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct Forwarder {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, H2Channel>>,
     /// Largest gRPC message relayed (decode side of the leader's answer).
     pub message_bytes_max: usize,
 }
@@ -37,16 +36,15 @@ impl Forwarder {
         Forwarder { channels: Mutex::new(HashMap::new()), message_bytes_max }
     }
 
-    pub fn client(&self, endpoint: &str) -> Result<MessagingServiceClient<Channel>, tonic::Status> {
+    pub fn client(&self, endpoint: &str) -> Result<MessagingServiceClient<H2Channel>, tonic::Status> {
         let mut channels = self.channels.lock();
         let channel = match channels.get(endpoint) {
             Some(c) => c.clone(),
             None => {
-                let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-                let endpoint_config = Endpoint::from_shared(uri)
-                    .map_err(|e| tonic::Status::internal(format!("bad leader endpoint {endpoint:?}: {e}")))?;
-                // Coalescing writes: the sends of many callers leave in one write.
-                let channel = coalescing_channel(&endpoint_config, CONNECT_TIMEOUT);
+                // One HTTP/2 connection with coalesced writes: the sends of many callers
+                // leave in one write. A forwarded call carries its client's deadline.
+                let channel = H2Channel::for_endpoint(endpoint, CONNECT_TIMEOUT, FORWARD_TIMEOUT_DEFAULT)
+                    .map_err(|why| tonic::Status::internal(format!("bad leader endpoint {endpoint:?}: {why}")))?;
                 if channels.len() >= CHANNELS_MAX {
                     channels.clear();
                 }
@@ -54,7 +52,8 @@ impl Forwarder {
                 channel
             }
         };
-        Ok(MessagingServiceClient::new(channel)
+        let origin = channel.origin();
+        Ok(MessagingServiceClient::with_origin(channel, origin)
             .max_decoding_message_size(self.message_bytes_max)
             .max_encoding_message_size(self.message_bytes_max))
     }
