@@ -205,7 +205,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Channel {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let channel = self.clone();
-        let timeout = grpc_timeout(request.headers()).unwrap_or(self.shared.call_timeout);
+        let timeout = crate::grpc_timeout::of(request.headers()).unwrap_or(self.shared.call_timeout);
         Box::pin(async move {
             let connection_before = channel.live();
             match tokio::time::timeout(timeout, channel.clone().call(request)).await {
@@ -271,25 +271,6 @@ impl http_body::Body for H2Body {
     fn is_end_stream(&self) -> bool {
         self.done
     }
-}
-
-/// The `grpc-timeout` header (gRPC over HTTP/2: up to 8 digits and a unit), if any.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -437,24 +418,5 @@ mod tests {
         assert!(origin("https://127.0.0.1:8081").unwrap_err().contains("only http://"));
         assert!(origin("http://127.0.0.1").unwrap_err().contains("no host:port"));
         assert!(origin("http://bad host:1").is_err());
-    }
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit_and_junk_is_ignored() {
-        let t = |v: &str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("grpc-timeout", v.parse().unwrap());
-            grpc_timeout(&h)
-        };
-        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(t("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(t("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(t("5000m"), Some(Duration::from_secs(5)));
-        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(t("9n"), Some(Duration::from_nanos(9)));
-        assert_eq!(t("123456789m"), None, "more than 8 digits");
-        assert_eq!(t("m"), None);
-        assert_eq!(t("5x"), None);
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

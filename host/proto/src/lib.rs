@@ -9,6 +9,7 @@
 pub mod cancellable_io;
 pub mod coalescing_io;
 pub mod dial;
+pub mod grpc_timeout;
 pub mod h2_channel;
 
 pub mod apache {

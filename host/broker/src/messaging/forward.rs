@@ -105,48 +105,14 @@ pub fn leader_unreachable(leader: &str, err: &tonic::Status) -> v2::Status {
     status(Code::HaNotAvailable, format!("leader {leader} unreachable from this follower: {}", err.message()))
 }
 
-/// The client's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`).
+/// The client's deadline from the `grpc-timeout` header.
 pub fn grpc_timeout(meta: &MetadataMap) -> Option<Duration> {
-    let v = meta.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    wasmq_proto::grpc_timeout::parse(meta.get("grpc-timeout")?.to_str().ok()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeout_parses_every_unit_and_rejects_junk() {
-        let t = |v: &'static str| {
-            let mut m = MetadataMap::new();
-            m.insert("grpc-timeout", MetadataValue::from_static(v));
-            grpc_timeout(&m)
-        };
-        assert_eq!(t("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(t("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(t("30S"), Some(Duration::from_secs(30)));
-        assert_eq!(t("1500m"), Some(Duration::from_millis(1500)));
-        assert_eq!(t("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(t("9n"), Some(Duration::from_nanos(9)));
-        assert_eq!(t("S"), None);
-        assert_eq!(t("10x"), None);
-        assert_eq!(t("-1S"), None);
-        assert_eq!(t("1234567890S"), None);
-        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
-    }
 
     #[test]
     fn forwarded_request_keeps_client_metadata_only() {
