@@ -74,10 +74,11 @@ struct Args {
     /// No progress lines.
     #[arg(long, short = 'q')]
     quiet: bool,
-    /// Runtime threads. One (a current-thread runtime) is the cheapest per message when
-    /// mqbench shares the machine with the servers it measures: 20 us per message at 64
-    /// producers, against 23 with one multi-thread worker and 27 with two (waking the other
-    /// worker); raise it when the client has cores of its own.
+    /// Producer threads, each with a current-thread runtime, its share of the producers
+    /// and its own `--connections` per endpoint (so N threads open N times as many). One is
+    /// the cheapest per message when mqbench shares the machine with the servers it
+    /// measures; raise it when the client has cores of its own. Consumers run on the main
+    /// thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     threads: u32,
 }
@@ -88,14 +89,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let mut runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(args.threads as usize);
-        b
-    };
-    runtime.enable_all().build().context("tokio runtime")?.block_on(run(args))
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?.block_on(run(args))
 }
 
 async fn run(args: Args) -> Result<()> {
