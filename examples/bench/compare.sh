@@ -30,8 +30,9 @@ CONNECTIONS="${CONNECTIONS:-1}"
 # Messages per send (1: the synchronous single sends of the default table). wasmq: one
 # SendMessage request carrying them; NATS: that many publishes in flight, then their acks.
 BATCH="${BATCH:-1}"
-# mqbench's runtime worker threads, the same for both systems. mqbench shares the cores with
-# the servers; one thread costs it the least CPU per message (see the CPU table).
+# mqbench's producer threads, the same for both systems: each thread runs its share of the
+# producers with CONNECTIONS per endpoint of its own. mqbench shares the cores with the
+# servers; one thread costs it the least CPU per message (see the CPU table).
 THREADS="${THREADS:-1}"
 # Server threads, the same for both systems: empty = each system's default (one per CPU:
 # wasmq's runtime workers, Go's GOMAXPROCS); N = N per server process (wasmq's
