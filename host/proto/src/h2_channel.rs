@@ -168,13 +168,17 @@ impl H2Channel {
         let (mut parts, body) = request.into_parts();
         // A unary or server-streaming request's one message: ready at once.
         let data = body.collect().await?.to_bytes();
-        let path = parts.uri.path_and_query().cloned().ok_or_else(|| H2ChannelError::Uri(parts.uri.to_string()))?;
-        parts.uri = http::Uri::builder()
-            .scheme("http")
-            .authority(self.shared.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| H2ChannelError::Uri(e.to_string()))?;
+        // A client made `with_origin(channel, channel.origin())` names scheme and authority
+        // already; h2 needs both, so a bare path gets this channel's.
+        if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
+            let path = parts.uri.path_and_query().cloned().ok_or_else(|| H2ChannelError::Uri(parts.uri.to_string()))?;
+            parts.uri = http::Uri::builder()
+                .scheme("http")
+                .authority(self.shared.authority.clone())
+                .path_and_query(path)
+                .build()
+                .map_err(|e| H2ChannelError::Uri(e.to_string()))?;
+        }
         let connection = self.connection().await?;
         let sent = async {
             let mut send = connection.send.clone().ready().await?;
@@ -401,6 +405,16 @@ mod tests {
         let mut request = tonic::Request::new(batch("slow", 1));
         request.set_timeout(Duration::from_secs(5));
         assert_eq!(c.deliver(request).await.unwrap().into_inner().accepted, 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_without_an_origin_gets_the_channels_authority() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _server = serve(listener, Arc::new(AtomicU32::new(0)));
+        let channel = H2Channel::new(addr.to_string().parse().unwrap(), Duration::from_secs(2), Duration::from_secs(5));
+        let mut c = RaftClient::new(channel);
+        assert_eq!(c.deliver(batch("g", 5)).await.unwrap().into_inner().accepted, 5);
     }
 
     #[tokio::test]
