@@ -187,10 +187,11 @@ impl RaftReplicator {
         )
         .map_err(|e| bad(e.to_string()))?;
 
-        // The driver thread's own runtime also runs the peer service and the peer senders:
-        // a Raft message then goes socket → inbox → node → outbox → socket on one thread,
-        // without a hand-off between the driver thread and the broker's runtime workers at
-        // every step (each one a futex wake-up, on the critical path of every send).
+        // The driver's runtime (its own thread's, or with `CallerRuntime` the broker's one
+        // worker) also runs the peer service and the peer senders: a Raft message then goes
+        // socket → inbox → node → outbox → socket on one thread, without a hand-off between
+        // threads at every step (each one a futex wake-up, on the critical path of every
+        // send).
         let listen = listen_address(members.address(self_node)).map_err(bad)?;
         let bind_error =
             |e: std::io::Error| ReplicationError::Storage(format!("bind raft peer service on {listen}: {e}"));
