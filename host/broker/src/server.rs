@@ -200,7 +200,8 @@ pub async fn start(
     let mut routes = RoutesBuilder::default();
     let metrics = crate::metrics::BrokerMetrics::new();
     let messaging = Messaging::new(metrics.wrap(core.clone()), MessagingConfig::default());
-    routes.add_service(messaging.into_server());
+    let messaging = messaging.into_server();
+    routes.add_service(messaging.service);
     for mount in extensions.mounts {
         mount(&ctx, &mut routes)?;
     }
@@ -217,13 +218,14 @@ pub async fn start(
         .map(CoalescingIo::new)
     });
     let mut stop_rx = shutdown.clone();
-    let server =
-        tokio::spawn(tonic::transport::Server::builder().add_routes(routes.routes()).serve_with_incoming_shutdown(
-            incoming,
-            async move {
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(messaging.send_route)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
-        ));
+            }),
+    );
     if config.metrics_port != 0 {
         let metrics_addr = SocketAddr::new(addr.ip(), config.metrics_port);
         crate::metrics::serve(metrics_addr, metrics, core.clone(), shutdown.clone())

@@ -5,12 +5,14 @@
 //! - `wasmq::{raft, admin, namesrv}`: wasmq's internal services.
 //! - `coalescing_io`: the socket wrapper our gRPC servers and clients use (fewer writes).
 //! - `dial`: how our gRPC clients connect (bounded, TCP_NODELAY, no self-connects).
+//! - `unary_route`: one unary method served in front of tonic's router (the send path).
 
 pub mod cancellable_io;
 pub mod coalescing_io;
 pub mod dial;
 pub mod grpc_timeout;
 pub mod h2_channel;
+pub mod unary_route;
 
 pub mod apache {
     pub mod rocketmq {

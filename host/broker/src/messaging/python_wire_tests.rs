@@ -68,7 +68,8 @@ async fn serve_fake(
     let svc = Messaging::new(backend.clone(), MessagingConfig::default()).into_server();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .layer(svc.send_route)
+            .add_service(svc.service)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
             .await
             .unwrap();

@@ -15,6 +15,7 @@ use tonic::{Request, Response};
 use v2::Code;
 use v2::messaging_service_server::{MessagingService, MessagingServiceServer};
 use wasmq_proto::apache::rocketmq::v2;
+use wasmq_proto::unary_route::{UnaryHandler, UnaryRouteLayer};
 
 use super::backend::{MessagingBackend, OutgoingMessage, PERM_READ, PERM_WRITE, RouteInfo, TopicInfo};
 use super::forward::{self, Forwarder};
@@ -26,6 +27,18 @@ use super::send_coalescer::SendCoalescer;
 use super::status::{combine, from_backend, ok, status};
 use super::tag_expression::TagExpression;
 use super::telemetry::{ClientRegistry, TelemetryLimits};
+
+/// The method `MessagingServer::send_route` serves.
+pub const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
+
+/// The service as a gRPC server mounts it: tonic's generated server for every method, and
+/// in front of it (`Server::layer`) the route that serves SendMessage without tonic's
+/// router and generic codec (`wasmq_proto::unary_route`: the leader's hottest call; same
+/// handler, same answers).
+pub struct MessagingServer {
+    pub service: MessagingServiceServer<Messaging>,
+    pub send_route: UnaryRouteLayer<v2::SendMessageRequest, v2::SendMessageResponse>,
+}
 
 /// Limits of the front end. Defaults follow RocketMQ's proxy where it has one.
 #[derive(Clone, Debug)]
@@ -263,10 +276,21 @@ impl Messaging {
         self.pop.flush().await
     }
 
-    /// The tonic service with message size limits applied.
-    pub fn into_server(self) -> MessagingServiceServer<Self> {
+    /// What a gRPC server mounts for this service, message size limits applied to both parts.
+    pub fn into_server(self) -> MessagingServer {
         let bytes = self.config.grpc_message_bytes_max;
-        MessagingServiceServer::new(self).max_decoding_message_size(bytes).max_encoding_message_size(bytes)
+        let messaging = Arc::new(self);
+        let for_route = messaging.clone();
+        let handler: UnaryHandler<v2::SendMessageRequest, v2::SendMessageResponse> = Arc::new(move |request| {
+            let messaging = for_route.clone();
+            Box::pin(async move { messaging.send_message(request).await })
+        });
+        MessagingServer {
+            service: MessagingServiceServer::from_arc(messaging)
+                .max_decoding_message_size(bytes)
+                .max_encoding_message_size(bytes),
+            send_route: UnaryRouteLayer::new(SEND_MESSAGE_PATH, bytes, handler),
+        }
     }
 
     /// Pop state is only valid while this node stays leader: reset on any change.

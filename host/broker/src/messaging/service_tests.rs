@@ -13,7 +13,8 @@ use wasmq_proto::apache::rocketmq::v2;
 use super::backend::{GroupMember, MessagingBackend, RouteInfo, TopicMessageType};
 use super::fake::FakeBackend;
 use super::message_codec::{to_duration, to_timestamp};
-use super::service::{Messaging, MessagingConfig};
+use super::service::{Messaging, MessagingConfig, SEND_MESSAGE_PATH};
+use v2::messaging_service_server::MessagingServiceServer;
 
 struct Served {
     addr: SocketAddr,
@@ -34,7 +35,8 @@ async fn serve_with(make: impl FnOnce(&str) -> Arc<FakeBackend>) -> Served {
     let svc = Messaging::new(backend.clone(), MessagingConfig::default()).into_server();
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .layer(svc.send_route)
+            .add_service(svc.service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .unwrap();
@@ -50,7 +52,8 @@ async fn serve_config(config: MessagingConfig) -> Served {
     let svc = Messaging::new(backend.clone(), config).into_server();
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .layer(svc.send_route)
+            .add_service(svc.service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .unwrap();
@@ -775,4 +778,11 @@ async fn a_long_poll_notices_a_shortened_invisibility() {
     assert_eq!(code, v2::Code::Ok as i32);
     assert_eq!(again[0].system_properties.as_ref().unwrap().delivery_attempt, Some(2));
     assert!(t0.elapsed() < Duration::from_millis(4_000), "redelivered after {:?}, not at the poll's end", t0.elapsed());
+}
+
+#[test]
+fn the_send_route_is_the_generated_send_message_path() {
+    use tonic::server::NamedService;
+    let generated = <MessagingServiceServer<Messaging> as NamedService>::NAME;
+    assert_eq!(SEND_MESSAGE_PATH, format!("/{generated}/SendMessage"));
 }
