@@ -14,6 +14,8 @@ use wasmq_proto::h2_channel::H2Channel;
 pub const BATCH_MAX: i32 = 256;
 /// Most messages one send request carries (the broker's default `send_batch_max` is 1024).
 pub const SEND_BATCH_MAX: usize = 256;
+/// Largest send request and answer: a broker's default `grpc_message_bytes_max`.
+const SEND_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -98,6 +100,8 @@ static CLIENT_SEQ: AtomicU32 = AtomicU32::new(0);
 #[derive(Clone)]
 pub struct MqClient {
     inner: MessagingServiceClient<H2Channel>,
+    /// The same connection, for the sends (`H2Channel::unary`, around tonic's codec).
+    channel: H2Channel,
     pub endpoint: String,
     client_id: String,
     /// Per-client message-id generator: 6 bytes of client identity + pid + time + counter.
@@ -119,7 +123,8 @@ impl MqClient {
         let pid = std::process::id();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         Ok(MqClient {
-            inner: MessagingServiceClient::with_origin(channel, origin),
+            inner: MessagingServiceClient::with_origin(channel.clone(), origin),
+            channel,
             endpoint: endpoint.to_string(),
             client_id: format!("wasmq-test@{pid}#{n}"),
             // RocketMQ 5 message id layout: version 01, 6-byte host id, 2-byte pid, 4-byte
@@ -191,7 +196,10 @@ impl MqClient {
                 body: m.body.to_vec(),
             })
             .collect();
-        let r = self.inner.send_message(self.request(v2::SendMessageRequest { messages })).await?.into_inner();
+        let request = self.request(v2::SendMessageRequest { messages });
+        let r =
+            self.channel.unary::<_, v2::SendMessageResponse>(v2::SEND_MESSAGE_PATH, request, SEND_BYTES_MAX).await?;
+        let r = r.into_inner();
         if r.entries.len() != msgs.len() {
             // A request refused as a whole (bad request, not leader) has no entries.
             check(r.status.as_ref())?;

@@ -10,6 +10,7 @@
 pub mod cancellable_io;
 pub mod coalescing_io;
 pub mod dial;
+pub mod grpc_frame;
 pub mod grpc_timeout;
 pub mod h2_channel;
 pub mod unary_route;
@@ -18,6 +19,10 @@ pub mod apache {
     pub mod rocketmq {
         pub mod v2 {
             tonic::include_proto!("apache.rocketmq.v2");
+
+            /// The SendMessage method's path: the calls that take the paths around tonic's
+            /// codec (`unary_route` on a broker, `H2Channel::unary` in our clients).
+            pub const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
         }
     }
 }
@@ -31,5 +36,16 @@ pub mod wasmq {
     }
     pub mod namesrv {
         tonic::include_proto!("wasmq.namesrv");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_send_message_path_is_the_generated_one() {
+        use tonic::server::NamedService;
+        type Server = crate::apache::rocketmq::v2::messaging_service_server::MessagingServiceServer<()>;
+        let generated = <Server as NamedService>::NAME;
+        assert_eq!(crate::apache::rocketmq::v2::SEND_MESSAGE_PATH, format!("/{generated}/SendMessage"));
     }
 }

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Either};
 use http::HeaderValue;
 use http_body::{Body as _, Frame};
@@ -32,11 +32,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 
-/// gRPC's message prefix: a compressed flag byte and a 4-byte big-endian length.
-const PREFIX_BYTES: usize = 5;
-/// Headers a handler's response metadata may not set: the protocol's own (as tonic).
-const RESERVED_HEADERS: [&str; 6] =
-    ["te", "user-agent", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
+use crate::grpc_frame::{self, PREFIX_BYTES, RESERVED_HEADERS, Reader};
 
 /// The method's implementation: what tonic's generated server would call for it.
 pub type UnaryHandler<Req, Resp> =
@@ -130,22 +126,17 @@ where
     }
 }
 
-/// The one message of a unary request body. Errors as tonic's decoder words them (even its
-/// "while sending request" for a bad flag), so a client cannot tell the two paths apart.
+/// The one message of a unary request body.
 async fn read_message<M: prost::Message + Default>(mut body: Body, bytes_max: usize) -> Result<M, Status> {
     let mut buf = BytesMut::new();
-    // The message's length once its prefix is in (flag checked first, as tonic does).
+    // The message's length once its prefix is in.
     let mut declared: Option<usize> = None;
     // Body frames until the end of the stream; trailers end it too.
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let Ok(data) = frame?.into_data() else { break };
         buf.extend_from_slice(&data);
         if declared.is_none() && buf.len() >= PREFIX_BYTES {
-            let len = prefix_len(&buf)?;
-            if len > bytes_max {
-                return Err(too_large(len, bytes_max));
-            }
-            declared = Some(len);
+            declared = Some(grpc_frame::declared_len(&buf, bytes_max, Reader::Server)?);
         }
         // Nothing beyond one message (and at most one HTTP/2 frame more) is ever held.
         if declared.is_some_and(|len| buf.len() > PREFIX_BYTES + len) {
@@ -155,31 +146,9 @@ async fn read_message<M: prost::Message + Default>(mut body: Body, bytes_max: us
     }
     match declared {
         None if buf.is_empty() => Err(Status::internal("Missing request message.")),
-        Some(len) if buf.len() == PREFIX_BYTES + len => {
-            buf.advance(PREFIX_BYTES);
-            M::decode(buf.freeze()).map_err(|e| Status::internal(e.to_string()))
-        }
+        Some(len) if buf.len() == PREFIX_BYTES + len => grpc_frame::decode(buf.freeze()),
         _ => Err(Status::internal("Unexpected EOF decoding stream.")),
     }
-}
-
-/// The length a gRPC message prefix declares, after checking its compressed flag.
-fn prefix_len(buf: &[u8]) -> Result<usize, Status> {
-    match buf[0] {
-        0 => Ok(u32::from_be_bytes(buf[1..PREFIX_BYTES].try_into().expect("4 bytes")) as usize),
-        1 => Err(Status::internal(
-            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-        )),
-        flag => Err(Status::internal(format!(
-            "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1), while sending request"
-        ))),
-    }
-}
-
-fn too_large(found: usize, limit: usize) -> Status {
-    Status::out_of_range(format!(
-        "Error, decoded message length too large: found {found} bytes, the limit is: {limit} bytes"
-    ))
 }
 
 fn encode_response<M: prost::Message>(
@@ -187,24 +156,13 @@ fn encode_response<M: prost::Message>(
     bytes_max: usize,
 ) -> Result<http::Response<Body>, Status> {
     let (metadata, message, extensions) = response.into_parts();
-    let len = message.encoded_len();
-    if len > bytes_max {
-        return Err(Status::out_of_range(format!(
-            "Error, encoded message length too large: found {len} bytes, the limit is: {bytes_max} bytes"
-        )));
-    }
-    let mut frame = BytesMut::with_capacity(PREFIX_BYTES + len);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(len).expect("bytes_max fits a gRPC length"));
-    message.encode(&mut frame).expect("capacity reserved for the encoded length");
-    assert_eq!(frame.len(), PREFIX_BYTES + len, "prost wrote its encoded_len");
-
+    let frame = grpc_frame::encode(&message, bytes_max)?;
     let mut headers = metadata.into_headers();
     for name in RESERVED_HEADERS {
         headers.remove(name);
     }
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    let mut response = http::Response::new(Body::new(OneMessage { data: Some(frame.freeze()), trailers: true }));
+    let mut response = http::Response::new(Body::new(OneMessage { data: Some(frame), trailers: true }));
     *response.version_mut() = http::Version::HTTP_2;
     *response.headers_mut() = headers;
     *response.extensions_mut() = extensions;

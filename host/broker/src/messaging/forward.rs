@@ -37,6 +37,16 @@ impl Forwarder {
     }
 
     pub fn client(&self, endpoint: &str) -> Result<MessagingServiceClient<H2Channel>, tonic::Status> {
+        let channel = self.channel(endpoint)?;
+        let origin = channel.origin();
+        Ok(MessagingServiceClient::with_origin(channel, origin)
+            .max_decoding_message_size(self.message_bytes_max)
+            .max_encoding_message_size(self.message_bytes_max))
+    }
+
+    /// The channel to `endpoint`, for calls made without a generated client
+    /// (`H2Channel::unary`: the forwarded sends).
+    pub fn channel(&self, endpoint: &str) -> Result<H2Channel, tonic::Status> {
         let mut channels = self.channels.lock();
         let channel = match channels.get(endpoint) {
             Some(c) => c.clone(),
@@ -52,10 +62,7 @@ impl Forwarder {
                 channel
             }
         };
-        let origin = channel.origin();
-        Ok(MessagingServiceClient::with_origin(channel, origin)
-            .max_decoding_message_size(self.message_bytes_max)
-            .max_encoding_message_size(self.message_bytes_max))
+        Ok(channel)
     }
 }
 

@@ -260,8 +260,12 @@ impl LaneTask {
         let mut request = tonic::Request::new(v2::SendMessageRequest { messages });
         *request.metadata_mut() = self.lane.metadata.clone();
         request.set_timeout(deadline.saturating_duration_since(now).max(Duration::from_millis(1)));
-        let answer = match self.forwarder.client(&self.lane.leader) {
-            Ok(mut client) => client.send_message(request).instrument(span).await.map(|r| r.into_inner()),
+        let answer = match self.forwarder.channel(&self.lane.leader) {
+            Ok(channel) => channel
+                .unary::<_, v2::SendMessageResponse>(v2::SEND_MESSAGE_PATH, request, self.forwarder.message_bytes_max)
+                .instrument(span)
+                .await
+                .map(|r| r.into_inner()),
             Err(e) => Err(e),
         };
         match answer {

@@ -28,9 +28,6 @@ use super::status::{combine, from_backend, ok, status};
 use super::tag_expression::TagExpression;
 use super::telemetry::{ClientRegistry, TelemetryLimits};
 
-/// The method `MessagingServer::send_route` serves.
-pub const SEND_MESSAGE_PATH: &str = "/apache.rocketmq.v2.MessagingService/SendMessage";
-
 /// The service as a gRPC server mounts it: tonic's generated server for every method, and
 /// in front of it (`Server::layer`) the route that serves SendMessage without tonic's
 /// router and generic codec (`wasmq_proto::unary_route`: the leader's hottest call; same
@@ -289,7 +286,7 @@ impl Messaging {
             service: MessagingServiceServer::from_arc(messaging)
                 .max_decoding_message_size(bytes)
                 .max_encoding_message_size(bytes),
-            send_route: UnaryRouteLayer::new(SEND_MESSAGE_PATH, bytes, handler),
+            send_route: UnaryRouteLayer::new(v2::SEND_MESSAGE_PATH, bytes, handler),
         }
     }
 

@@ -13,8 +13,7 @@ use wasmq_proto::apache::rocketmq::v2;
 use super::backend::{GroupMember, MessagingBackend, RouteInfo, TopicMessageType};
 use super::fake::FakeBackend;
 use super::message_codec::{to_duration, to_timestamp};
-use super::service::{Messaging, MessagingConfig, SEND_MESSAGE_PATH};
-use v2::messaging_service_server::MessagingServiceServer;
+use super::service::{Messaging, MessagingConfig};
 
 struct Served {
     addr: SocketAddr,
@@ -778,11 +777,4 @@ async fn a_long_poll_notices_a_shortened_invisibility() {
     assert_eq!(code, v2::Code::Ok as i32);
     assert_eq!(again[0].system_properties.as_ref().unwrap().delivery_attempt, Some(2));
     assert!(t0.elapsed() < Duration::from_millis(4_000), "redelivered after {:?}, not at the poll's end", t0.elapsed());
-}
-
-#[test]
-fn the_send_route_is_the_generated_send_message_path() {
-    use tonic::server::NamedService;
-    let generated = <MessagingServiceServer<Messaging> as NamedService>::NAME;
-    assert_eq!(SEND_MESSAGE_PATH, format!("/{generated}/SendMessage"));
 }
