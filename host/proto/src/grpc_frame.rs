@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tonic::Status;
 
 /// A compressed flag byte and a 4-byte big-endian length.
-pub const PREFIX_BYTES: usize = 5;
+const PREFIX_BYTES: usize = 5;
 /// Headers that metadata may not set: the protocol's own (tonic sanitises the same).
 pub const RESERVED_HEADERS: [&str; 6] =
     ["te", "user-agent", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
@@ -37,7 +37,7 @@ pub enum Reader {
 
 /// The length a prefix declares, after checking its compressed flag (no compression is
 /// negotiated on these paths) and the limit.
-pub fn declared_len(prefix: &[u8], bytes_max: usize, reader: Reader) -> Result<usize, Status> {
+fn declared_len(prefix: &[u8], bytes_max: usize, reader: Reader) -> Result<usize, Status> {
     match prefix[0] {
         0 => {}
         1 => {
@@ -66,8 +66,48 @@ pub fn declared_len(prefix: &[u8], bytes_max: usize, reader: Reader) -> Result<u
     Ok(len)
 }
 
-/// The message a complete frame holds.
-pub fn decode<M: prost::Message + Default>(frame: Bytes) -> Result<M, Status> {
-    assert!(frame.len() >= PREFIX_BYTES);
-    M::decode(frame.slice(PREFIX_BYTES..)).map_err(|e| Status::internal(e.to_string()))
+/// The one message of a unary body, collected chunk by chunk: the prefix is checked as soon
+/// as it is in, and nothing beyond one message (plus the chunk that overran it) is held.
+pub struct OneFrame {
+    buf: BytesMut,
+    declared: Option<usize>,
+    bytes_max: usize,
+    reader: Reader,
+}
+
+impl OneFrame {
+    pub fn new(bytes_max: usize, reader: Reader) -> OneFrame {
+        OneFrame { buf: BytesMut::new(), declared: None, bytes_max, reader }
+    }
+
+    pub fn push(&mut self, data: &[u8]) -> Result<(), Status> {
+        self.buf.extend_from_slice(data);
+        if self.declared.is_none() && self.buf.len() >= PREFIX_BYTES {
+            self.declared = Some(declared_len(&self.buf, self.bytes_max, self.reader)?);
+        }
+        if self.declared.is_some_and(|len| self.buf.len() > PREFIX_BYTES + len) {
+            // gRPC's unary contract: one message each way (grpc-java: "Too many requests").
+            // tonic's client would take the first of an answer's and ignore the rest.
+            return Err(Status::internal(match self.reader {
+                Reader::Server => "more than one request message in a unary call",
+                Reader::Client(_) => "more than one message in a unary answer",
+            }));
+        }
+        Ok(())
+    }
+
+    /// The message, once the body ended: `None` if it held no bytes. A partial message is
+    /// an error, or nothing if `drop_partial` (tonic's client stops reading at the trailers
+    /// and drops a partial message unread).
+    pub fn finish<M: prost::Message + Default>(self, drop_partial: bool) -> Result<Option<M>, Status> {
+        match self.declared {
+            Some(len) if self.buf.len() == PREFIX_BYTES + len => {
+                let message = self.buf.freeze().slice(PREFIX_BYTES..);
+                M::decode(message).map(Some).map_err(|e| Status::internal(e.to_string()))
+            }
+            None if self.buf.is_empty() => Ok(None),
+            _ if drop_partial => Ok(None),
+            _ => Err(Status::internal("Unexpected EOF decoding stream.")),
+        }
+    }
 }

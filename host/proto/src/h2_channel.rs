@@ -308,34 +308,16 @@ async fn read_unary_answer<M: prost::Message + Default>(
         }
         return Err(tonic::Status::internal("Missing response message."));
     }
-    let mut buf = bytes::BytesMut::new();
-    let mut declared: Option<usize> = None;
+    let mut frame = grpc_frame::OneFrame::new(bytes_max, grpc_frame::Reader::Client(parts.status));
     let mut trailers: Option<http::HeaderMap> = None;
     let body_error = |e: h2::Error| tonic::Status::from_error(Box::new(e));
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        match frame.map_err(body_error)?.into_data() {
-            Ok(data) => {
-                buf.extend_from_slice(&data);
-                if declared.is_none() && buf.len() >= grpc_frame::PREFIX_BYTES {
-                    let reader = grpc_frame::Reader::Client(parts.status);
-                    declared = Some(grpc_frame::declared_len(&buf, bytes_max, reader)?);
-                }
-                if declared.is_some_and(|len| buf.len() > grpc_frame::PREFIX_BYTES + len) {
-                    // A unary answer has one message; tonic would take the first and
-                    // ignore the rest, this refuses to hold more than one.
-                    return Err(tonic::Status::internal("more than one message in a unary answer"));
-                }
-            }
-            Err(frame) => trailers = frame.into_trailers().ok(),
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        match chunk.map_err(body_error)?.into_data() {
+            Ok(data) => frame.push(&data)?,
+            Err(chunk) => trailers = chunk.into_trailers().ok(),
         }
     }
-    let message = match declared {
-        Some(len) if buf.len() == grpc_frame::PREFIX_BYTES + len => Some(grpc_frame::decode::<M>(buf.freeze())?),
-        None if buf.is_empty() => None,
-        // tonic's decoder stops at the trailers and drops a partial message unread.
-        _ if trailers.is_some() => None,
-        _ => return Err(tonic::Status::internal("Unexpected EOF decoding stream.")),
-    };
+    let message = frame.finish::<M>(trailers.is_some())?;
     if let Some(failed) = answer_status(trailers.as_ref(), parts.status) {
         return Err(failed);
     }

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
 use http::HeaderValue;
 use http_body::{Body as _, Frame};
@@ -32,7 +32,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 
-use crate::grpc_frame::{self, PREFIX_BYTES, RESERVED_HEADERS, Reader};
+use crate::grpc_frame::{self, OneFrame, RESERVED_HEADERS, Reader};
 
 /// The method's implementation: what tonic's generated server would call for it.
 pub type UnaryHandler<Req, Resp> =
@@ -128,27 +128,13 @@ where
 
 /// The one message of a unary request body.
 async fn read_message<M: prost::Message + Default>(mut body: Body, bytes_max: usize) -> Result<M, Status> {
-    let mut buf = BytesMut::new();
-    // The message's length once its prefix is in.
-    let mut declared: Option<usize> = None;
+    let mut frame = OneFrame::new(bytes_max, Reader::Server);
     // Body frames until the end of the stream; trailers end it too.
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let Ok(data) = frame?.into_data() else { break };
-        buf.extend_from_slice(&data);
-        if declared.is_none() && buf.len() >= PREFIX_BYTES {
-            declared = Some(grpc_frame::declared_len(&buf, bytes_max, Reader::Server)?);
-        }
-        // Nothing beyond one message (and at most one HTTP/2 frame more) is ever held.
-        if declared.is_some_and(|len| buf.len() > PREFIX_BYTES + len) {
-            // gRPC's unary contract: exactly one request message (grpc-java: "Too many requests").
-            return Err(Status::internal("more than one request message in a unary call"));
-        }
+    while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(data) = chunk?.into_data() else { break };
+        frame.push(&data)?;
     }
-    match declared {
-        None if buf.is_empty() => Err(Status::internal("Missing request message.")),
-        Some(len) if buf.len() == PREFIX_BYTES + len => grpc_frame::decode(buf.freeze()),
-        _ => Err(Status::internal("Unexpected EOF decoding stream.")),
-    }
+    frame.finish(false)?.ok_or_else(|| Status::internal("Missing request message."))
 }
 
 fn encode_response<M: prost::Message>(
