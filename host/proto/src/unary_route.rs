@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http_body::{Body as _, Frame};
 use tonic::Status;
 use tonic::body::Body;
@@ -144,8 +144,11 @@ fn encode_response<M: prost::Message>(
     let (metadata, message, extensions) = response.into_parts();
     let frame = grpc_frame::encode(&message, bytes_max)?;
     let mut headers = metadata.into_headers();
-    for name in RESERVED_HEADERS {
-        headers.remove(name);
+    // Most answers carry no metadata: no names to look up then.
+    if !headers.is_empty() {
+        for name in RESERVED_HEADERS {
+            headers.remove(name);
+        }
     }
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     let mut response = http::Response::new(Body::new(OneMessage { data: Some(frame), trailers: true }));
@@ -170,8 +173,9 @@ impl http_body::Body for OneMessage {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if std::mem::take(&mut self.trailers) {
+            const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
             let mut trailers = http::HeaderMap::with_capacity(1);
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         Poll::Ready(None)
