@@ -8,8 +8,22 @@ use tonic::Status;
 /// A compressed flag byte and a 4-byte big-endian length.
 const PREFIX_BYTES: usize = 5;
 /// Headers that metadata may not set: the protocol's own (tonic sanitises the same).
-pub const RESERVED_HEADERS: [&str; 6] =
+const RESERVED_HEADERS: [&str; 6] =
     ["te", "user-agent", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
+
+/// The headers of a gRPC request or answer carrying `metadata`: the protocol's reserved
+/// names removed from it, `content-type: application/grpc` set.
+pub fn headers(metadata: tonic::metadata::MetadataMap) -> http::HeaderMap {
+    let mut headers = metadata.into_headers();
+    // Most answers carry no metadata: no names to look up then.
+    if !headers.is_empty() {
+        for name in RESERVED_HEADERS {
+            headers.remove(name);
+        }
+    }
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers
+}
 
 /// `message` framed: an uncompressed prefix, then its encoding. Refused beyond `bytes_max`.
 pub fn encode<M: prost::Message>(message: &M, bytes_max: usize) -> Result<Bytes, Status> {

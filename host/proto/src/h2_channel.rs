@@ -187,12 +187,8 @@ impl H2Channel {
     {
         let (metadata, extensions, message) = request.into_parts();
         let data = grpc_frame::encode(&message, message_bytes_max)?;
-        let mut headers = metadata.into_headers();
-        for name in grpc_frame::RESERVED_HEADERS {
-            headers.remove(name);
-        }
+        let mut headers = grpc_frame::headers(metadata);
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
         let uri = http::Uri::builder()
             .scheme("http")
             .authority(self.shared.authority.clone())

@@ -32,7 +32,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 
-use crate::grpc_frame::{self, OneFrame, RESERVED_HEADERS, Reader};
+use crate::grpc_frame::{self, OneFrame, Reader};
 
 /// The method's implementation: what tonic's generated server would call for it.
 pub type UnaryHandler<Req, Resp> =
@@ -143,14 +143,7 @@ fn encode_response<M: prost::Message>(
 ) -> Result<http::Response<Body>, Status> {
     let (metadata, message, extensions) = response.into_parts();
     let frame = grpc_frame::encode(&message, bytes_max)?;
-    let mut headers = metadata.into_headers();
-    // Most answers carry no metadata: no names to look up then.
-    if !headers.is_empty() {
-        for name in RESERVED_HEADERS {
-            headers.remove(name);
-        }
-    }
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    let headers = grpc_frame::headers(metadata);
     let mut response = http::Response::new(Body::new(OneMessage { data: Some(frame), trailers: true }));
     *response.version_mut() = http::Version::HTTP_2;
     *response.headers_mut() = headers;
