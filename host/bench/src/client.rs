@@ -103,7 +103,9 @@ pub struct MqClient {
     /// The same connection, for the sends (`H2Channel::unary`, around tonic's codec).
     channel: H2Channel,
     pub endpoint: String,
-    client_id: String,
+    /// The headers every call carries (client id, language, protocol, version, timeout),
+    /// built and checked once: each call clones them.
+    metadata: tonic::metadata::MetadataMap,
     /// Per-client message-id generator: 6 bytes of client identity + pid + time + counter.
     id_prefix: String,
     id_seq: std::sync::Arc<AtomicU32>,
@@ -122,11 +124,21 @@ impl MqClient {
         let n = CLIENT_SEQ.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let client_id = format!("wasmq-test@{pid}#{n}");
+        let mut template = tonic::Request::new(());
+        template.set_timeout(rpc_timeout);
+        let md = template.metadata_mut();
+        // Headers every official client sends; brokers may use the client id for sessions.
+        md.insert("x-mq-client-id", client_id.parse().expect("ascii client id"));
+        md.insert("x-mq-language", tonic::metadata::MetadataValue::from_static("RUST"));
+        md.insert("x-mq-protocol", tonic::metadata::MetadataValue::from_static("v2"));
+        md.insert("x-mq-client-version", tonic::metadata::MetadataValue::from_static(env!("CARGO_PKG_VERSION")));
+        let (metadata, _, ()) = template.into_parts();
         Ok(MqClient {
             inner: MessagingServiceClient::with_origin(channel.clone(), origin),
             channel,
             endpoint: endpoint.to_string(),
-            client_id: format!("wasmq-test@{pid}#{n}"),
+            metadata,
             // RocketMQ 5 message id layout: version 01, 6-byte host id, 2-byte pid, 4-byte
             // seconds since 2021-01-01, 4-byte sequence; all hex, uppercase.
             id_prefix: format!("01{:08X}{:04X}{:04X}", nanos, n & 0xFFFF, pid & 0xFFFF),
@@ -136,23 +148,19 @@ impl MqClient {
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.set_timeout(self.rpc_timeout);
-        let md = req.metadata_mut();
-        // Headers every official client sends; brokers may use the client id for sessions.
-        md.insert("x-mq-client-id", self.client_id.parse().expect("ascii client id"));
-        md.insert("x-mq-language", "RUST".parse().expect("ascii"));
-        md.insert("x-mq-protocol", "v2".parse().expect("ascii"));
-        md.insert("x-mq-client-version", env!("CARGO_PKG_VERSION").parse().expect("ascii"));
-        req
+        tonic::Request::from_parts(self.metadata.clone(), Default::default(), msg)
     }
 
-    fn next_message_id(&self) -> String {
+    /// `secs` (since the Unix epoch) and this client's next sequence number, after its prefix.
+    fn next_message_id(&self, secs: u64) -> String {
         const EPOCH_2021_SECS: u64 = 1_609_459_200;
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let since = secs.saturating_sub(EPOCH_2021_SECS) as u32;
         let seq = self.id_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}{since:08X}{seq:08X}", self.id_prefix)
+        let mut id = String::with_capacity(self.id_prefix.len() + 16);
+        id.push_str(&self.id_prefix);
+        push_hex_u32(&mut id, since);
+        push_hex_u32(&mut id, seq);
+        id
     }
 
     pub async fn query_route(&mut self, topic: &str) -> ClientResult<Vec<v2::MessageQueue>> {
@@ -182,7 +190,7 @@ impl MqClient {
                 system_properties: Some(v2::SystemProperties {
                     tag: m.tag.map(str::to_string),
                     keys: m.keys.to_vec(),
-                    message_id: self.next_message_id(),
+                    message_id: self.next_message_id(now.as_secs()),
                     body_encoding: v2::Encoding::Identity as i32,
                     message_type: v2::MessageType::Normal as i32,
                     born_timestamp: Some(prost_types::Timestamp {
@@ -371,4 +379,55 @@ pub fn resource(name: &str) -> v2::Resource {
 
 fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// `value` as 8 uppercase hex digits (`{value:08X}` without the formatter: one per message).
+fn push_hex_u32(out: &mut String, value: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    for shift in (0..8).rev() {
+        out.push(DIGITS[(value >> (shift * 4)) as usize & 0xF] as char);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_digits_match_the_formatter() {
+        for value in [0, 1, 0xF, 0x10, 0xABCD_EF01, 0x8000_0000, u32::MAX, 0x0123_4567] {
+            let mut s = String::from("01");
+            push_hex_u32(&mut s, value);
+            assert_eq!(s, format!("01{value:08X}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn message_ids_are_34_hex_digits_in_sequence() {
+        let c = MqClient::connect_lazy("http://127.0.0.1:1", Duration::from_secs(1)).unwrap();
+        let a = c.next_message_id(1_700_000_000);
+        let b = c.next_message_id(1_700_000_000);
+        // 01, host id (8), client (4), pid (4), seconds since 2021 (8), sequence (8).
+        assert_eq!(a.len(), 34, "{a}");
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(&a[..26], &b[..26], "same prefix and second");
+        assert_eq!(&a[18..26], &format!("{:08X}", 1_700_000_000u64 - 1_609_459_200));
+        let seq = |id: &str| u32::from_str_radix(&id[26..], 16).unwrap();
+        assert_eq!(seq(&b), seq(&a) + 1);
+    }
+
+    #[test]
+    fn every_call_carries_the_client_headers() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let c = MqClient::connect_lazy("http://127.0.0.1:1", Duration::from_millis(1500)).unwrap();
+        let r = c.request(());
+        let md = r.metadata();
+        assert_eq!(md.get("x-mq-language").unwrap(), "RUST");
+        assert_eq!(md.get("x-mq-protocol").unwrap(), "v2");
+        assert_eq!(md.get("x-mq-client-version").unwrap(), env!("CARGO_PKG_VERSION"));
+        assert!(md.get("x-mq-client-id").unwrap().to_str().unwrap().starts_with("wasmq-test@"));
+        assert_eq!(md.get("grpc-timeout").unwrap(), "1500000u");
+    }
 }

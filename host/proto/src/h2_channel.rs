@@ -328,6 +328,11 @@ async fn read_unary_answer<M: prost::Message + Default>(
 /// The failure an answer's end names, if any (tonic's `infer_grpc_status`).
 fn answer_status(trailers: Option<&http::HeaderMap>, http_status: http::StatusCode) -> Option<tonic::Status> {
     use tonic::Code;
+    // The common end, `grpc-status: 0`, without building a `Status` (which copies every
+    // other trailer into its metadata only to be dropped).
+    if trailers.and_then(|t| t.get("grpc-status")).is_some_and(|v| v.as_bytes() == b"0") {
+        return None;
+    }
     if let Some(status) = trailers.and_then(tonic::Status::from_header_map) {
         return (status.code() != Code::Ok).then_some(status);
     }
