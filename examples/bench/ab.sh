@@ -63,7 +63,8 @@ measure() {
     BIN="$1"
     local bench_bin="$3"
     WORK="$(mktemp -d /tmp/wasmq-ab.XXXXXX)"
-    start_wasmq
+    # In $(...): no EXIT trap here, so stop what did start before leaving.
+    start_wasmq || { stop_group; exit 1; }
     local eps="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
     # shellcheck disable=SC2086 # ARGS is a list of mqbench options.
     "$bench_bin" --target wasmq -e "$eps" -t BenchTopic --duration "$DURATION" -n 100000000 --quiet --json $ARGS >"$WORK/bench.json" &

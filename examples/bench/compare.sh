@@ -85,6 +85,7 @@ source "$ROOT/examples/bench/wasmq_group.sh"
 # ---- NATS: 3 servers, JetStream, clustered -------------------------------------------------
 start_nats() {
     mkdir -p "$WORK/nats"
+    ports_free 127.0.0.1 "${NATS_CLIENT[@]}" "${NATS_ROUTE[@]}" || return 1
     for i in 0 1 2; do
         local routes=""
         for j in 0 1 2; do
@@ -104,7 +105,7 @@ EOF
         PIDS+=($!)
         NATS_PIDS+=($!)
     done
-    for i in 0 1 2; do wait_port 127.0.0.1 "${NATS_CLIENT[$i]}" 20; done
+    for i in 0 1 2; do wait_port 127.0.0.1 "${NATS_CLIENT[$i]}" 20 "${NATS_PIDS[$i]}" "$WORK/nats/n$i.log" || return 1; done
 }
 
 # ---- runs ------------------------------------------------------------------------------

@@ -2,21 +2,44 @@
 # counters both scripts read. Expects BIN, WORK, NS_PORT, WQ_CLIENT, WQ_RAFT, the arrays
 # PIDS and WQ_PIDS, and a `log` function; SERVER_THREADS sets serverWorkerThreads.
 
-wait_port() { # host port seconds
+# Waits for a server's port; with its pid, fails as soon as that server has exited (a port
+# that opens then is somebody else's).
+wait_port() { # host port seconds [pid log]
     local deadline=$((SECONDS + $3))
-    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    while true; do
+        if [[ -n "${4:-}" ]] && ! kill -0 "$4" 2>/dev/null; then
+            log "the server for $1:$2 exited at startup; end of its log ${5:-}: $(tail -n 3 "${5:-/dev/null}" 2>/dev/null | tr '\n' ' ')"
+            return 1
+        fi
+        (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
         ((SECONDS < deadline)) || { log "port $1:$2 did not open"; return 1; }
         sleep 0.2
+    done
+}
+
+# Fails when any of the ports already answers: a cluster left over from another run would
+# otherwise take this run's load while the servers started here die on their bind, and
+# every figure would be that cluster's.
+ports_free() { # host port...
+    local host=$1 port
+    shift
+    for port in "$@"; do
+        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+            log "port $host:$port is already in use (a server left from an earlier run?); stop it first"
+            return 1
+        fi
     done
 }
 
 # ---- wasmq: name server + 3 brokers -------------------------------------------------------
 start_wasmq() {
     mkdir -p "$WORK/wasmq"
+    # `|| return 1` throughout: ab.sh calls this inside $(...), where `set -e` does not reach.
+    ports_free 127.0.0.1 "$NS_PORT" "${WQ_CLIENT[@]}" "${WQ_RAFT[@]}" || return 1
     printf 'listenPort = %d\n' "$NS_PORT" >"$WORK/wasmq/namesrv.toml"
     "$BIN/mqnamesrv" -c "$WORK/wasmq/namesrv.toml" >"$WORK/wasmq/namesrv.log" 2>&1 &
     PIDS+=($!)
-    wait_port 127.0.0.1 "$NS_PORT" 20
+    wait_port 127.0.0.1 "$NS_PORT" 20 "$!" "$WORK/wasmq/namesrv.log" || return 1
     local peers="" endpoints=""
     for i in 0 1 2; do
         peers+="n$i-127.0.0.1:${WQ_RAFT[$i]};"
@@ -47,7 +70,7 @@ EOF
         PIDS+=($!)
         WQ_PIDS+=($!)
     done
-    for i in 0 1 2; do wait_port 127.0.0.1 "${WQ_CLIENT[$i]}" 30; done
+    for i in 0 1 2; do wait_port 127.0.0.1 "${WQ_CLIENT[$i]}" 30 "${WQ_PIDS[$i]}" "$WORK/wasmq/broker-n$i.log" || return 1; done
     # The topic goes through the replicated log: retry until a leader exists.
     local deadline=$((SECONDS + 60))
     until "$BIN/mqadmin" updateTopic -b "127.0.0.1:${WQ_CLIENT[0]}" -t BenchTopic -r 8 -w 8 >/dev/null 2>"$WORK/wasmq/topic.err"; do
