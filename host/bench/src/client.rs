@@ -151,10 +151,11 @@ impl MqClient {
         tonic::Request::from_parts(self.metadata.clone(), Default::default(), msg)
     }
 
-    /// `secs` (since the Unix epoch) and this client's next sequence number, after its prefix.
-    fn next_message_id(&self, secs: u64) -> String {
+    /// The next message id: this client's prefix, the message's birth in seconds since 2021,
+    /// this client's next sequence number.
+    fn next_message_id(&self, born_unix_secs: u64) -> String {
         const EPOCH_2021_SECS: u64 = 1_609_459_200;
-        let since = secs.saturating_sub(EPOCH_2021_SECS) as u32;
+        let since = born_unix_secs.saturating_sub(EPOCH_2021_SECS) as u32;
         let seq = self.id_seq.fetch_add(1, Ordering::Relaxed);
         let mut id = String::with_capacity(self.id_prefix.len() + 16);
         id.push_str(&self.id_prefix);
