@@ -291,12 +291,13 @@ impl RunningBroker {
 /// How often the process looks for a replication fail-stop.
 const FAILURE_POLL_MS: u64 = 250;
 
-/// Replication stopped on a storage error (disk full, I/O error): the process stops too, with
+/// Replication stopped on a storage error (disk full, I/O error) or a failed invariant
+/// check in the Raft driver: the process stops too, with
 /// [`ReplicationFailed::EXIT_CODE`], so a supervisor restarts the member once the cause is
 /// fixed. Left running, it would serve stale reads and never rejoin its group; restarted, it
 /// recovers its log (torn tail cut) and catches up from the leader.
 #[derive(Debug, thiserror::Error)]
-#[error("replication stopped on a storage error: {0}; exiting so the member can be restarted once the cause is fixed")]
+#[error("replication stopped: {0}; exiting so the member can be restarted once the cause is fixed")]
 pub struct ReplicationFailed(pub String);
 
 impl ReplicationFailed {
@@ -325,7 +326,7 @@ pub async fn run_until_signal(broker: RunningBroker) -> anyhow::Result<()> {
         _ = int.recv() => { tracing::info!("SIGINT received"); None }
         _ = broker.stopped_by_request() => { tracing::info!("stop requested"); None }
         why = failed => {
-            tracing::error!(error = %why, "replication stopped on a storage error; stopping the broker");
+            tracing::error!(error = %why, "replication stopped (fail-stop); stopping the broker");
             Some(why)
         }
     };

@@ -180,7 +180,7 @@ pub trait Replicator: Send + Sync + 'static {
     fn committed(&self) -> watch::Receiver<EntryIndex>;
 
     /// Why replication stopped for good (fail-stop on a storage error: a failed append,
-    /// flush or hard-state write), if it did. Such a member takes no further part in its
+    /// flush or hard-state write; or on a panic in the Raft driver), if it did. Such a member takes no further part in its
     /// group until it is restarted.
     fn failure(&self) -> Option<String> {
         None

@@ -134,8 +134,16 @@ struct PendingProposal {
 }
 
 enum Control {
-    Transfer { target: String, reply: oneshot::Sender<Result<(), ReplicationError>> },
-    Shutdown { reply: oneshot::Sender<Result<(), ReplicationError>> },
+    Transfer {
+        target: String,
+        reply: oneshot::Sender<Result<(), ReplicationError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), ReplicationError>>,
+    },
+    /// Makes the driver panic, as a failed assertion in it would.
+    #[cfg(test)]
+    Panic,
 }
 
 pub struct RaftReplicator {
@@ -147,7 +155,7 @@ pub struct RaftReplicator {
     committed_rx: watch::Receiver<EntryIndex>,
     /// Shared with the driver, which calls it on every commit advance.
     commit_hook: Arc<OnceLock<CommitHook>>,
-    /// Set when the driver stopped on a storage error (fail-stop).
+    /// Set when the driver stopped on a storage error or a panic (fail-stop).
     failure: Arc<Mutex<Option<String>>>,
     stop_tx: watch::Sender<bool>,
     driver: Mutex<Option<DriverHandle>>,
@@ -290,7 +298,7 @@ impl RaftReplicator {
         let driver = if cfg.driver_placement == DriverPlacement::CallerRuntime {
             driver.peer_tasks = tasks.iter().map(|t| t.abort_handle()).collect();
             DriverHandle::Task(tokio::spawn(async move {
-                let stop = driver.run_loop().await;
+                let stop = driver.run_until_stopped().await;
                 // As the own thread's runtime does when it is dropped: connections close,
                 // like a crash's.
                 for t in &driver.peer_tasks {
@@ -500,10 +508,28 @@ impl Driver {
     /// Runs the loop, and with it the peer service and senders, on `runtime`.
     fn run(mut self, mut runtime: PendingRuntime) {
         let rt = runtime.0.take().expect("a runtime is pending until its driver runs");
-        let stop = rt.block_on(self.run_loop());
+        let stop = rt.block_on(self.run_until_stopped());
         // The peer service and senders stop with it (connections close, like a crash's).
         drop(rt);
         self.finish(stop);
+    }
+
+    /// [`Self::run_loop`], with a panic (an assertion on an invariant failed) made a
+    /// fail-stop like a storage error's. Unseen, it would end the driver's task or thread
+    /// and leave the member answering clients with nothing replicated.
+    async fn run_until_stopped(&mut self) -> Stop {
+        use futures::FutureExt;
+        match std::panic::AssertUnwindSafe(self.run_loop()).catch_unwind().await {
+            Ok(stop) => stop,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_string());
+                Stop::Failed(format!("raft driver panicked: {what}"))
+            }
+        }
     }
 
     fn finish(mut self, stop: Stop) {
@@ -511,7 +537,7 @@ impl Driver {
             Stop::Shutdown(reply) => ("replicator is shutting down".to_string(), Some(reply)),
             Stop::Dropped => ("replicator dropped".to_string(), None),
             Stop::Failed(why) => {
-                tracing::error!(error = %why, "raft driver stopped on a storage error");
+                tracing::error!(error = %why, "raft driver stopped (fail-stop)");
                 *self.failure.lock() = Some(why.clone());
                 (why, None)
             }
@@ -567,6 +593,8 @@ impl Driver {
                         Ok(())
                     }
                     Some(Control::Transfer { target, reply }) => { self.start_transfer(&target, reply); Ok(()) }
+                    #[cfg(test)]
+                    Some(Control::Panic) => panic!("the driver was told to panic"),
                 },
                 Some((from, msg)) = self.inbox.recv() => self.on_messages(from, msg),
                 Some(p) = self.proposals.recv(), if accepting => self.on_proposals(p),
@@ -876,6 +904,56 @@ mod tests {
         assert_eq!(group_config("").driver_placement, DriverPlacement::OwnThread);
         assert_eq!(group_config("serverWorkerThreads = 1").driver_placement, DriverPlacement::CallerRuntime);
         assert_eq!(group_config("serverWorkerThreads = 2").driver_placement, DriverPlacement::OwnThread);
+    }
+
+    /// A panic in the driver (an invariant's assertion) stops replication for good, as a
+    /// storage error does, in both placements: `failure()` names it (so `mqbroker` exits
+    /// with its fail-stop code) and proposals are refused, instead of the driver's task or
+    /// thread ending unseen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_driver_fail_stops_in_both_placements() {
+        for placement in [DriverPlacement::CallerRuntime, DriverPlacement::OwnThread] {
+            let dir = tempfile::tempdir().unwrap();
+            let ports: Vec<u16> = (0..3)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+                .collect();
+            let mut log_cfg = wasmq_storage::commitlog::CommitLogConfig::new(dir.path().join("log"));
+            log_cfg.segment_size_bytes = 1 << 20;
+            log_cfg.entry_size_max_bytes = 64 * 1024;
+            let log = Arc::new(CommitLog::open(log_cfg).unwrap().0);
+            let cfg = RaftGroupConfig {
+                group: "g".into(),
+                self_id: "n0".into(),
+                members: ["n0", "n1", "n2"]
+                    .iter()
+                    .zip(&ports)
+                    .map(|(id, p)| (id.to_string(), format!("127.0.0.1:{p}")))
+                    .collect(),
+                data_dir: dir.path().join("raft"),
+                raft: RaftConfig { noop_entry: Bytes::from_static(b"noop"), ..RaftConfig::default() },
+                preferred_leader: None,
+                sync_flush: false,
+                propose_timeout_ms: 1_000,
+                tick_interval_ms: 10,
+                driver_placement: placement,
+            };
+            let r = RaftReplicator::start(cfg, log).await.unwrap();
+            assert_eq!(r.failure(), None);
+            r.control.send(Control::Panic).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let why = loop {
+                if let Some(why) = r.failure() {
+                    break why;
+                }
+                assert!(Instant::now() < deadline, "{placement:?}: no failure recorded after the driver panicked");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(why.contains("raft driver panicked: the driver was told to panic"), "{placement:?}: {why}");
+            match r.propose(vec![Bytes::from_static(b"after")]).await {
+                Err(ReplicationError::Storage(e)) => assert!(e.contains("panicked"), "{placement:?}: {e}"),
+                other => panic!("{placement:?}: a proposal after the panic got {other:?}"),
+            }
+        }
     }
 
     #[test]
