@@ -18,9 +18,7 @@ use common::free_ports;
 const IDS: [&str; 3] = ["n0", "n1", "n2"];
 
 fn open_log(dir: &std::path::Path) -> Arc<CommitLog> {
-    let mut cfg = CommitLogConfig::new(dir.join("log"));
-    cfg.segment_size_bytes = 1 << 20;
-    cfg.entry_size_max_bytes = 64 * 1024;
+    let mut cfg = CommitLogConfig::small(dir.join("log"));
     cfg.flush_mode = FlushMode::Sync;
     Arc::new(CommitLog::open(cfg).unwrap().0)
 }

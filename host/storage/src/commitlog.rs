@@ -86,6 +86,12 @@ impl CommitLogConfig {
         }
     }
 
+    /// A small log for tests: 1 MiB segments (so tests cross segment ends quickly) and
+    /// 64 KiB entries, with the other defaults of `new`.
+    pub fn small(dir: impl Into<PathBuf>) -> CommitLogConfig {
+        CommitLogConfig { segment_size_bytes: 1 << 20, entry_size_max_bytes: 64 * 1024, ..CommitLogConfig::new(dir) }
+    }
+
     fn validate(&self) -> Result<()> {
         let seg = self.segment_size_bytes;
         if !(SEGMENT_SIZE_BYTES_MIN..=mapped_file::MAPPED_FILE_SIZE_MAX_BYTES).contains(&seg) {

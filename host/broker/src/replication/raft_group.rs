@@ -917,25 +917,19 @@ mod tests {
             let ports: Vec<u16> = (0..3)
                 .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
                 .collect();
-            let mut log_cfg = wasmq_storage::commitlog::CommitLogConfig::new(dir.path().join("log"));
-            log_cfg.segment_size_bytes = 1 << 20;
-            log_cfg.entry_size_max_bytes = 64 * 1024;
+            let log_cfg = wasmq_storage::commitlog::CommitLogConfig::small(dir.path().join("log"));
             let log = Arc::new(CommitLog::open(log_cfg).unwrap().0);
+            // The broker's own mapping from its config, on free ports and a fresh directory.
             let cfg = RaftGroupConfig {
-                group: "g".into(),
-                self_id: "n0".into(),
                 members: ["n0", "n1", "n2"]
                     .iter()
                     .zip(&ports)
                     .map(|(id, p)| (id.to_string(), format!("127.0.0.1:{p}")))
                     .collect(),
                 data_dir: dir.path().join("raft"),
-                raft: RaftConfig { noop_entry: Bytes::from_static(b"noop"), ..RaftConfig::default() },
-                preferred_leader: None,
-                sync_flush: false,
                 propose_timeout_ms: 1_000,
-                tick_interval_ms: 10,
                 driver_placement: placement,
+                ..group_config("")
             };
             let r = RaftReplicator::start(cfg, log).await.unwrap();
             assert_eq!(r.failure(), None);

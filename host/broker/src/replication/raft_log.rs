@@ -179,10 +179,7 @@ mod tests {
     use wasmq_storage::commitlog::CommitLogConfig;
 
     fn open(dir: &std::path::Path) -> CommitLogRaftLog {
-        let mut cfg = CommitLogConfig::new(dir);
-        cfg.segment_size_bytes = 1 << 20;
-        cfg.entry_size_max_bytes = 64 * 1024;
-        CommitLogRaftLog::new(Arc::new(CommitLog::open(cfg).unwrap().0))
+        CommitLogRaftLog::new(Arc::new(CommitLog::open(CommitLogConfig::small(dir)).unwrap().0))
     }
 
     fn bodies(n: usize, tag: u8, len: usize) -> Vec<Bytes> {

@@ -240,9 +240,7 @@ mod tests {
     use wasmq_storage::commitlog::{CommitLogConfig, FlushMode};
 
     fn open(dir: &std::path::Path, flush: FlushDiskType) -> Arc<CommitLog> {
-        let mut cfg = CommitLogConfig::new(dir);
-        cfg.segment_size_bytes = 1 << 20;
-        cfg.entry_size_max_bytes = 64 * 1024;
+        let mut cfg = CommitLogConfig::small(dir);
         cfg.flush_mode = match flush {
             FlushDiskType::SyncFlush => FlushMode::Sync,
             FlushDiskType::AsyncFlush => FlushMode::Async,
