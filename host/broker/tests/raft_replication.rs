@@ -44,7 +44,6 @@ fn group_config(ports: &[u16], me: usize, dir: &std::path::Path, placement: Driv
         },
         preferred_leader: None,
         sync_flush: true,
-        propose_timeout_ms: 5_000,
         tick_interval_ms: 10,
         driver_placement: placement,
     }

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use wasmq_broker::config::{BrokerConfig, FlushDiskType, StoreCheck};
 use wasmq_broker::core::{self, BrokerCore, CoreOptions, TopicSpec};
@@ -31,16 +31,21 @@ fn config(dir: &std::path::Path, flush: FlushDiskType) -> BrokerConfig {
     c
 }
 
-/// Counts `propose` calls (commit rounds) on their way to the real replicator.
+/// Counts `propose` calls (commit rounds) on their way to the real replicator; once
+/// `stalled`, never answers them (a leader that lost its followers).
 struct CountingReplicator {
     inner: StandaloneReplicator,
     proposals: AtomicU64,
+    stalled: AtomicBool,
 }
 
 #[async_trait::async_trait]
 impl Replicator for CountingReplicator {
     async fn propose(&self, payloads: Vec<bytes::Bytes>) -> Result<CommittedRange, ReplicationError> {
         self.proposals.fetch_add(1, Ordering::Relaxed);
+        if self.stalled.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
         self.inner.propose(payloads).await
     }
     fn status(&self) -> ReplicationStatus {
@@ -61,19 +66,21 @@ impl Replicator for CountingReplicator {
 }
 
 async fn start(config: &BrokerConfig) -> Node {
-    start_counting(config).await.0
+    start_counting(config, core::COMMIT_TIMEOUT_MS_DEFAULT).await.0
 }
 
 /// A node whose replicator counts proposals.
-async fn start_counting(config: &BrokerConfig) -> (Node, Arc<CountingReplicator>) {
+async fn start_counting(config: &BrokerConfig, commit_timeout_ms: u64) -> (Node, Arc<CountingReplicator>) {
     let c = config.clone();
     let opened = tokio::task::spawn_blocking(move || core::open_store(&c)).await.unwrap().unwrap();
     let counting = Arc::new(CountingReplicator {
         inner: StandaloneReplicator::start(opened.log.clone(), config.node_id(), config.flush_disk_type).unwrap(),
         proposals: AtomicU64::new(0),
+        stalled: AtomicBool::new(false),
     });
     let replicator: Arc<dyn Replicator> = counting.clone();
-    let core = BrokerCore::start(CoreOptions::from_config(config), opened, replicator.clone(), None).await.unwrap();
+    let options = CoreOptions { commit_timeout_ms, ..CoreOptions::from_config(config) };
+    let core = BrokerCore::start(options, opened, replicator.clone(), None).await.unwrap();
     (Node { core, replicator }, counting)
 }
 
@@ -262,7 +269,7 @@ async fn a_batch_gets_one_result_per_message_and_stores_the_good_ones_in_order()
     const BATCH: usize = 50;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), FlushDiskType::AsyncFlush);
-    let (node, counting) = start_counting(&cfg).await;
+    let (node, counting) = start_counting(&cfg, core::COMMIT_TIMEOUT_MS_DEFAULT).await;
     let core = node.core.clone();
     // As the server wires it: the metered wrapper in front of the core.
     let backend: Arc<dyn MessagingBackend> = BrokerMetrics::new().wrap(core.clone());
@@ -370,6 +377,40 @@ async fn auto_create_topic_on_first_lookup_or_send_when_enabled() {
     // Invalid names are never created.
     assert!(backend.topic("bad name").await.unwrap().is_none());
     assert_eq!(node.core.topics().len(), 2);
+    drop(backend);
+    stop(node).await;
+}
+
+/// The replicator keeps no timer: the core answers a send it never commits within one
+/// commit timeout, as a timeout that says so, and the broker goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_never_commits_times_out_within_the_commit_timeout() {
+    const COMMIT_TIMEOUT_MS: u64 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), FlushDiskType::AsyncFlush);
+    let (node, counting) = start_counting(&cfg, COMMIT_TIMEOUT_MS).await;
+    let backend: Arc<dyn MessagingBackend> = BrokerMetrics::new().wrap(node.core.clone());
+    node.core.update_topic(TopicSpec::new("t", 1)).await.unwrap();
+
+    counting.stalled.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        backend.send_batch(vec![message("t", "m0".into(), b"x".to_vec())]),
+    )
+    .await
+    .expect("the core bounds a send the replicator never answers");
+    match &results[..] {
+        [Err(BackendError::Timeout(why))] => {
+            assert_eq!(why, &format!("not committed within {COMMIT_TIMEOUT_MS} ms"))
+        }
+        other => panic!("expected one timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(COMMIT_TIMEOUT_MS), "answered before its deadline");
+
+    counting.stalled.store(false, Ordering::Relaxed);
+    let results = backend.send_batch(vec![message("t", "m1".into(), b"y".to_vec())]).await;
+    assert!(matches!(&results[..], [Ok(sent)] if sent.message_id == "m1"), "{results:?}");
     drop(backend);
     stop(node).await;
 }

@@ -234,16 +234,20 @@ impl BrokerCore {
 
     /// Waits until entry `index` is applied.
     pub(crate) async fn wait_applied(&self, index: EntryIndex, timeout: Duration) -> BackendResult<()> {
-        let Some(applied) = self.apply_waiters.register(index, || self.applied_index()) else {
-            return Ok(());
-        };
-        match tokio::time::timeout(timeout, applied).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(BackendError::Internal("broker core stopped".into())),
+        match tokio::time::timeout(timeout, self.applied(index)).await {
+            Ok(r) => r,
             Err(_) => {
                 Err(BackendError::Timeout(format!("entry {index} not applied within {} ms", timeout.as_millis())))
             }
         }
+    }
+
+    /// Waits, without a bound of its own, until `index` is applied; the caller bounds it.
+    async fn applied(&self, index: EntryIndex) -> BackendResult<()> {
+        let Some(applied) = self.apply_waiters.register(index, || self.applied_index()) else {
+            return Ok(());
+        };
+        applied.await.map_err(|_| BackendError::Internal("broker core stopped".into()))
     }
 
     /// Proposes records and waits until they are applied. Returns the entry range.
@@ -265,17 +269,26 @@ impl BrokerCore {
             return Err(self.not_leader());
         }
         let records_len = payloads.len();
-        let timeout = Duration::from_millis(self.options.commit_timeout_ms);
-        let range = match tokio::time::timeout(timeout, self.replicator.propose(payloads)).await {
-            Ok(Ok(range)) => range,
-            Ok(Err(e)) => return Err(self.replication_error(e)),
-            Err(_) => {
-                return Err(BackendError::Timeout(format!("not committed within {} ms", timeout.as_millis())));
-            }
+        // One deadline, one timer, for commit and apply together: a send is answered within
+        // `commit_timeout_ms` in all (the replicator keeps no timer of its own).
+        let timeout_ms = self.options.commit_timeout_ms;
+        let mut committed = None;
+        let replicated = async {
+            let range = self.replicator.propose(payloads).await.map_err(|e| self.replication_error(e))?;
+            assert_eq!(range.len(), records_len as u64, "one entry per proposed record");
+            committed = Some(range.last);
+            self.applied(range.last).await?;
+            Ok(range)
         };
-        assert_eq!(range.len(), records_len as u64);
-        self.wait_applied(range.last, timeout).await?;
-        Ok(range)
+        let outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), replicated).await;
+        match outcome {
+            Ok(r) => r,
+            // The entries may still commit (and apply) later: at-least-once.
+            Err(_) => Err(BackendError::Timeout(match committed {
+                None => format!("not committed within {timeout_ms} ms"),
+                Some(last) => format!("entry {last} committed but not applied within {timeout_ms} ms"),
+            })),
+        }
     }
 
     fn replication_error(&self, e: ReplicationError) -> BackendError {
@@ -284,9 +297,6 @@ impl BrokerCore {
                 BackendError::NotLeader { leader: leader_id.and_then(|id| self.endpoint_of(&id)) }
             }
             ReplicationError::Rejected(m) => BackendError::BadRequest(m),
-            ReplicationError::Timeout { timeout_ms } => {
-                BackendError::Timeout(format!("not committed within {timeout_ms} ms"))
-            }
             e @ (ReplicationError::Storage(_) | ReplicationError::ShuttingDown | ReplicationError::Transfer(_)) => {
                 BackendError::Internal(e.to_string())
             }

@@ -124,9 +124,6 @@ pub enum ReplicationError {
     /// The entries could not be written or flushed to the local commitlog.
     #[error("commitlog write failed: {0}")]
     Storage(String),
-    /// The batch was not committed in time; it may still commit later.
-    #[error("proposal not committed within {timeout_ms} ms")]
-    Timeout { timeout_ms: u64 },
     /// The replicator is stopping or stopped.
     #[error("replicator is shutting down")]
     ShuttingDown,
@@ -164,7 +161,8 @@ impl CommittedRange {
 pub trait Replicator: Send + Sync + 'static {
     /// Appends `payloads` (one commitlog entry each, in order, contiguous indexes) and returns
     /// once all of them are committed. `payloads` is non-empty and at most
-    /// [`PROPOSE_ENTRIES_MAX`] long.
+    /// [`PROPOSE_ENTRIES_MAX`] long. No timer of its own: the caller bounds the wait (one
+    /// deadline per send, covering apply too); a dropped call may still commit later.
     async fn propose(&self, payloads: Vec<Bytes>) -> Result<CommittedRange, ReplicationError>;
 
     /// Current replication state. Cheap: no I/O.

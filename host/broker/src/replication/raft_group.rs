@@ -71,7 +71,6 @@ pub struct RaftGroupConfig {
     /// SYNC_FLUSH: fsync before counting an entry as durable. ASYNC_FLUSH: written to the
     /// page cache counts (survives a process crash, not a power loss), as RocketMQ.
     pub sync_flush: bool,
-    pub propose_timeout_ms: u64,
     pub tick_interval_ms: u64,
     pub driver_placement: DriverPlacement,
 }
@@ -110,7 +109,6 @@ impl RaftGroupConfig {
             },
             preferred_leader: Some(config.preferred_leader_id.clone()).filter(|s| !s.is_empty()),
             sync_flush: config.flush_disk_type == FlushDiskType::SyncFlush,
-            propose_timeout_ms: 10_000,
             tick_interval_ms: 10,
             driver_placement: if config.server_worker_threads == 1 {
                 DriverPlacement::CallerRuntime
@@ -161,7 +159,6 @@ pub struct RaftReplicator {
     driver: Mutex<Option<DriverHandle>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     entry_bytes_max: usize,
-    propose_timeout_ms: u64,
     local_addr: SocketAddr,
 }
 
@@ -328,7 +325,6 @@ impl RaftReplicator {
             driver: Mutex::new(Some(driver)),
             tasks: Mutex::new(tasks),
             entry_bytes_max: cfg.raft.entry_bytes_max,
-            propose_timeout_ms: cfg.propose_timeout_ms,
             local_addr,
         })
     }
@@ -381,13 +377,8 @@ impl Replicator for RaftReplicator {
         };
         let n = payloads.len() as u64;
         let (reply, reply_rx) = oneshot::channel();
-        let wait = async {
-            tx.send(ProposeRequest { payloads, reply }).await.map_err(|_| self.stopped_error())?;
-            reply_rx.await.map_err(|_| self.stopped_error())?
-        };
-        let range = tokio::time::timeout(Duration::from_millis(self.propose_timeout_ms), wait)
-            .await
-            .map_err(|_| ReplicationError::Timeout { timeout_ms: self.propose_timeout_ms })??;
+        tx.send(ProposeRequest { payloads, reply }).await.map_err(|_| self.stopped_error())?;
+        let range = reply_rx.await.map_err(|_| self.stopped_error())??;
         assert_eq!(range.len(), n, "committed range does not match the proposal");
         Ok(range)
     }
@@ -927,7 +918,6 @@ mod tests {
                     .map(|(id, p)| (id.to_string(), format!("127.0.0.1:{p}")))
                     .collect(),
                 data_dir: dir.path().join("raft"),
-                propose_timeout_ms: 1_000,
                 driver_placement: placement,
                 ..group_config("")
             };
