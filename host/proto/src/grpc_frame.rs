@@ -7,9 +7,16 @@ use tonic::Status;
 
 /// A compressed flag byte and a 4-byte big-endian length.
 const PREFIX_BYTES: usize = 5;
-/// Headers that metadata may not set: the protocol's own (tonic sanitises the same).
-const RESERVED_HEADERS: [&str; 6] =
-    ["te", "user-agent", "content-type", "grpc-message", "grpc-message-type", "grpc-status"];
+/// Headers that metadata may not set: the protocol's own (tonic sanitises the same). As
+/// `HeaderName`s, not strings: a string is parsed again on every `remove` (every call).
+static RESERVED_HEADERS: [http::HeaderName; 6] = [
+    http::header::TE,
+    http::header::USER_AGENT,
+    http::header::CONTENT_TYPE,
+    http::HeaderName::from_static("grpc-message"),
+    http::HeaderName::from_static("grpc-message-type"),
+    http::HeaderName::from_static("grpc-status"),
+];
 
 /// The headers of a gRPC request or answer carrying `metadata`: the protocol's reserved
 /// names removed from it, `content-type: application/grpc` set.
@@ -17,7 +24,7 @@ pub fn headers(metadata: tonic::metadata::MetadataMap) -> http::HeaderMap {
     let mut headers = metadata.into_headers();
     // Most answers carry no metadata: no names to look up then.
     if !headers.is_empty() {
-        for name in RESERVED_HEADERS {
+        for name in RESERVED_HEADERS.iter() {
             headers.remove(name);
         }
     }
@@ -123,5 +130,24 @@ impl OneFrame {
             _ if drop_partial => Ok(None),
             _ => Err(Status::internal("Unexpected EOF decoding stream.")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_drop_the_reserved_names_metadata_sets_and_keep_the_rest() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for name in ["te", "user-agent", "content-type", "grpc-message", "grpc-message-type", "grpc-status"] {
+            metadata.insert(name, tonic::metadata::MetadataValue::from_static("from-metadata"));
+        }
+        metadata.insert("x-mq-client-id", tonic::metadata::MetadataValue::from_static("c1"));
+        let h = headers(metadata);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.get_all("content-type").iter().collect::<Vec<_>>(), ["application/grpc"]);
+        assert_eq!(h.get("x-mq-client-id").unwrap(), "c1");
+        assert_eq!(headers(tonic::metadata::MetadataMap::new()).len(), 1, "content-type alone");
     }
 }
