@@ -93,13 +93,19 @@ async fn wait_committed(r: &RaftReplicator, index: u64, timeout: Duration) {
         .unwrap();
 }
 
+/// `r.propose`, bounded: the replicator keeps no timer of its own (its callers bound it),
+/// and a test must fail, not hang.
+async fn propose(r: &RaftReplicator, payloads: Vec<Bytes>) -> Result<CommittedRange, ReplicationError> {
+    tokio::time::timeout(Duration::from_secs(10), r.propose(payloads)).await.expect("a proposal answered within 10 s")
+}
+
 async fn propose_many(r: &Arc<RaftReplicator>, tag: &str, count: usize) -> Vec<(CommittedRange, Vec<Bytes>)> {
     let mut tasks = Vec::new();
     for i in 0..count {
         let r = r.clone();
         let payloads: Vec<Bytes> = (0..(i % 3 + 1)).map(|k| Bytes::from(format!("{tag}-{i}-{k}"))).collect();
         tasks.push(tokio::spawn(async move {
-            let range = r.propose(payloads.clone()).await.expect("proposal on the leader commits");
+            let range = propose(&r, payloads.clone()).await.expect("proposal on the leader commits");
             (range, payloads)
         }));
     }
@@ -155,11 +161,11 @@ async fn elect_replicate_fail_over_and_catch_up(placement: DriverPlacement) {
 
     // A follower refuses proposals and names the leader.
     let follower = (0..3).find(|&i| i != leader).unwrap();
-    match nodes[&follower].0.propose(vec![Bytes::from_static(b"x")]).await {
+    match propose(&nodes[&follower].0, vec![Bytes::from_static(b"x")]).await {
         Err(ReplicationError::NotLeader { leader_id }) => assert_eq!(leader_id.as_deref(), Some(IDS[leader])),
         other => panic!("expected NotLeader, got {other:?}"),
     }
-    assert!(matches!(nodes[&leader].0.propose(vec![]).await, Err(ReplicationError::Rejected(_))));
+    assert!(matches!(propose(&nodes[&leader].0, vec![]).await, Err(ReplicationError::Rejected(_))));
 
     // Kill the leader: drop it without shutdown.
     let (killed, killed_log) = nodes.remove(&leader).unwrap();
@@ -225,7 +231,7 @@ async fn elect_replicate_fail_over_and_catch_up(placement: DriverPlacement) {
     for (r, _) in nodes.values() {
         r.shutdown().await.unwrap();
     }
-    assert!(matches!(stopped.propose(vec![Bytes::from_static(b"late")]).await, Err(ReplicationError::ShuttingDown)));
+    assert!(matches!(propose(&stopped, vec![Bytes::from_static(b"late")]).await, Err(ReplicationError::ShuttingDown)));
 }
 
 /// A member whose peer address is taken (another process on the port) fails to start with
@@ -277,7 +283,7 @@ async fn storage_failure_stops_the_member(placement: DriverPlacement) {
     let failed = &nodes[&failing].0;
     let deadline = Instant::now() + Duration::from_secs(10);
     let err = loop {
-        match failed.propose(vec![Bytes::from_static(b"after")]).await {
+        match propose(&failed, vec![Bytes::from_static(b"after")]).await {
             Err(ReplicationError::Storage(why)) => break why,
             _ => {
                 assert!(Instant::now() < deadline, "{placement:?}: the member did not stop on a storage error");

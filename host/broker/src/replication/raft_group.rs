@@ -933,8 +933,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             };
             assert!(why.contains("raft driver panicked: the driver was told to panic"), "{placement:?}: {why}");
-            match r.propose(vec![Bytes::from_static(b"after")]).await {
-                Err(ReplicationError::Storage(e)) => assert!(e.contains("panicked"), "{placement:?}: {e}"),
+            // Bounded here: the replicator keeps no timer of its own.
+            let answer = tokio::time::timeout(Duration::from_secs(5), r.propose(vec![Bytes::from_static(b"after")]));
+            match answer.await {
+                Ok(Err(ReplicationError::Storage(e))) => assert!(e.contains("panicked"), "{placement:?}: {e}"),
                 other => panic!("{placement:?}: a proposal after the panic got {other:?}"),
             }
         }
