@@ -78,14 +78,6 @@ struct BadResult(String);
 #[error("host function panicked during the call: {0}")]
 struct HostPanic(String);
 
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(non-string panic payload)".to_owned())
-}
-
 pub struct LoadedPlugin {
     pub name: Arc<str>,
     pub manifest: Manifest,
@@ -220,7 +212,7 @@ impl LoadedPlugin {
             WorldPre::Filter(pre) => pre.instantiate(&mut store).map(WorldBindings::Filter),
             WorldPre::Validator(pre) => pre.instantiate(&mut store).map(WorldBindings::Validator),
         }))
-        .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(panic_text(&panic)))));
+        .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(wasmq_panic::message(&*panic).to_owned()))));
         match bindings {
             Ok(bindings) => Ok(Instance { store, bindings }),
             Err(e) => Err(match self.classify(e) {
@@ -307,7 +299,9 @@ impl LoadedPlugin {
             // thread down: it fails this call like a trap.
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut instance.store, &instance.bindings)))
-                    .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(panic_text(&panic)))));
+                    .unwrap_or_else(|panic| {
+                        Err(wasmtime::Error::new(HostPanic(wasmq_panic::message(&*panic).to_owned())))
+                    });
             instance.store.data_mut().end_call();
             match result {
                 Ok(value) => {

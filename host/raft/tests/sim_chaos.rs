@@ -15,11 +15,7 @@ fn run_seed(seed: u64) -> ChaosReport {
     match catch_unwind(AssertUnwindSafe(|| run_chaos(seed, &config_for(seed)))) {
         Ok(r) => r,
         Err(e) => {
-            let why = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
+            let why = wasmq_panic::message(&*e);
             panic!(
                 "simulation failed for seed {seed}: {why}\nreplay: WASMQ_SIM_SEED={seed} cargo test --release -p wasmq-raft --test sim_chaos"
             );

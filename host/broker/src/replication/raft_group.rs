@@ -512,14 +512,7 @@ impl Driver {
         use futures::FutureExt;
         match std::panic::AssertUnwindSafe(self.run_loop()).catch_unwind().await {
             Ok(stop) => stop,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".to_string());
-                Stop::Failed(format!("raft driver panicked: {what}"))
-            }
+            Err(panic) => Stop::Failed(format!("raft driver panicked: {}", wasmq_panic::message(&*panic))),
         }
     }
 
