@@ -898,9 +898,10 @@ mod tests {
     async fn a_panicking_driver_fail_stops_in_both_placements() {
         for placement in [DriverPlacement::CallerRuntime, DriverPlacement::OwnThread] {
             let dir = tempfile::tempdir().unwrap();
-            let ports: Vec<u16> = (0..3)
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
-                .collect();
+            // The cluster tests' picker (the integration tests' `common::free_ports`): below
+            // the ephemeral range, never the same port twice in this test binary.
+            let ports: Vec<u16> =
+                (0..3).map(|_| wasmq_cluster_tests::cluster::free_port().expect("a free loopback port")).collect();
             let log_cfg = wasmq_storage::commitlog::CommitLogConfig::small(dir.path().join("log"));
             let log = Arc::new(CommitLog::open(log_cfg).unwrap().0);
             // The broker's own mapping from its config, on free ports and a fresh directory.
