@@ -73,10 +73,10 @@ measure() {
     local t0 t1 idle0 total0 idle1 total1 hz
     hz=$(getconf CLK_TCK)
     read -r -a t0 < <(ticks "${WQ_PIDS[@]}" "$bench")
-    read -r idle0 total0 < <(machine_jiffies)
+    read -r idle0 total0 _ < <(machine_jiffies)
     sleep "$WINDOW"
     read -r -a t1 < <(ticks "${WQ_PIDS[@]}" "$bench")
-    read -r idle1 total1 < <(machine_jiffies)
+    read -r idle1 total1 _ < <(machine_jiffies)
     wait "$bench"
     local rate us=()
     rate=$(jq '.send_msgs_per_s' "$WORK/bench.json")

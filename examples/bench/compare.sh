@@ -78,7 +78,8 @@ cleanup() {
 trap cleanup EXIT
 log "work dir $WORK"
 
-# wait_port, start_wasmq (name server + 3-member group + BenchTopic), cpu_us, machine_jiffies.
+# wait_port, start_wasmq (name server + 3-member group + BenchTopic), cpu_us, runqueue_us,
+# machine_jiffies.
 # shellcheck source=examples/bench/wasmq_group.sh
 source "$ROOT/examples/bench/wasmq_group.sh"
 
@@ -109,19 +110,26 @@ EOF
 }
 
 # ---- runs ------------------------------------------------------------------------------
-# Runs "$@" (an mqbench --json run) and adds the servers' CPU per acknowledged message to
-# its JSON line as server_cpu_us_per_msg, and the machine's idle share over the run as
-# machine_idle_pct. The servers are the pids in SERVER_PIDS.
+# Runs "$@" (an mqbench --json run) and adds to its JSON line: the servers' CPU per
+# acknowledged message (server_cpu_us_per_msg), the time their threads waited for a core
+# per message (server_runqueue_us_per_msg), and the machine's idle and stolen shares over
+# the run (machine_idle_pct, machine_steal_pct). The servers are the pids in SERVER_PIDS.
 with_server_cpu() {
-    local before after out idle_before total_before idle_after total_after
+    local before after wait_before wait_after out idle_before total_before steal_before idle_after total_after steal_after
     before=$(cpu_us "${SERVER_PIDS[@]}")
-    read -r idle_before total_before < <(machine_jiffies)
+    wait_before=$(runqueue_us "${SERVER_PIDS[@]}")
+    read -r idle_before total_before steal_before < <(machine_jiffies)
     out=$("$@")
-    read -r idle_after total_after < <(machine_jiffies)
+    read -r idle_after total_after steal_after < <(machine_jiffies)
+    wait_after=$(runqueue_us "${SERVER_PIDS[@]}")
     after=$(cpu_us "${SERVER_PIDS[@]}")
-    jq -c --argjson cpu $((after - before)) --argjson idle $((idle_after - idle_before)) --argjson total $((total_after - total_before)) \
-        '. + {server_cpu_us_per_msg: (if .sent > 0 then ($cpu / .sent * 10 | round / 10) else null end),
-              machine_idle_pct: (if $total > 0 then ($idle / $total * 100 | round) else null end)}' <<<"$out"
+    jq -c --argjson cpu $((after - before)) --argjson wait $((wait_after - wait_before)) \
+        --argjson idle $((idle_after - idle_before)) --argjson steal $((steal_after - steal_before)) \
+        --argjson total $((total_after - total_before)) \
+        'def per_msg(x): if .sent > 0 then (x / .sent * 10 | round / 10) else null end;
+         def share(x): if $total > 0 then (x / $total * 100 | round) else null end;
+         . + {server_cpu_us_per_msg: per_msg($cpu), server_runqueue_us_per_msg: per_msg($wait),
+              machine_idle_pct: share($idle), machine_steal_pct: share($steal)}' <<<"$out"
 }
 
 WQ_EPS="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
@@ -196,18 +204,20 @@ for p in $PRODUCERS; do
   done
 done
 echo
-printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum. Idle: the share of the machine'"'"'s CPU time left idle during the cell (includes the start and end of the run).%s\n' "$MEDIANS"
-printf '%-14s | %12s %12s %17s | %12s %12s | %10s %10s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client" "wasmq idle" "nats idle"
+printf 'CPU per acknowledged message, microseconds (user + system): the 3 servers together, and mqbench. Both share the same cores, so msgs/s is bounded by their sum. Wait: the microseconds per message the servers'"'"' threads spent runnable but without a core (a message crosses three servers and mqbench; each hop that finds the cores taken adds to its latency). Idle and steal: the shares of the machine'"'"'s CPU time left idle and taken by the hypervisor during the cell (includes the start and end of the run).%s\n' "$MEDIANS"
+printf '%-14s | %10s %10s %17s | %12s %12s | %10s %10s | %10s %10s | %11s %11s\n' producers "wasmq srv" "nats srv" ratio "wasmq client" "nats client" "wasmq wait" "nats wait" "wasmq idle" "nats idle" "wasmq steal" "nats steal"
 for p in $PRODUCERS; do
   for route in $ROUTES; do
     jq -rs --arg p "$p" --arg route "$route" "$JQ_DEFS"'
+      def pct(x): if x == null then "n/a" else "\(x)%" end;
       cell($p; $route) as $c | $c.w as $w | $c.n as $n |
       ["\($p) \($route)",
        num(m($w; .server_cpu_us_per_msg)), num(m($n; .server_cpu_us_per_msg)), ratio($w; $n; .server_cpu_us_per_msg),
        num(m($w; .client_cpu_us_per_msg)), num(m($n; .client_cpu_us_per_msg)),
-       (m($w; .machine_idle_pct) | if . == null then "n/a" else "\(.)%" end),
-       (m($n; .machine_idle_pct) | if . == null then "n/a" else "\(.)%" end)] | @tsv' "$RESULTS" |
-    awk -F'\t' '{ printf "%-14s | %12s %12s %17s | %12s %12s | %10s %10s\n", $1,$2,$3,$4,$5,$6,$7,$8 }'
+       num(m($w; .server_runqueue_us_per_msg)), num(m($n; .server_runqueue_us_per_msg)),
+       pct(m($w; .machine_idle_pct)), pct(m($n; .machine_idle_pct)),
+       pct(m($w; .machine_steal_pct)), pct(m($n; .machine_steal_pct))] | @tsv' "$RESULTS" |
+    awk -F'\t' '{ printf "%-14s | %10s %10s %17s | %12s %12s | %10s %10s | %10s %10s | %11s %11s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12 }'
   done
 done
 echo

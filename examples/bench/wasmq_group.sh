@@ -90,9 +90,22 @@ cpu_us() {
     done
     echo $((total * 1000000 / $(getconf CLK_TCK)))
 }
-# Idle and total jiffies of the whole machine so far (first line of /proc/stat: idle and
-# iowait against all). A system whose threads hand work to each other leaves cores idle
-# even under load; that share bounds what its CPU per message can buy.
+# Time (microseconds) the given processes' threads have spent runnable but waiting for a
+# core so far (second field of /proc/PID/task/*/schedstat, in ns). On a shared machine a
+# message's path crosses three servers and the load generator: each hop that finds the cores
+# taken waits here, so a run can be latency-bound with the cores not all busy (measured in
+# session 15 with serverWorkerThreads = 1: each follower waited longer for a core than it
+# ran, on a machine losing 17-33 % to steal). Threads that have exited are not counted.
+runqueue_us() {
+    local pid
+    for pid in "$@"; do cat "/proc/$pid/task/"*/schedstat 2>/dev/null; done |
+        awk '{ ns += $2 } END { printf "%d\n", ns / 1000 }'
+}
+# Idle, total and stolen jiffies of the whole machine so far (first line of /proc/stat:
+# idle and iowait, all, steal). A system whose threads hand work to each other leaves cores
+# idle even under load; that share bounds what its CPU per message can buy. Steal is time
+# the hypervisor gave this machine's cores to others: the cells of a run with much of it
+# are not comparable with another run's.
 machine_jiffies() {
-    awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+    awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat
 }
