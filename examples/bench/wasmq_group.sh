@@ -93,7 +93,7 @@ cpu_us() {
 # Time (microseconds) the given processes' threads have spent runnable but waiting for a
 # core so far (second field of /proc/PID/task/*/schedstat, in ns). On a shared machine a
 # message's path crosses three servers and the load generator: each hop that finds the cores
-# taken waits here, so a run can be latency-bound with the cores not all busy (measured in
+# taken waits here, so a run can be latency-bound while the cores idle part of the time (in
 # session 15 with serverWorkerThreads = 1: each follower waited longer for a core than it
 # ran, on a machine losing 17-33 % to steal). Threads that have exited are not counted.
 runqueue_us() {
