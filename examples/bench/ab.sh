@@ -3,7 +3,8 @@
 # measurement starts a fresh 3-member group from that build, runs one mqbench workload
 # (default: 64 producers, sync sends of 1 KiB to the leader) and reads, over a steady
 # window in the middle of the run, the CPU each broker and mqbench spent per acknowledged
-# message (/proc/<pid>/stat) and the machine's idle share (/proc/stat). Both builds are
+# message (/proc/<pid>/stat) and the machine's idle and steal shares (/proc/stat): a round
+# with much more steal than its neighbours is the machine, not the build. Both builds are
 # driven by the same mqbench (NEW's unless BENCH says otherwise), so only the servers differ;
 # for an A/B of the client instead, give BASE's runs their own with BASE_BENCH (BASE=NEW).
 #
@@ -70,13 +71,13 @@ measure() {
     "$bench_bin" --target wasmq -e "$eps" -t BenchTopic --duration "$DURATION" -n 100000000 --quiet --json $ARGS >"$WORK/bench.json" &
     local bench=$!
     sleep "$WARMUP"
-    local t0 t1 idle0 total0 idle1 total1 hz
+    local t0 t1 idle0 total0 steal0 idle1 total1 steal1 hz
     hz=$(getconf CLK_TCK)
     read -r -a t0 < <(ticks "${WQ_PIDS[@]}" "$bench")
-    read -r idle0 total0 _ < <(machine_jiffies)
+    read -r idle0 total0 steal0 < <(machine_jiffies)
     sleep "$WINDOW"
     read -r -a t1 < <(ticks "${WQ_PIDS[@]}" "$bench")
-    read -r idle1 total1 _ < <(machine_jiffies)
+    read -r idle1 total1 steal1 < <(machine_jiffies)
     wait "$bench"
     local rate us=()
     rate=$(jq '.send_msgs_per_s' "$WORK/bench.json")
@@ -85,10 +86,11 @@ measure() {
             'if $r > 0 then ($d / $hz * 1e6 / ($r * $w) * 10 | round / 10) else null end')")
     done
     jq -c --arg side "$2" --argjson b0 "${us[0]}" --argjson b1 "${us[1]}" --argjson b2 "${us[2]}" --argjson bench "${us[3]}" \
-        --argjson idle $((idle1 - idle0)) --argjson total $((total1 - total0)) \
+        --argjson idle $((idle1 - idle0)) --argjson steal $((steal1 - steal0)) --argjson total $((total1 - total0)) \
         '{label: $side, msgs_per_s: (.send_msgs_per_s | round), p99_us: .send_latency_us.p99, errors: .send_errors,
           brokers_us: ([$b0, $b1, $b2] | sort | reverse), servers_us: (($b0 + $b1 + $b2) * 10 | round / 10),
-          bench_us: $bench, idle_pct: (if $total > 0 then ($idle / $total * 100 | round) else null end)}' "$WORK/bench.json"
+          bench_us: $bench, idle_pct: (if $total > 0 then ($idle / $total * 100 | round) else null end),
+          steal_pct: (if $total > 0 then ($steal / $total * 100 | round) else null end)}' "$WORK/bench.json"
     stop_group
 }
 
@@ -110,9 +112,9 @@ done
 
 echo
 printf 'Interleaved A/B, %s rounds; CPU in microseconds per acknowledged message over a %s s steady window (brokers: busiest first, i.e. the leader).\n' "$ROUNDS" "$WINDOW"
-printf '%-5s | %9s %9s | %-20s %9s %9s | %6s\n' build "msg/s" "p99 us" "brokers us/msg" "servers" "mqbench" idle
-jq -r '[.label, .msgs_per_s, .p99_us, (.brokers_us | map(tostring) | join(" / ")), .servers_us, .bench_us, "\(.idle_pct)%"] | @tsv' "$RESULTS" |
-    awk -F'\t' '{ printf "%-5s | %9s %9s | %-20s %9s %9s | %6s\n", $1,$2,$3,$4,$5,$6,$7 }'
+printf '%-5s | %9s %9s | %-20s %9s %9s | %6s %6s\n' build "msg/s" "p99 us" "brokers us/msg" "servers" "mqbench" idle steal
+jq -r '[.label, .msgs_per_s, .p99_us, (.brokers_us | map(tostring) | join(" / ")), .servers_us, .bench_us, "\(.idle_pct)%", "\(.steal_pct)%"] | @tsv' "$RESULTS" |
+    awk -F'\t' '{ printf "%-5s | %9s %9s | %-20s %9s %9s | %6s %6s\n", $1,$2,$3,$4,$5,$6,$7,$8 }'
 echo
 jq -rs '
   def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
