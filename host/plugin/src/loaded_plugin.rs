@@ -78,6 +78,13 @@ struct BadResult(String);
 #[error("host function panicked during the call: {0}")]
 struct HostPanic(String);
 
+impl HostPanic {
+    /// The call's error for a caught panic `payload`.
+    fn error(payload: Box<dyn std::any::Any + Send>) -> wasmtime::Error {
+        wasmtime::Error::new(HostPanic(wasmq_panic::message(&*payload).to_owned()))
+    }
+}
+
 pub struct LoadedPlugin {
     pub name: Arc<str>,
     pub manifest: Manifest,
@@ -212,7 +219,7 @@ impl LoadedPlugin {
             WorldPre::Filter(pre) => pre.instantiate(&mut store).map(WorldBindings::Filter),
             WorldPre::Validator(pre) => pre.instantiate(&mut store).map(WorldBindings::Validator),
         }))
-        .unwrap_or_else(|panic| Err(wasmtime::Error::new(HostPanic(wasmq_panic::message(&*panic).to_owned()))));
+        .unwrap_or_else(|panic| Err(HostPanic::error(panic)));
         match bindings {
             Ok(bindings) => Ok(Instance { store, bindings }),
             Err(e) => Err(match self.classify(e) {
@@ -299,9 +306,7 @@ impl LoadedPlugin {
             // thread down: it fails this call like a trap.
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut instance.store, &instance.bindings)))
-                    .unwrap_or_else(|panic| {
-                        Err(wasmtime::Error::new(HostPanic(wasmq_panic::message(&*panic).to_owned())))
-                    });
+                    .unwrap_or_else(|panic| Err(HostPanic::error(panic)));
             instance.store.data_mut().end_call();
             match result {
                 Ok(value) => {
