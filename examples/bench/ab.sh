@@ -87,10 +87,10 @@ measure() {
     done
     jq -c --arg side "$2" --argjson b0 "${us[0]}" --argjson b1 "${us[1]}" --argjson b2 "${us[2]}" --argjson bench "${us[3]}" \
         --argjson idle $((idle1 - idle0)) --argjson steal $((steal1 - steal0)) --argjson total $((total1 - total0)) \
-        '{label: $side, msgs_per_s: (.send_msgs_per_s | round), p99_us: .send_latency_us.p99, errors: .send_errors,
+        'def share(x): if $total > 0 then (x / $total * 100 | round) else null end;
+         {label: $side, msgs_per_s: (.send_msgs_per_s | round), p99_us: .send_latency_us.p99, errors: .send_errors,
           brokers_us: ([$b0, $b1, $b2] | sort | reverse), servers_us: (($b0 + $b1 + $b2) * 10 | round / 10),
-          bench_us: $bench, idle_pct: (if $total > 0 then ($idle / $total * 100 | round) else null end),
-          steal_pct: (if $total > 0 then ($steal / $total * 100 | round) else null end)}' "$WORK/bench.json"
+          bench_us: $bench, idle_pct: share($idle), steal_pct: share($steal)}' "$WORK/bench.json"
     stop_group
 }
 
