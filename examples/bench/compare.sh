@@ -49,6 +49,8 @@ ROUNDS="${ROUNDS:-1}"
 NS_PORT=29876
 WQ_CLIENT=(28081 28082 28083)
 WQ_RAFT=(48911 48912 48913)
+# The brokers' /metrics, read before and after each wasmq cell for the leader's send stages.
+WQ_METRICS=(29190 29191 29192)
 NATS_CLIENT=(24222 24223 24224)
 NATS_ROUTE=(26222 26223 26224)
 
@@ -135,10 +137,13 @@ with_server_cpu() {
 WQ_EPS="http://127.0.0.1:${WQ_CLIENT[0]},http://127.0.0.1:${WQ_CLIENT[1]},http://127.0.0.1:${WQ_CLIENT[2]}"
 NATS_EPS="127.0.0.1:${NATS_CLIENT[0]},127.0.0.1:${NATS_CLIENT[1]},127.0.0.1:${NATS_CLIENT[2]}"
 
-run_wasmq() { # producers route
+run_wasmq() { # producers route; adds the mean of each send stage (stage_means_json) as stage_us
+    local stages_before out
     SERVER_PIDS=("${WQ_PIDS[@]}")
-    with_server_cpu "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
-        --batch "$BATCH" --threads "$THREADS" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2"
+    stages_before=$(stage_sums)
+    out=$(with_server_cpu "$BIN/mqbench" --target wasmq -e "$WQ_EPS" -t BenchTopic --size "$SIZE" -p "$1" --route "$2" --connections "$CONNECTIONS" \
+        --batch "$BATCH" --threads "$THREADS" --duration "$DURATION" -n 100000000 --json --quiet --label "p$1-$2")
+    jq -c --argjson stages "$(stage_means_json "$stages_before" "$(stage_sums)")" '. + {stage_us: $stages}' <<<"$out"
 }
 run_nats() { # producers; (re)creates the R3 file stream first, retrying while the
     # JetStream meta group elects its leader.
@@ -185,7 +190,11 @@ JQ_DEFS='
     | [.[] | select(.target == "nats" and .label == "p\($p)")] as $n | {w: $w, n: $n};
 '
 MEDIANS=""
-if ((ROUNDS > 1)); then MEDIANS=" Each figure is the median of $ROUNDS rounds; a ratio is wasmq's median over NATS's, with the range of the per-round ratios in brackets."; fi
+ROUNDS_NOTE=""
+if ((ROUNDS > 1)); then
+    MEDIANS=" Each figure is the median of $ROUNDS rounds; a ratio is wasmq's median over NATS's, with the range of the per-round ratios in brackets."
+    ROUNDS_NOTE=" Each figure is the median of $ROUNDS rounds."
+fi
 
 echo
 printf 'Same run, same machine: %s B messages, sync acks, %s message(s) per send, %s s per cell, %s shared connections per endpoint (0: one per producer), mqbench with %s thread(s). Ratio = wasmq / NATS (msgs/s: higher is better; latency: lower is better).%s\n' "$SIZE" "$BATCH" "$DURATION" "$CONNECTIONS" "$THREADS" "$MEDIANS"
@@ -218,6 +227,19 @@ for p in $PRODUCERS; do
        pct(m($w; .machine_idle_pct)), pct(m($n; .machine_idle_pct)),
        pct(m($w; .machine_steal_pct)), pct(m($n; .machine_steal_pct))] | @tsv' "$RESULTS" |
     awk -F'\t' '{ printf "%-14s | %10s %10s %17s | %12s %12s | %10s %10s | %10s %10s | %11s %11s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12 }'
+  done
+done
+echo
+printf 'Where a wasmq send'"'"'s time goes, mean microseconds per request: as mqbench waits for it (client), in the core behind the client service (core: routing, the Raft proposal, apply), and the proposal'"'"'s stages on the leader (queued: to the Raft driver appending it; replicated: to its commit and answer, the followers'"'"' round trip included; resumed: to the proposing task running again). Client minus core (outside) is the gRPC path both ways, queueing for the leader'"'"'s workers included, and the client itself.%s\n' "$ROUNDS_NOTE"
+printf '%-14s | %10s %10s %10s | %10s %10s %10s\n' producers client core outside queued replicated resumed
+for p in $PRODUCERS; do
+  for route in $ROUTES; do
+    jq -rs --arg p "$p" --arg route "$route" "$JQ_DEFS"'
+      cell($p; $route) as $c | $c.w as $w |
+      ["\($p) \($route)", num(m($w; .send_latency_us.mean)), num(m($w; .stage_us.core)),
+       num(m($w; if .stage_us.core == null then null else .send_latency_us.mean - .stage_us.core end)),
+       num(m($w; .stage_us.queued)), num(m($w; .stage_us.replicated)), num(m($w; .stage_us.resumed))] | @tsv' "$RESULTS" |
+    awk -F'\t' '{ printf "%-14s | %10s %10s %10s | %10s %10s %10s\n", $1,$2,$3,$4,$5,$6,$7 }'
   done
 done
 echo

@@ -1,6 +1,7 @@
 # Shared by compare.sh and ab.sh (sourced): a wasmq 3-member group on loopback and the CPU
 # counters both scripts read. Expects BIN, WORK, NS_PORT, WQ_CLIENT, WQ_RAFT, the arrays
-# PIDS and WQ_PIDS, and a `log` function; SERVER_THREADS sets serverWorkerThreads.
+# PIDS and WQ_PIDS, and a `log` function; SERVER_THREADS sets serverWorkerThreads, and
+# WQ_METRICS (an array of 3 ports, optional) the brokers' metricsPort.
 
 # Waits for a server's port; with its pid, fails as soon as that server has exited (a port
 # that opens then is somebody else's).
@@ -35,7 +36,7 @@ ports_free() { # host port...
 start_wasmq() {
     mkdir -p "$WORK/wasmq"
     # `|| return 1` throughout: ab.sh calls this inside $(...), where `set -e` does not reach.
-    ports_free 127.0.0.1 "$NS_PORT" "${WQ_CLIENT[@]}" "${WQ_RAFT[@]}" || return 1
+    ports_free 127.0.0.1 "$NS_PORT" "${WQ_CLIENT[@]}" "${WQ_RAFT[@]}" ${WQ_METRICS[@]+"${WQ_METRICS[@]}"} || return 1
     printf 'listenPort = %d\n' "$NS_PORT" >"$WORK/wasmq/namesrv.toml"
     "$BIN/mqnamesrv" -c "$WORK/wasmq/namesrv.toml" >"$WORK/wasmq/namesrv.log" 2>&1 &
     PIDS+=($!)
@@ -65,6 +66,7 @@ logLevel = "warn"
 diskMaxUsedSpaceRatio = 95
 diskSpaceWarningLevelRatio = 99
 serverWorkerThreads = ${SERVER_THREADS:-0}
+metricsPort = ${WQ_METRICS[$i]:-0}
 EOF
         "$BIN/mqbroker" -c "$WORK/wasmq/broker-n$i.toml" >"$WORK/wasmq/broker-n$i.log" 2>&1 &
         PIDS+=($!)
@@ -108,4 +110,31 @@ runqueue_us() {
 # are not comparable with another run's.
 machine_jiffies() {
     awk '/^cpu /{ print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat
+}
+
+# The send-stage histograms of the brokers' /metrics (WQ_METRICS), summed over the three:
+# one line per histogram, "name sum_seconds count". Only the leader times the Raft stages;
+# with --route leader it also takes every client call. Plain bash HTTP: no curl needed.
+stage_sums() {
+    local port
+    for port in ${WQ_METRICS[@]+"${WQ_METRICS[@]}"}; do
+        (
+            exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 0
+            printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+            timeout 2 cat <&3
+        ) 2>/dev/null
+    done | awk '/^wasmq_(send_latency|raft_propose_(queued|replicated|resumed))_seconds_(sum|count) / {
+            split($1, a, "_seconds_"); sum[a[1]] += (a[2] == "sum") ? $2 : 0; n[a[1]] += (a[2] == "count") ? $2 : 0 }
+        END { for (k in n) print k, sum[k], n[k] }'
+}
+# The mean of each stage between two `stage_sums` outputs, in microseconds, as a JSON
+# object ({} when the brokers serve no metrics): core (the client service's send latency,
+# `wasmq_send_latency_seconds`), queued, replicated, resumed (the Raft proposal's stages).
+stage_means_json() { # before after
+    awk 'NR == FNR { s[$1] = $2; n[$1] = $3; next }
+         { d = $3 - n[$1]; if (d > 0) out[$1] = ($2 - s[$1]) / d * 1e6 }
+         END { sep = ""; printf "{"
+               for (k in out) { name = k; sub(/^wasmq_(raft_propose_)?/, "", name); sub(/^send_latency$/, "core", name)
+                                printf "%s\"%s\":%.0f", sep, name, out[k]; sep = "," }
+               print "}" }' <(printf '%s\n' "$1") <(printf '%s\n' "$2")
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod latency_histogram;
 pub mod messaging;
 pub mod metrics;
 pub mod namesrv;

@@ -22,15 +22,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::core::BrokerCore;
+use crate::latency_histogram::LatencyHistogram;
 use crate::messaging::backend::{
     BackendError, BackendResult, FilterKind, MessagingBackend, OutgoingMessage, RouteInfo, SendOutcome, StoredMessage,
     TopicInfo,
 };
 use crate::replication::Role;
 
-/// Upper bounds (microseconds) of the send latency histogram buckets; `+Inf` follows.
-pub const SEND_LATENCY_BUCKETS_US: [u64; 14] =
-    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
 /// Rates are averaged over this many seconds of 1 s samples.
 pub const RATE_WINDOW_S: usize = 10;
 /// Largest request head read; a scrape is one short GET.
@@ -61,9 +59,7 @@ pub struct BrokerMetrics {
     sends_ok: AtomicU64,
     send_bytes: AtomicU64,
     send_errors: [AtomicU64; ERROR_KINDS.len()],
-    /// Per bucket (not cumulative); the last slot is `+Inf`.
-    send_latency: [AtomicU64; SEND_LATENCY_BUCKETS_US.len() + 1],
-    send_latency_sum_us: AtomicU64,
+    send_latency: LatencyHistogram,
     reads: AtomicU64,
     messages_read: AtomicU64,
     bytes_read: AtomicU64,
@@ -76,10 +72,7 @@ impl BrokerMetrics {
     }
 
     fn record_send(&self, elapsed: Duration, body_bytes: usize, result: &BackendResult<SendOutcome>) {
-        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
-        let bucket = SEND_LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(SEND_LATENCY_BUCKETS_US.len());
-        self.send_latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.send_latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.send_latency.record(elapsed);
         match result {
             Ok(_) => {
                 self.sends_ok.fetch_add(1, Ordering::Relaxed);
@@ -232,16 +225,11 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
     for (i, kind) in ERROR_KINDS.iter().enumerate() {
         let _ = writeln!(out, "wasmq_send_errors_total{{kind=\"{kind}\"}} {}", load(&metrics.send_errors[i]));
     }
-    header(&mut out, "wasmq_send_latency_seconds", "histogram", "Time from send request to commit (or error).");
-    let mut cumulative = 0u64;
-    for (i, bound_us) in SEND_LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += load(&metrics.send_latency[i]);
-        let _ = writeln!(out, "wasmq_send_latency_seconds_bucket{{le=\"{}\"}} {cumulative}", *bound_us as f64 / 1e6);
-    }
-    cumulative += load(&metrics.send_latency[SEND_LATENCY_BUCKETS_US.len()]);
-    let _ = writeln!(out, "wasmq_send_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(out, "wasmq_send_latency_seconds_sum {}", load(&metrics.send_latency_sum_us) as f64 / 1e6);
-    let _ = writeln!(out, "wasmq_send_latency_seconds_count {cumulative}");
+    metrics.send_latency.render(
+        &mut out,
+        "wasmq_send_latency_seconds",
+        "Time from send request to commit and apply (or error), in the core behind the client service.",
+    );
     header(&mut out, "wasmq_reads_total", "counter", "Queue reads served (pop / pull batches).");
     let _ = writeln!(out, "wasmq_reads_total {}", load(&metrics.reads));
     header(
@@ -258,6 +246,24 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
     let _ = writeln!(out, "wasmq_send_rate_per_second {send_rate:.3}");
     header(&mut out, "wasmq_read_rate_per_second", "gauge", "Messages read per second over the last 10 s.");
     let _ = writeln!(out, "wasmq_read_rate_per_second {read_rate:.3}");
+
+    if let Some(stages) = core.replicator().propose_latency() {
+        stages.queued.render(
+            &mut out,
+            "wasmq_raft_propose_queued_seconds",
+            "Leader: from a proposal to the Raft driver appending it (channel, driver wake-up, backpressure).",
+        );
+        stages.replicated.render(
+            &mut out,
+            "wasmq_raft_propose_replicated_seconds",
+            "Leader: from the append to the answer (followers' round trip, group flush, commit hook).",
+        );
+        stages.resumed.render(
+            &mut out,
+            "wasmq_raft_propose_resumed_seconds",
+            "Leader: from the driver's answer to the proposing task running again.",
+        );
+    }
 
     let status = core.status();
     let r = &status.replication;

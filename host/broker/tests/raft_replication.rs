@@ -158,6 +158,12 @@ async fn elect_replicate_fail_over_and_catch_up(placement: DriverPlacement) {
     let status = nodes[&leader].0.status();
     assert_eq!(status.peers.len(), 2);
     assert!(status.peers.iter().all(|p| p.match_index >= last), "{status:?}");
+    // The leader timed the stages of each of its 60 proposals; the refused ones below add
+    // nothing.
+    let stages = nodes[&leader].0.propose_latency().expect("a Raft member times its proposals");
+    for stage in [&stages.queued, &stages.replicated, &stages.resumed] {
+        assert_eq!(stage.count(), 60);
+    }
 
     // A follower refuses proposals and names the leader.
     let follower = (0..3).find(|&i| i != leader).unwrap();
@@ -166,6 +172,8 @@ async fn elect_replicate_fail_over_and_catch_up(placement: DriverPlacement) {
         other => panic!("expected NotLeader, got {other:?}"),
     }
     assert!(matches!(propose(&nodes[&leader].0, vec![]).await, Err(ReplicationError::Rejected(_))));
+    assert_eq!(nodes[&leader].0.propose_latency().unwrap().replicated.count(), 60);
+    assert_eq!(nodes[&follower].0.propose_latency().unwrap().replicated.count(), 0);
 
     // Kill the leader: drop it without shutdown.
     let (killed, killed_log) = nodes.remove(&leader).unwrap();

@@ -28,10 +28,13 @@ pub mod standalone;
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
+
+use crate::latency_histogram::LatencyHistogram;
 
 /// Raft / commitlog entry index. Entry indexes start at 1; 0 means "nothing".
 pub type EntryIndex = u64;
@@ -155,6 +158,32 @@ impl CommittedRange {
     }
 }
 
+/// Where the time of a successful proposal goes on the leader, one histogram per stage.
+/// Beside the client-service send latency (`wasmq_send_latency_seconds`) it tells a
+/// replication round from the time before and after it; the stages add up to one
+/// `propose` call.
+#[derive(Default)]
+pub struct ProposeLatency {
+    /// From `propose` to the driver appending the entries: the proposal channel, the
+    /// driver's wake-up and its current round, and any wait behind the uncommitted-entries
+    /// limit.
+    pub queued: LatencyHistogram,
+    /// From the append to the answer: the followers' round trip, the group flush, and the
+    /// commit hook (which applies the entries).
+    pub replicated: LatencyHistogram,
+    /// From the answer to the proposer running again: its task's wake-up.
+    pub resumed: LatencyHistogram,
+}
+
+impl ProposeLatency {
+    /// Records one proposal from its four instants, in order.
+    pub fn record(&self, submitted: Instant, appended: Instant, answered: Instant, resumed: Instant) {
+        self.queued.record(appended.saturating_duration_since(submitted));
+        self.replicated.record(answered.saturating_duration_since(appended));
+        self.resumed.record(resumed.saturating_duration_since(answered));
+    }
+}
+
 /// The replication runtime the broker core writes through. See the module docs for the
 /// contract.
 #[async_trait]
@@ -190,6 +219,12 @@ pub trait Replicator: Send + Sync + 'static {
     fn set_commit_hook(&self, hook: CommitHook) -> bool {
         let _ = hook;
         false
+    }
+
+    /// The stages of this member's successful proposals, if it times them (a Raft group
+    /// does; a standalone store appends in the caller's task and has no stages).
+    fn propose_latency(&self) -> Option<&ProposeLatency> {
+        None
     }
 
     /// Asks the leader to hand leadership to `target_id` (RocketMQ's `preferredLeaderId`,

@@ -39,8 +39,8 @@ use super::raft_hard_state::{HardStateFile, StoredHardState};
 use super::raft_log::CommitLogRaftLog;
 use super::raft_transport::{Members, RaftPeerService, listen_address, spawn_peer_sender};
 use super::{
-    CommitHook, CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, PeerStatus, ReplicationError, ReplicationStatus,
-    Replicator, Role,
+    CommitHook, CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, PeerStatus, ProposeLatency, ReplicationError,
+    ReplicationStatus, Replicator, Role,
 };
 use crate::config::{BrokerConfig, FlushDiskType};
 
@@ -121,14 +121,23 @@ impl RaftGroupConfig {
 
 struct ProposeRequest {
     payloads: Vec<Bytes>,
-    reply: oneshot::Sender<Result<CommittedRange, ReplicationError>>,
+    reply: oneshot::Sender<Result<Committed, ReplicationError>>,
+}
+
+/// A proposal's answer: its entries, and when the driver appended and answered them (for
+/// [`ProposeLatency`]).
+struct Committed {
+    range: CommittedRange,
+    appended: Instant,
+    answered: Instant,
 }
 
 struct PendingProposal {
     first: EntryIndex,
     last: EntryIndex,
     term: u64,
-    reply: oneshot::Sender<Result<CommittedRange, ReplicationError>>,
+    appended: Instant,
+    reply: oneshot::Sender<Result<Committed, ReplicationError>>,
 }
 
 enum Control {
@@ -160,6 +169,8 @@ pub struct RaftReplicator {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     entry_bytes_max: usize,
     local_addr: SocketAddr,
+    /// Recorded by `propose` from the instants the driver stamps on its answer.
+    latency: ProposeLatency,
 }
 
 impl RaftReplicator {
@@ -326,6 +337,7 @@ impl RaftReplicator {
             tasks: Mutex::new(tasks),
             entry_bytes_max: cfg.raft.entry_bytes_max,
             local_addr,
+            latency: ProposeLatency::default(),
         })
     }
 
@@ -376,9 +388,11 @@ impl Replicator for RaftReplicator {
             return Err(self.stopped_error());
         };
         let n = payloads.len() as u64;
+        let submitted = Instant::now();
         let (reply, reply_rx) = oneshot::channel();
         tx.send(ProposeRequest { payloads, reply }).await.map_err(|_| self.stopped_error())?;
-        let range = reply_rx.await.map_err(|_| self.stopped_error())??;
+        let Committed { range, appended, answered } = reply_rx.await.map_err(|_| self.stopped_error())??;
+        self.latency.record(submitted, appended, answered, Instant::now());
         assert_eq!(range.len(), n, "committed range does not match the proposal");
         Ok(range)
     }
@@ -393,6 +407,10 @@ impl Replicator for RaftReplicator {
 
     fn committed(&self) -> watch::Receiver<EntryIndex> {
         self.committed_rx.clone()
+    }
+
+    fn propose_latency(&self) -> Option<&ProposeLatency> {
+        Some(&self.latency)
     }
 
     fn set_commit_hook(&self, hook: CommitHook) -> bool {
@@ -660,6 +678,7 @@ impl Driver {
                     first: p.range.start,
                     last: p.range.end - 1,
                     term: p.term,
+                    appended: Instant::now(),
                     reply: req.reply,
                 });
                 Ok(None)
@@ -783,7 +802,11 @@ impl Driver {
                     self.node.leader_id().filter(|&l| l != self.node.id()).map(|l| self.members.name(l).to_string());
                 Err(ReplicationError::NotLeader { leader_id })
             } else {
-                Ok(CommittedRange { first: p.first, last: p.last, term: p.term })
+                Ok(Committed {
+                    range: CommittedRange { first: p.first, last: p.last, term: p.term },
+                    appended: p.appended,
+                    answered: Instant::now(),
+                })
             };
             let _ = p.reply.send(result);
         }
