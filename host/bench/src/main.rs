@@ -20,7 +20,8 @@ struct Args {
     /// Protocol to speak.
     #[arg(long, value_enum, default_value = "wasmq")]
     target: Target,
-    /// Comma-separated endpoints: wasmq gRPC (`http://127.0.0.1:10911`) or NATS (`127.0.0.1:4222`).
+    /// Comma-separated endpoints: wasmq gRPC (`http://127.0.0.1:10911` or `127.0.0.1:10911`) or
+    /// NATS (`127.0.0.1:4222`).
     #[arg(long, short = 'e', value_delimiter = ',', default_value = "http://127.0.0.1:10911")]
     endpoints: Vec<String>,
     /// Topic (wasmq) or subject suffix `bench.<topic>` (NATS).

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use hdrhistogram::Histogram;
 
 use crate::client::{ClientError, MqClient, Outgoing, SEND_BATCH_MAX};
 use crate::nats::{NatsConn, NatsMux};
 use crate::stats::{Counters, LatencySummary, Report, new_histogram, progress_line, record_latency};
 use wasmq_proto::apache::rocketmq::v2::Code;
+use wasmq_proto::h2_channel::H2Channel;
 
 pub const SIZE_BYTES_MIN: usize = 8;
 pub const SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -45,7 +46,7 @@ pub enum Route {
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub target: Target,
-    /// wasmq: gRPC endpoints (`http://127.0.0.1:8081`); nats: `host:port`.
+    /// wasmq: gRPC endpoints (`http://127.0.0.1:8081` or `127.0.0.1:8081`); nats: `host:port`.
     pub endpoints: Vec<String>,
     pub topic: String,
     pub group: String,
@@ -89,6 +90,13 @@ impl Workload {
             self.target == Target::Wasmq || self.consumers == 0,
             "consumers are only implemented for the wasmq target"
         );
+        if self.target == Target::Wasmq {
+            for e in &self.endpoints {
+                if let Err(why) = H2Channel::for_endpoint(e, self.timeout, self.timeout) {
+                    bail!("endpoint {e:?}: {why} (write http://host:port or host:port)");
+                }
+            }
+        }
         ensure!(self.count > 0, "count must be positive");
         ensure!(
             !self.duration.is_zero() && self.duration <= Duration::from_secs(DURATION_SECS_MAX),
@@ -410,9 +418,12 @@ async fn wasmq_producer(
 async fn leader_of(endpoints: &[String], timeout: Duration) -> Option<usize> {
     use wasmq_proto::wasmq::admin::{BrokerStatusRequest, Role, admin_client::AdminClient};
     for (i, e) in endpoints.iter().enumerate() {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(e.clone()) else { continue };
-        let Ok(channel) = endpoint.connect_timeout(timeout).timeout(timeout).connect().await else { continue };
-        let Ok(status) = AdminClient::new(channel).broker_status(BrokerStatusRequest::default()).await else {
+        // The producers' own transport, so an endpoint written `host:port` works here as it
+        // does for them (tonic's `Endpoint` wants a scheme, and every member looked dead).
+        let Ok(channel) = H2Channel::for_endpoint(e, timeout, timeout) else { continue };
+        let origin = channel.origin();
+        let Ok(status) = AdminClient::with_origin(channel, origin).broker_status(BrokerStatusRequest::default()).await
+        else {
             continue;
         };
         let role = status.into_inner().role;
@@ -546,6 +557,39 @@ async fn wasmq_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn wasmq_workload(endpoints: &[&str]) -> Workload {
+        Workload {
+            target: Target::Wasmq,
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            topic: "BenchTopic".into(),
+            group: "BenchGroup".into(),
+            size_bytes: 1024,
+            count: 1,
+            duration: Duration::from_secs(1),
+            producers: 1,
+            batch: 1,
+            consumers: 0,
+            timeout: Duration::from_secs(1),
+            route: Route::Leader,
+            connections: 1,
+            label: String::new(),
+            progress: false,
+            client_threads: 1,
+        }
+    }
+
+    /// `host:port` is as good as `http://host:port` (the leader lookup used to need the
+    /// scheme, and reported "no endpoint reports itself leader" without it); what no
+    /// producer could dial is refused before the run, naming the endpoint.
+    #[test]
+    fn wasmq_endpoints_are_checked_before_the_run() {
+        wasmq_workload(&["127.0.0.1:8081", "http://127.0.0.1:8082"]).validate().unwrap();
+        for bad in ["127.0.0.1", "https://127.0.0.1:8081", "http://"] {
+            let e = wasmq_workload(&["127.0.0.1:8081", bad]).validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains("host:port"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn body_carries_its_send_time() {
