@@ -34,11 +34,9 @@ impl LatencyHistogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Appends `name` as a Prometheus histogram in seconds (`# HELP`/`# TYPE` lines, the
-    /// cumulative buckets, `_sum`, `_count`).
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
+    /// Appends the samples of the Prometheus histogram `name`, in seconds: the cumulative
+    /// buckets, `_sum`, `_count` (the `# HELP`/`# TYPE` lines are the caller's).
+    pub fn render(&self, out: &mut String, name: &str) {
         let mut cumulative = 0u64;
         for (count, bound_us) in self.counts.iter().zip(BUCKETS_US) {
             cumulative += count.load(Ordering::Relaxed);
@@ -63,9 +61,8 @@ mod tests {
         }
         assert_eq!(h.count(), 4);
         let mut out = String::new();
-        h.render(&mut out, "x_seconds", "help");
-        assert!(out.starts_with("# HELP x_seconds help\n# TYPE x_seconds histogram\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"0.00005\"} 1\n"), "{out}");
+        h.render(&mut out, "x_seconds");
+        assert!(out.starts_with("x_seconds_bucket{le=\"0.00005\"} 1\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"0.0001\"} 2\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"0.001\"} 3\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"5\"} 3\n"), "{out}");

@@ -225,11 +225,13 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
     for (i, kind) in ERROR_KINDS.iter().enumerate() {
         let _ = writeln!(out, "wasmq_send_errors_total{{kind=\"{kind}\"}} {}", load(&metrics.send_errors[i]));
     }
-    metrics.send_latency.render(
+    header(
         &mut out,
         "wasmq_send_latency_seconds",
+        "histogram",
         "Time from send request to commit and apply (or error), in the core behind the client service.",
     );
+    metrics.send_latency.render(&mut out, "wasmq_send_latency_seconds");
     header(&mut out, "wasmq_reads_total", "counter", "Queue reads served (pop / pull batches).");
     let _ = writeln!(out, "wasmq_reads_total {}", load(&metrics.reads));
     header(
@@ -248,21 +250,26 @@ pub fn render(metrics: &BrokerMetrics, core: &BrokerCore) -> String {
     let _ = writeln!(out, "wasmq_read_rate_per_second {read_rate:.3}");
 
     if let Some(stages) = core.replicator().propose_latency() {
-        stages.queued.render(
-            &mut out,
-            "wasmq_raft_propose_queued_seconds",
-            "Leader: from a proposal to the Raft driver appending it (channel, driver wake-up, backpressure).",
-        );
-        stages.replicated.render(
-            &mut out,
-            "wasmq_raft_propose_replicated_seconds",
-            "Leader: from the append to the answer (followers' round trip, group flush, commit hook).",
-        );
-        stages.resumed.render(
-            &mut out,
-            "wasmq_raft_propose_resumed_seconds",
-            "Leader: from the driver's answer to the proposing task running again.",
-        );
+        for (histogram, name, help) in [
+            (
+                &stages.queued,
+                "wasmq_raft_propose_queued_seconds",
+                "Leader: from a proposal to the Raft driver appending it (channel, driver wake-up, backpressure).",
+            ),
+            (
+                &stages.replicated,
+                "wasmq_raft_propose_replicated_seconds",
+                "Leader: from the append to the answer (followers' round trip, group flush, commit hook).",
+            ),
+            (
+                &stages.resumed,
+                "wasmq_raft_propose_resumed_seconds",
+                "Leader: from the driver's answer to the proposing task running again.",
+            ),
+        ] {
+            header(&mut out, name, "histogram", help);
+            histogram.render(&mut out, name);
+        }
     }
 
     let status = core.status();
