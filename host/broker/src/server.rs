@@ -22,6 +22,7 @@ use tonic::service::RoutesBuilder;
 use wasmq_plugin::validation::PluginVersion;
 use wasmq_plugin::{PluginRegistry, RegistryConfig};
 use wasmq_proto::coalescing_io::CoalescingIo;
+use wasmq_proto::h2_server::H2Server;
 use wasmq_storage::commitlog::CommitLog;
 
 use crate::config::{BrokerConfig, StoreCheck};
@@ -85,7 +86,7 @@ pub struct RunningBroker {
     pub ctx: BrokerContext,
     local_addr: SocketAddr,
     stop_tx: Arc<watch::Sender<bool>>,
-    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    server: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -218,14 +219,14 @@ pub async fn start(
         .map(CoalescingIo::new)
     });
     let mut stop_rx = shutdown.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(messaging.send_route)
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            }),
-    );
+    // SendMessage is answered by the HTTP/2 server itself; every other method goes to
+    // tonic's routes (see `wasmq_proto::h2_server` for why).
+    let server = tokio::spawn(H2Server::new(routes.routes()).unary(Arc::new(messaging.send_route)).serve(
+        incoming,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
     if config.metrics_port != 0 {
         let metrics_addr = SocketAddr::new(addr.ip(), config.metrics_port);
         crate::metrics::serve(metrics_addr, metrics, core.clone(), shutdown.clone())
@@ -273,7 +274,7 @@ impl RunningBroker {
         self.stop_tx.send_replace(true);
         let grace = Duration::from_millis(SHUTDOWN_GRACE_MS_MAX);
         match tokio::time::timeout(grace, self.server).await {
-            Ok(joined) => joined.context("server task")?.context("gRPC server")?,
+            Ok(joined) => joined.context("server task")?,
             Err(_) => tracing::warn!(grace_ms = SHUTDOWN_GRACE_MS_MAX, "server did not stop in time"),
         }
         for task in self.tasks {

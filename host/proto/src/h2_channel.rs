@@ -367,7 +367,7 @@ pub struct H2Body {
 }
 
 impl H2Body {
-    fn new(recv: h2::RecvStream) -> H2Body {
+    pub(crate) fn new(recv: h2::RecvStream) -> H2Body {
         H2Body { recv, data_done: false, done: false }
     }
 }

@@ -6,6 +6,7 @@
 //! - `coalescing_io`: the socket wrapper our gRPC servers and clients use (fewer writes).
 //! - `dial`: how our gRPC clients connect (bounded, TCP_NODELAY, no self-connects).
 //! - `unary_route`: one unary method served in front of tonic's router (the send path).
+//! - `h2_server`: the client listener's HTTP/2 server, on h2 directly; the send path on it.
 
 pub mod cancellable_io;
 pub mod coalescing_io;
@@ -13,6 +14,7 @@ pub mod dial;
 pub mod grpc_frame;
 pub mod grpc_timeout;
 pub mod h2_channel;
+pub mod h2_server;
 pub mod unary_route;
 
 pub mod apache {

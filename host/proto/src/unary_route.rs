@@ -27,12 +27,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Either};
 use http::{HeaderName, HeaderValue};
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 
 use crate::grpc_frame::{self, OneFrame, Reader};
+use crate::h2_channel::H2Body;
 
 /// The method's implementation: what tonic's generated server would call for it.
 pub type UnaryHandler<Req, Resp> =
@@ -115,40 +116,84 @@ where
     Resp: prost::Message,
 {
     let (parts, body) = request.into_parts();
-    let message = match read_message::<Req>(body, bytes_max).await {
-        Ok(message) => message,
-        Err(status) => return status.into_http(),
-    };
-    let request = tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message);
-    match handler(request).await.and_then(|response| encode_response(response, bytes_max)) {
-        Ok(response) => response,
+    match answer(handler, bytes_max, parts, body).await {
+        Ok(answer) => {
+            let mut response = http::Response::new(Body::new(OneMessage { data: Some(answer.frame), trailers: true }));
+            *response.version_mut() = http::Version::HTTP_2;
+            *response.headers_mut() = answer.headers;
+            *response.extensions_mut() = answer.extensions;
+            response
+        }
         Err(status) => status.into_http(),
     }
 }
 
+/// A unary method's successful answer: the headers, and the one framed message that
+/// `grpc-status: 0` follows.
+pub struct UnaryAnswer {
+    pub headers: http::HeaderMap,
+    pub extensions: http::Extensions,
+    pub frame: Bytes,
+}
+
+/// Reads the request's one message, runs the handler, encodes its answer; an error is the
+/// status of a trailers-only answer. Shared by [`UnaryRoute`] (behind hyper) and
+/// [`crate::h2_server`] (on h2 directly), so both answer alike.
+async fn answer<Req, Resp, B>(
+    handler: UnaryHandler<Req, Resp>,
+    bytes_max: usize,
+    parts: http::request::Parts,
+    body: B,
+) -> Result<UnaryAnswer, Status>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let message = read_message::<Req, B>(body, bytes_max).await?;
+    let request = tonic::Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message);
+    let (metadata, message, extensions) = handler(request).await?.into_parts();
+    let frame = grpc_frame::encode(&message, bytes_max)?;
+    Ok(UnaryAnswer { headers: grpc_frame::headers(metadata), extensions, frame })
+}
+
+/// A unary method the HTTP/2 server ([`crate::h2_server`]) serves itself, its types erased.
+pub trait UnaryMethod: Send + Sync + 'static {
+    /// `/package.Service/Method`.
+    fn path(&self) -> &'static str;
+    /// The answer to one call whose headers are `parts` and whose body is `body`.
+    fn answer(&self, parts: http::request::Parts, body: H2Body) -> BoxFuture<'static, Result<UnaryAnswer, Status>>;
+}
+
+impl<Req, Resp> UnaryMethod for UnaryRouteLayer<Req, Resp>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+{
+    fn path(&self) -> &'static str {
+        self.path
+    }
+
+    fn answer(&self, parts: http::request::Parts, body: H2Body) -> BoxFuture<'static, Result<UnaryAnswer, Status>> {
+        Box::pin(answer(self.handler.clone(), self.message_bytes_max, parts, body))
+    }
+}
+
 /// The one message of a unary request body.
-async fn read_message<M: prost::Message + Default>(mut body: Body, bytes_max: usize) -> Result<M, Status> {
+async fn read_message<M, B>(mut body: B, bytes_max: usize) -> Result<M, Status>
+where
+    M: prost::Message + Default,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut frame = OneFrame::new(bytes_max, Reader::Server);
     // Body frames until the end of the stream; trailers end it too.
     while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let Ok(data) = chunk?.into_data() else { break };
+        let Ok(data) = chunk.map_err(|e| Status::from_error(e.into()))?.into_data() else { break };
         frame.push(&data)?;
     }
     frame.finish(false)?.ok_or_else(|| Status::internal("Missing request message."))
-}
-
-fn encode_response<M: prost::Message>(
-    response: tonic::Response<M>,
-    bytes_max: usize,
-) -> Result<http::Response<Body>, Status> {
-    let (metadata, message, extensions) = response.into_parts();
-    let frame = grpc_frame::encode(&message, bytes_max)?;
-    let headers = grpc_frame::headers(metadata);
-    let mut response = http::Response::new(Body::new(OneMessage { data: Some(frame), trailers: true }));
-    *response.version_mut() = http::Version::HTTP_2;
-    *response.headers_mut() = headers;
-    *response.extensions_mut() = extensions;
-    Ok(response)
 }
 
 /// A unary answer's body: its one data frame, then `grpc-status: 0`.
@@ -185,4 +230,4 @@ impl http_body::Body for OneMessage {
 
 #[cfg(test)]
 #[path = "unary_route_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,5 +1,6 @@
-//! Differential tests: the same service behind tonic alone and behind [`UnaryRouteLayer`],
-//! the same raw HTTP/2 requests to both, the answers compared field by field.
+//! Differential tests: the same service behind tonic alone, behind [`UnaryRouteLayer`] and
+//! behind [`crate::h2_server::H2Server`] with the route as its unary method; the same raw
+//! HTTP/2 requests to all three, the answers compared field by field.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,7 +16,8 @@ const DELIVER: &str = "/wasmq.raft.Raft/Deliver";
 const MESSAGE_BYTES_MAX: usize = 256;
 
 /// `Deliver` answers with the number of messages and echoes the `x-tag` metadata back as
-/// response metadata; group "refuse" is an application error.
+/// response metadata; group "refuse" is an application error, group "slow" answers after
+/// 300 ms.
 struct Echo;
 
 #[tonic::async_trait]
@@ -35,6 +37,9 @@ impl Raft for Echo {
         if batch.group == "refuse" {
             return Err(Status::permission_denied("wrong group"));
         }
+        if batch.group == "slow" {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
         let mut response =
             tonic::Response::new(DeliverReply { accepted: batch.messages.len() as u32, batches_through: 0 });
         if let Some(tag) = tag {
@@ -46,49 +51,70 @@ impl Raft for Echo {
     }
 }
 
-/// Serves `Echo` with tonic alone, or with `Deliver` on the unary route (then the returned
-/// counter counts the calls the route took).
-async fn serve(fast: bool) -> (SocketAddr, Arc<AtomicU32>) {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Server {
+    /// tonic alone.
+    Tonic,
+    /// tonic with `Deliver` on the unary route.
+    Layer,
+    /// `H2Server` with `Deliver` as its unary method, tonic's routes behind it.
+    H2,
+}
+
+/// Serves `Echo` as `server` says; the returned counter counts the calls the unary route
+/// took.
+pub(crate) async fn serve(server: Server) -> (SocketAddr, Arc<AtomicU32>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let echo = Arc::new(Echo);
     let service = RaftServer::from_arc(echo.clone())
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let routed = Arc::new(AtomicU32::new(0));
-    if fast {
-        let counter = routed.clone();
-        let handler: UnaryHandler<MessageBatch, DeliverReply> = Arc::new(move |request| {
-            counter.fetch_add(1, Ordering::Relaxed);
-            let echo = echo.clone();
-            Box::pin(async move { echo.deliver(request).await })
-        });
-        let layer = UnaryRouteLayer::new(DELIVER, MESSAGE_BYTES_MAX, handler);
-        tokio::spawn(
-            tonic::transport::Server::builder().layer(layer).add_service(service).serve_with_incoming(incoming),
-        );
-    } else {
-        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    let counter = routed.clone();
+    let handler: UnaryHandler<MessageBatch, DeliverReply> = Arc::new(move |request| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let echo = echo.clone();
+        Box::pin(async move { echo.deliver(request).await })
+    });
+    let layer = UnaryRouteLayer::new(DELIVER, MESSAGE_BYTES_MAX, handler);
+    match server {
+        Server::Tonic => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        }
+        Server::Layer => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tokio::spawn(
+                tonic::transport::Server::builder().layer(layer).add_service(service).serve_with_incoming(incoming),
+            );
+        }
+        Server::H2 => {
+            let incoming = futures::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |tcp| {
+                tcp.map(crate::coalescing_io::CoalescingIo::new)
+            });
+            let server = crate::h2_server::H2Server::new(tonic::service::Routes::new(service)).unary(Arc::new(layer));
+            tokio::spawn(server.serve(incoming, std::future::pending()));
+        }
     }
     (addr, routed)
 }
 
 /// What a client can observe of one call.
 #[derive(Debug, PartialEq)]
-struct Answer {
+pub(crate) struct Answer {
     http_status: u16,
     content_type: Option<String>,
     /// `grpc-status` and `grpc-message`, from the headers of a trailers-only answer or
     /// from the trailers.
-    grpc_status: Option<String>,
-    grpc_message: Option<String>,
+    pub(crate) grpc_status: Option<String>,
+    pub(crate) grpc_message: Option<String>,
     tag: Option<String>,
     body: Vec<u8>,
 }
 
 /// One raw HTTP/2 call: `body` as the request body, verbatim.
-async fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], body: Vec<u8>) -> Answer {
+pub(crate) async fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], body: Vec<u8>) -> Answer {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
@@ -124,7 +150,7 @@ async fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], body: Vec<u8
     answer
 }
 
-fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
+pub(crate) fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
     let mut out = vec![flag];
     out.extend_from_slice(&(message.len() as u32).to_be_bytes());
     out.extend_from_slice(message);
@@ -138,8 +164,9 @@ fn batch(group: &str, messages: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn answers_every_request_as_tonic_does() {
-    let (plain, plain_routed) = serve(false).await;
-    let (fast, routed) = serve(true).await;
+    let (plain, plain_routed) = serve(Server::Tonic).await;
+    let (fast, routed) = serve(Server::Layer).await;
+    let (direct, direct_routed) = serve(Server::H2).await;
     let good = framed(0, &batch("g", 3));
     let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
         ("a call", DELIVER, vec![("x-tag", "abc")], good.clone()),
@@ -151,6 +178,8 @@ async fn answers_every_request_as_tonic_does() {
         ("an invalid flag", DELIVER, vec![], framed(7, &batch("g", 1))),
         ("a message over the limit", DELIVER, vec![], framed(0, &batch("g", 200))),
         ("bytes that do not decode", DELIVER, vec![], framed(0, &[0xff; 9])),
+        ("a deadline that expires", DELIVER, vec![("grpc-timeout", "50m")], framed(0, &batch("slow", 1))),
+        ("a deadline that does not", DELIVER, vec![("grpc-timeout", "5S")], framed(0, &batch("slow", 1))),
         // Not taken by the route: tonic answers both.
         ("a compressed call", DELIVER, vec![("grpc-encoding", "gzip")], framed(1, &batch("g", 1))),
         ("another method", "/wasmq.raft.Raft/Pipe", vec![], good.clone()),
@@ -158,8 +187,9 @@ async fn answers_every_request_as_tonic_does() {
     ];
     for (what, path, extra, body) in cases {
         let expected = call(plain, path, &extra, body.clone()).await;
-        let got = call(fast, path, &extra, body).await;
+        let got = call(fast, path, &extra, body.clone()).await;
         assert_eq!(got, expected, "{what}");
+        assert_eq!(call(direct, path, &extra, body).await, expected, "{what}, on h2 directly");
         if what == "a call" {
             let reply = DeliverReply::decode(&got.body[5..]).unwrap();
             assert_eq!(reply.accepted, 3);
@@ -170,27 +200,36 @@ async fn answers_every_request_as_tonic_does() {
     assert_eq!(plain_routed.load(Ordering::Relaxed), 0);
     // The calls the route took (the others never reached a handler: bad bodies are refused
     // before it, tonic took the last three).
-    assert_eq!(routed.load(Ordering::Relaxed), 2);
+    assert_eq!(routed.load(Ordering::Relaxed), 4);
+    assert_eq!(direct_routed.load(Ordering::Relaxed), 4);
 }
 
 #[tokio::test]
 async fn refuses_a_second_message_in_a_unary_call() {
-    let (fast, routed) = serve(true).await;
-    let mut body = framed(0, &batch("g", 1));
-    body.extend(framed(0, &batch("g", 2)));
-    let got = call(fast, DELIVER, &[], body).await;
-    assert_eq!(got.grpc_status.as_deref(), Some("13"), "{got:?}");
-    assert_eq!(
-        got.grpc_message.as_deref(),
-        Some("more%20than%20one%20request%20message%20in%20a%20unary%20call"),
-        "percent-encoded"
-    );
-    assert_eq!(routed.load(Ordering::Relaxed), 0);
+    for server in [Server::Layer, Server::H2] {
+        let (fast, routed) = serve(server).await;
+        let mut body = framed(0, &batch("g", 1));
+        body.extend(framed(0, &batch("g", 2)));
+        let got = call(fast, DELIVER, &[], body).await;
+        assert_eq!(got.grpc_status.as_deref(), Some("13"), "{server:?}: {got:?}");
+        assert_eq!(
+            got.grpc_message.as_deref(),
+            Some("more%20than%20one%20request%20message%20in%20a%20unary%20call"),
+            "{server:?}: percent-encoded"
+        );
+        assert_eq!(routed.load(Ordering::Relaxed), 0);
+    }
 }
 
 #[tokio::test]
 async fn a_generated_client_works_against_it() {
-    let (fast, routed) = serve(true).await;
+    for server in [Server::Layer, Server::H2] {
+        a_generated_client_works_against(server).await;
+    }
+}
+
+async fn a_generated_client_works_against(server: Server) {
+    let (fast, routed) = serve(server).await;
     let mut client = crate::wasmq::raft::raft_client::RaftClient::connect(format!("http://{fast}")).await.unwrap();
     let mut request = tonic::Request::new(MessageBatch {
         group: "g".into(),

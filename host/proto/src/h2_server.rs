@@ -1,0 +1,322 @@
+//! [`H2Server`]: a gRPC server written on `h2` directly. Unary methods registered as
+//! [`UnaryMethod`]s are answered here; every other request goes to a tower service (tonic's
+//! `Routes`) as hyper would hand it over.
+//!
+//! Why: on the leader, with 64 producers and one connection, the per-call tasks were 54 % of
+//! the tokio workers' samples and our own send path only 40 % of those; the rest was hyper's
+//! stream task and body pipe, tonic's outer layers (timeout, error recovery, connect info,
+//! the boxed service stack) and the conversions between them. [`crate::unary_route`]
+//! already skipped tonic's router and codec; this skips hyper and tonic's server as well:
+//! a call is h2's request, one task, the handler, and h2's response.
+//!
+//! What a client sees is what tonic's server gives it:
+//! - the same answers, status codes and trailers (the unary path shares its code with
+//!   [`crate::unary_route`], and the differential tests run all three servers side by side);
+//! - `grpc-timeout` bounds the handler, and an expired call gets `CANCELLED` with "Timeout
+//!   expired", as tonic's `GrpcTimeout` layer answers;
+//! - the connection's `TcpConnectInfo` is in every request's extensions, so
+//!   `Request::remote_addr` works;
+//! - HTTP/2 settings are hyper's defaults as tonic uses them (1 MiB windows, 16 KiB frames,
+//!   16 KiB header lists, a 400 KiB send buffer per stream), with a limit on concurrent
+//!   streams per connection, which tonic leaves unlimited;
+//! - a stop stops accepting, sends GOAWAY on every connection and waits for their streams
+//!   to finish (the caller bounds the wait).
+//!
+//! Streaming answers are piped as hyper pipes them: the next frame is taken from the body
+//! once the peer's window has room, and a stream the peer resets drops the body.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::transport::server::Connected;
+
+use crate::grpc_timeout;
+use crate::h2_channel::H2Body;
+use crate::unary_route::{UnaryAnswer, UnaryMethod};
+
+/// Concurrent streams one connection may open. Why a limit: each is a task and its
+/// buffers; a client beyond it waits for a stream to end (HTTP/2's own back-pressure).
+/// Far above what a client needs: mqbench's 256 producers share one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// hyper's server defaults, which tonic's server used.
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+const FRAME_BYTES_MAX: u32 = 16 * 1024;
+const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+const SEND_BUFFER_BYTES_MAX: usize = 400 * 1024;
+const LOCAL_ERROR_RESETS_MAX: usize = 1024;
+/// A connection that has not sent the HTTP/2 preface by then is closed: without a bound an
+/// idle socket would hold its task and writer forever.
+const PREFACE_MS_MAX: u64 = 10_000;
+
+/// The routes of every request no [`UnaryMethod`] takes.
+pub trait Routes:
+    tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Routes for S where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+pub struct H2Server<S> {
+    routes: S,
+    unary: Option<Arc<dyn UnaryMethod>>,
+}
+
+impl<S: Routes> H2Server<S> {
+    pub fn new(routes: S) -> Self {
+        H2Server { routes, unary: None }
+    }
+
+    /// Answers `method`'s calls here (except a call with a `grpc-encoding`, which goes to
+    /// the routes: no compression is enabled on our servers, and tonic answers it).
+    pub fn unary(mut self, method: Arc<dyn UnaryMethod>) -> Self {
+        self.unary = Some(method);
+        self
+    }
+
+    /// Serves every connection `incoming` yields until `signal` resolves; then stops
+    /// accepting, asks every connection to close (GOAWAY) and returns once all have.
+    pub async fn serve<I, IO, E>(self, incoming: I, signal: impl Future<Output = ()>)
+    where
+        I: Stream<Item = Result<IO, E>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        E: std::fmt::Display,
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(self);
+        {
+            let mut incoming = std::pin::pin!(incoming);
+            let mut signal = std::pin::pin!(signal);
+            loop {
+                tokio::select! {
+                    _ = &mut signal => break,
+                    io = incoming.next() => match io {
+                        Some(Ok(io)) => {
+                            tokio::spawn(connection(shared.clone(), io, stop_rx.clone()));
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, "accept failed"),
+                        None => break,
+                    },
+                }
+            }
+            // `incoming` is dropped here: the listening socket closes before the wait.
+        }
+        drop(stop_rx);
+        stop_tx.send_replace(true);
+        stop_tx.closed().await;
+    }
+}
+
+fn builder() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(FRAME_BYTES_MAX)
+        .max_header_list_size(HEADER_LIST_BYTES_MAX)
+        .max_send_buffer_size(SEND_BUFFER_BYTES_MAX)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .max_local_error_reset_streams(Some(LOCAL_ERROR_RESETS_MAX));
+    builder
+}
+
+/// One connection: its streams, each on a task of its own, until the peer closes it, it
+/// fails, or a stop drains it. Holds `stop` (a receiver) until it ends: the server's stop
+/// waits for every receiver to be gone.
+async fn connection<S, IO>(server: Arc<H2Server<S>>, io: IO, mut stop: watch::Receiver<bool>)
+where
+    S: Routes,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let info = io.connect_info();
+    let handshake = tokio::time::timeout(Duration::from_millis(PREFACE_MS_MAX), builder().handshake::<_, Bytes>(io));
+    let mut conn = match handshake.await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
+        Err(_) => return tracing::debug!(preface_ms_max = PREFACE_MS_MAX, "no HTTP/2 preface in time"),
+    };
+    let mut draining = *stop.borrow();
+    if draining {
+        conn.graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    let (mut parts, body) = request.into_parts();
+                    parts.extensions.insert(info.clone());
+                    match server.unary.as_ref() {
+                        Some(method) if takes(method.as_ref(), &parts) => {
+                            tokio::spawn(unary(method.clone(), parts, body, respond));
+                        }
+                        _ => {
+                            tokio::spawn(routed(server.routes.clone(), parts, body, respond));
+                        }
+                    }
+                }
+                Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
+                None => return,
+            },
+            // A dropped sender counts as a stop too.
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+        }
+    }
+}
+
+fn takes(method: &dyn UnaryMethod, parts: &http::request::Parts) -> bool {
+    parts.uri.path() == method.path() && !parts.headers.contains_key("grpc-encoding")
+}
+
+/// The `grpc-timeout` of `parts` applied to `answer`: an expired call is answered as
+/// tonic's `GrpcTimeout` answers it.
+async fn bounded<T>(timeout: Option<Duration>, answer: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    match timeout {
+        None => answer.await,
+        Some(timeout) => tokio::time::timeout(timeout, answer)
+            .await
+            .unwrap_or_else(|_| Err(Status::cancelled(tonic::TimeoutExpired(()).to_string()))),
+    }
+}
+
+async fn unary(
+    method: Arc<dyn UnaryMethod>,
+    parts: http::request::Parts,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+) {
+    let timeout = grpc_timeout::of(&parts.headers);
+    let sent = match bounded(timeout, method.answer(parts, H2Body::new(body))).await {
+        Ok(answer) => send_message(&mut respond, answer),
+        Err(status) => respond.send_response(status.into_http(), true).map(drop),
+    };
+    if let Err(e) = sent {
+        // The peer reset the stream or the connection is gone: nobody to tell.
+        tracing::debug!(error = %e, "unary answer not sent");
+    }
+}
+
+fn send_message(respond: &mut SendResponse<Bytes>, answer: UnaryAnswer) -> Result<(), h2::Error> {
+    let UnaryAnswer { headers, extensions, frame } = answer;
+    let mut head = http::Response::new(());
+    *head.headers_mut() = headers;
+    *head.extensions_mut() = extensions;
+    let mut send = respond.send_response(head, false)?;
+    send.send_data(frame, false)?;
+    let mut trailers = http::HeaderMap::with_capacity(1);
+    trailers.insert(http::HeaderName::from_static("grpc-status"), http::HeaderValue::from_static("0"));
+    send.send_trailers(trailers)
+}
+
+/// A request for the routes: handed over as hyper hands it to tonic, the answer's body
+/// piped back.
+async fn routed<S: Routes>(
+    mut routes: S,
+    parts: http::request::Parts,
+    body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+) {
+    let timeout = grpc_timeout::of(&parts.headers);
+    let request = http::Request::from_parts(parts, Body::new(H2Body::new(body)));
+    let call = async move {
+        let Ok(()) = poll_fn(|cx| routes.poll_ready(cx)).await;
+        let Ok(response) = routes.call(request).await;
+        Ok(response)
+    };
+    // The peer may give up before the answer's head: the call is dropped then, as hyper
+    // drops it.
+    let reset = poll_fn(|cx| respond.poll_reset(cx));
+    let answer = tokio::select! {
+        answer = bounded(timeout, call) => answer,
+        reason = reset => return tracing::debug!(?reason, "stream reset before its answer"),
+    };
+    let response = answer.unwrap_or_else(|status| status.into_http());
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    match respond.send_response(http::Response::from_parts(parts, ()), end) {
+        Ok(send) if !end => pipe(body, send).await,
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "answer not sent"),
+    }
+}
+
+/// Sends `body`'s frames on `send` until it ends, the peer resets the stream, or the body
+/// fails (then the stream is reset with INTERNAL_ERROR, as hyper does).
+async fn pipe(mut body: Body, mut send: SendStream<Bytes>) {
+    let piped = poll_fn(|cx| {
+        loop {
+            // Back-pressure: a frame is taken from the body only when the peer's window
+            // has room (h2 sizes the actual frame itself).
+            send.reserve_capacity(1);
+            if send.capacity() == 0 {
+                loop {
+                    match std::task::ready!(send.poll_capacity(cx)) {
+                        Some(Ok(0)) => {}
+                        Some(Ok(_)) => break,
+                        Some(Err(e)) => return Poll::Ready(Err(e)),
+                        None => return Poll::Ready(Err(h2::Error::from(Reason::CANCEL))),
+                    }
+                }
+            } else if let Poll::Ready(reason) = send.poll_reset(cx)? {
+                return Poll::Ready(Err(h2::Error::from(reason)));
+            }
+            match std::task::ready!(std::pin::Pin::new(&mut body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = body.is_end_stream();
+                        send.send_data(data, end)?;
+                        if end {
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            send.reserve_capacity(0);
+                            return Poll::Ready(send.send_trailers(trailers));
+                        }
+                    }
+                },
+                Some(Err(status)) => {
+                    tracing::debug!(%status, "answer body failed");
+                    send.send_reset(Reason::INTERNAL_ERROR);
+                    return Poll::Ready(Ok(()));
+                }
+                None => return Poll::Ready(send.send_data(Bytes::new(), true)),
+            }
+        }
+    });
+    if let Err(e) = piped.await {
+        tracing::debug!(error = %e, "answer stream ended early");
+    }
+}
+
+#[cfg(test)]
+#[path = "h2_server_tests.rs"]
+mod tests;
