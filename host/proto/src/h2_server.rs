@@ -7,7 +7,18 @@
 //! stream task and body pipe, tonic's outer layers (timeout, error recovery, connect info,
 //! the boxed service stack) and the conversions between them. [`crate::unary_route`]
 //! already skipped tonic's router and codec; this skips hyper and tonic's server as well:
-//! a call is h2's request, one task, the handler, and h2's response.
+//! a call is h2's request, the handler, and h2's response.
+//!
+//! A connection's unary calls run inside its own task, not one task each. Why: a commit
+//! answers many calls at once; each answer woke its call's task, which then woke the
+//! connection's task to send. Now the answers wake the one task that sends them, and a
+//! call costs no task of its own. Measured with `ab.sh` (64 producers, one connection, 5
+//! rounds, against the same server with a task per call): msg/s 1.16×, p99 0.75×, leader
+//! CPU per message 0.80×, lower in 5 of 5 rounds. The cost: one connection's unary calls
+//! share one core (NATS reads each client connection in one goroutine too); what could
+//! stall them is off this task already (plugins run on the blocking pool, Raft appends on
+//! the driver), and a client wanting more opens more connections. Calls on the routes
+//! (streams, long polls) still get a task each.
 //!
 //! What a client sees is what tonic's server gives it:
 //! - the same answers, status codes and trailers (the unary path shares its code with
@@ -144,8 +155,8 @@ fn builder() -> h2::server::Builder {
     builder
 }
 
-/// One connection: its streams, each on a task of its own, until the peer closes it, it
-/// fails, or a stop drains it. Holds `stop` (a receiver) until it ends: the server's stop
+/// One connection: its unary calls in this task, its other streams each on a task of its
+/// own, until the peer closes it, it fails, or a stop drains it. Holds `stop` (a receiver) until it ends: the server's stop
 /// waits for every receiver to be gone.
 async fn connection<S, IO>(server: Arc<H2Server<S>>, io: IO, mut stop: watch::Receiver<bool>)
 where
@@ -164,15 +175,18 @@ where
     if draining {
         conn.graceful_shutdown();
     }
+    // At most STREAMS_PER_CONNECTION_MAX: h2 refuses streams beyond it.
+    let mut calls = futures::stream::FuturesUnordered::new();
     loop {
         tokio::select! {
+            Some(()) = calls.next(), if !calls.is_empty() => {}
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
                     let (mut parts, body) = request.into_parts();
                     parts.extensions.insert(info.clone());
                     match server.unary.as_ref() {
                         Some(method) if takes(method.as_ref(), &parts) => {
-                            tokio::spawn(unary(method.clone(), parts, body, respond));
+                            calls.push(unary(method.clone(), parts, body, respond));
                         }
                         _ => {
                             tokio::spawn(routed(server.routes.clone(), parts, body, respond));
