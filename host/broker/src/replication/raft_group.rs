@@ -133,9 +133,7 @@ struct Committed {
 }
 
 struct PendingProposal {
-    first: EntryIndex,
-    last: EntryIndex,
-    term: u64,
+    range: CommittedRange,
     appended: Instant,
     reply: oneshot::Sender<Result<Committed, ReplicationError>>,
 }
@@ -643,42 +641,43 @@ impl Driver {
     }
 
     fn on_proposals(&mut self, first: ProposeRequest) -> Result<(), String> {
-        self.propose(first)?;
+        // One clock read for the batch: its appends are microseconds apart.
+        let now = Instant::now();
+        self.propose(first, now)?;
         for _ in 1..INPUTS_PER_ROUND_MAX {
             if self.deferred.len() >= DEFERRED_PROPOSALS_MAX {
                 break;
             }
             let Ok(p) = self.proposals.try_recv() else { break };
-            self.propose(p)?;
+            self.propose(p, now)?;
         }
         Ok(())
     }
 
     /// A new proposal: behind any parked ones (order is kept), else tried at once.
-    fn propose(&mut self, req: ProposeRequest) -> Result<(), String> {
+    fn propose(&mut self, req: ProposeRequest, now: Instant) -> Result<(), String> {
         if !self.deferred.is_empty() {
             self.deferred.push_back(req);
             return Ok(());
         }
-        if let Some(req) = self.try_propose(req)? {
+        if let Some(req) = self.try_propose(req, now)? {
             self.deferred.push_back(req);
         }
         Ok(())
     }
 
     /// Appends one proposal or answers it with an error; gives it back when it has to wait
-    /// (uncommitted-entries limit reached, or a leadership transfer in progress).
-    fn try_propose(&mut self, req: ProposeRequest) -> Result<Option<ProposeRequest>, String> {
+    /// (uncommitted-entries limit reached, or a leadership transfer in progress). `now` is
+    /// when it counts as appended.
+    fn try_propose(&mut self, req: ProposeRequest, now: Instant) -> Result<Option<ProposeRequest>, String> {
         if req.reply.is_closed() {
             return Ok(None); // the caller gave up before anything was written
         }
         match self.node.propose(&req.payloads) {
             Ok(p) => {
                 self.pending.push_back(PendingProposal {
-                    first: p.range.start,
-                    last: p.range.end - 1,
-                    term: p.term,
-                    appended: Instant::now(),
+                    range: CommittedRange { first: p.range.start, last: p.range.end - 1, term: p.term },
+                    appended: now,
                     reply: req.reply,
                 });
                 Ok(None)
@@ -700,8 +699,9 @@ impl Driver {
     }
 
     fn retry_deferred(&mut self) -> Result<(), String> {
+        let now = Instant::now();
         while let Some(req) = self.deferred.pop_front() {
-            if let Some(req) = self.try_propose(req)? {
+            if let Some(req) = self.try_propose(req, now)? {
                 self.deferred.push_front(req);
                 break;
             }
@@ -790,10 +790,12 @@ impl Driver {
     /// Answers proposals whose last entry is committed (still in their term: success) or
     /// was replaced by another leader's entry (lost: retry on the leader).
     fn resolve_pending(&mut self, commit: EntryIndex) {
+        // One clock read for every answer of this call, taken at the first.
+        let mut answered = None;
         while let Some(p) = self.pending.front() {
-            let term_now = self.log.term_at(p.last);
-            let lost = term_now != Some(p.term);
-            if !lost && p.last > commit {
+            let term_now = self.log.term_at(p.range.last);
+            let lost = term_now != Some(p.range.term);
+            if !lost && p.range.last > commit {
                 break;
             }
             let p = self.pending.pop_front().expect("front exists");
@@ -803,9 +805,9 @@ impl Driver {
                 Err(ReplicationError::NotLeader { leader_id })
             } else {
                 Ok(Committed {
-                    range: CommittedRange { first: p.first, last: p.last, term: p.term },
+                    range: p.range,
                     appended: p.appended,
-                    answered: Instant::now(),
+                    answered: *answered.get_or_insert_with(Instant::now),
                 })
             };
             let _ = p.reply.send(result);
