@@ -1,5 +1,7 @@
 //! [`UnaryRouteLayer`]: one unary gRPC method served in front of tonic's router, every
-//! other request passed on to it unchanged.
+//! other request passed on to it unchanged. The broker now serves it through
+//! [`crate::h2_server`] (as a [`UnaryMethod`], without hyper); as a tower layer it still
+//! serves behind tonic's server, and the differential tests run both.
 //!
 //! Why: on the leader, with 64 producers, the per-call tasks were 43 % of the broker's CPU
 //! samples and our own send path only 16 %; most of the rest was the router (axum's path
