@@ -44,6 +44,19 @@ const PORT_OPEN_TIMEOUT_MS: u64 = 20_000;
 /// A graceful stop hands leadership over (bounded by the transfer timeout) and flushes.
 const STOP_TIMEOUT_MS: u64 = 20_000;
 const POLL_INTERVAL_MS: u64 = 50;
+/// How long a SIGSTOPped process may take until all its threads have stopped.
+const SIGSTOP_TIMEOUT_MS: u64 = 5_000;
+
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/TID/stat`). A
+/// thread that exited meanwhile counts as stopped.
+fn all_threads_stopped(pid: libc::pid_t) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| match fs::read_to_string(task.path().join("stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')),
+        Err(_) => true,
+    })
+}
 
 /// Where the release binaries are.
 #[derive(Clone, Debug)]
@@ -543,10 +556,20 @@ impl Cluster {
     }
 
     /// SIGSTOP: the process freezes with its sockets open (a GC pause or a hung VM).
+    /// SIGSTOP node `i` and wait until every thread of it has stopped. Why wait: kill(2)
+    /// returns once the signal is queued, and the process goes on running until one of its
+    /// threads is scheduled to take it; on a loaded machine it answered a call meanwhile
+    /// (the harness test failed once with "a SIGSTOPped broker answered").
     pub fn sigstop(&mut self, i: usize) -> Result<()> {
         let proc = self.nodes[i].proc.as_mut().context("sigstop: node not running")?;
         proc.signal(libc::SIGSTOP)?;
         proc.stopped = true;
+        let pid = proc.pid();
+        let deadline = Instant::now() + Duration::from_millis(SIGSTOP_TIMEOUT_MS);
+        while !all_threads_stopped(pid) {
+            ensure!(Instant::now() < deadline, "pid {pid} not stopped {SIGSTOP_TIMEOUT_MS} ms after SIGSTOP");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Ok(())
     }
 
