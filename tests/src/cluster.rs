@@ -47,13 +47,14 @@ const POLL_INTERVAL_MS: u64 = 50;
 /// How long a SIGSTOPped process may take until all its threads have stopped.
 const SIGSTOP_TIMEOUT_MS: u64 = 5_000;
 
-/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/TID/stat`). A
-/// thread that exited meanwhile counts as stopped.
+/// Whether every thread of `pid` is stopped (state `T` or `t` in `/proc/PID/task/TID/stat`).
+/// A thread that exited meanwhile (gone, `Z` or `X`) counts as stopped: it cannot answer
+/// either, and a process that died on its own is for `check_alive` to report.
 fn all_threads_stopped(pid: libc::pid_t) -> bool {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return true };
     tasks.flatten().all(|task| match fs::read_to_string(task.path().join("stat")) {
         // The state follows the command name, which is in parentheses and may hold spaces.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')),
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't', 'Z', 'X'])),
         Err(_) => true,
     })
 }
