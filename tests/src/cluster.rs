@@ -556,11 +556,13 @@ impl Cluster {
         Ok(true)
     }
 
-    /// SIGSTOP: the process freezes with its sockets open (a GC pause or a hung VM).
-    /// SIGSTOP node `i` and wait until every thread of it has stopped. Why wait: kill(2)
-    /// returns once the signal is queued, and the process goes on running until one of its
-    /// threads is scheduled to take it; on a loaded machine it answered a call meanwhile
-    /// (the harness test failed once with "a SIGSTOPped broker answered").
+    /// SIGSTOP node `i`: the process freezes with its sockets open (a GC pause or a hung
+    /// VM). Returns once every thread of it has stopped, within `SIGSTOP_TIMEOUT_MS`. Why
+    /// wait: kill(2) returns once the signal is queued, and the process goes on running
+    /// until one of its threads is scheduled to take it; on a loaded machine it answered a
+    /// call meanwhile (the harness test failed once with "a SIGSTOPped broker answered").
+    /// The wait is a blocking 1 ms poll of `/proc`, as callers are sync: it holds up the
+    /// caller's thread for the millisecond or two a stop takes.
     pub fn sigstop(&mut self, i: usize) -> Result<()> {
         let proc = self.nodes[i].proc.as_mut().context("sigstop: node not running")?;
         proc.signal(libc::SIGSTOP)?;
