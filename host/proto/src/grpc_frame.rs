@@ -1,6 +1,6 @@
 //! gRPC's length-prefixed message framing, for the paths that bypass tonic's codec
-//! (`unary_route` on the server, `H2Channel::unary` on the client). Error texts are
-//! tonic's, so a peer cannot tell the paths apart.
+//! (`unary_route` on the server, `H2Channel::unary` and `H2Channel::duplex` on the
+//! client). Error texts are tonic's, so a peer cannot tell the paths apart.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tonic::Status;
@@ -133,6 +133,46 @@ impl OneFrame {
     }
 }
 
+/// The messages of a streaming body, in order, as its chunks arrive: a message is decoded
+/// as soon as its last byte is in; what is left of a chunk waits for the next one.
+pub struct Frames {
+    buf: BytesMut,
+    bytes_max: usize,
+    reader: Reader,
+}
+
+impl Frames {
+    pub fn new(bytes_max: usize, reader: Reader) -> Frames {
+        Frames { buf: BytesMut::new(), bytes_max, reader }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole message, if one is in. A bad prefix or encoding is an error (the
+    /// stream cannot be read on past it).
+    pub fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        if self.buf.len() < PREFIX_BYTES {
+            return Ok(None);
+        }
+        let len = declared_len(&self.buf, self.bytes_max, self.reader)?;
+        if self.buf.len() < PREFIX_BYTES + len {
+            // Room for the rest at once: one copy per message, not one per chunk.
+            self.buf.reserve(PREFIX_BYTES + len - self.buf.len());
+            return Ok(None);
+        }
+        let mut frame = self.buf.split_to(PREFIX_BYTES + len);
+        let message = frame.split_off(PREFIX_BYTES).freeze();
+        M::decode(message).map(Some).map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// At the body's end: an error if part of a message is left (tonic's wording).
+    pub fn finish(&self) -> Result<(), Status> {
+        if self.buf.is_empty() { Ok(()) } else { Err(Status::internal("Unexpected EOF decoding stream.")) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +189,39 @@ mod tests {
         assert_eq!(h.get_all("content-type").iter().collect::<Vec<_>>(), ["application/grpc"]);
         assert_eq!(h.get("x-mq-client-id").unwrap(), "c1");
         assert_eq!(headers(tonic::metadata::MetadataMap::new()).len(), 1, "content-type alone");
+    }
+
+    #[test]
+    fn frames_split_anywhere_decode_in_order_and_a_cut_one_is_an_error() {
+        let messages: Vec<crate::wasmq::raft::DeliverReply> = (1..=5)
+            .map(|n| crate::wasmq::raft::DeliverReply { accepted: n, batches_through: n as u64 * 1000 })
+            .collect();
+        let stream: Vec<u8> = messages.iter().flat_map(|m| encode(m, 1 << 10).unwrap().to_vec()).collect();
+        for chunk in 1..=stream.len() {
+            let mut frames = Frames::new(1 << 10, Reader::Client(http::StatusCode::OK));
+            let mut got = Vec::new();
+            for piece in stream.chunks(chunk) {
+                frames.push(piece);
+                while let Some(m) = frames.next::<crate::wasmq::raft::DeliverReply>().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got, messages, "chunks of {chunk}");
+            frames.finish().unwrap();
+        }
+        let mut cut = Frames::new(1 << 10, Reader::Server);
+        cut.push(&stream[..stream.len() - 1]);
+        while cut.next::<crate::wasmq::raft::DeliverReply>().unwrap().is_some() {}
+        assert_eq!(cut.finish().unwrap_err().message(), "Unexpected EOF decoding stream.");
+        // Over the limit, a compressed flag, a bad encoding.
+        let mut big = Frames::new(2, Reader::Server);
+        big.push(&stream);
+        assert_eq!(big.next::<crate::wasmq::raft::DeliverReply>().unwrap_err().code(), tonic::Code::OutOfRange);
+        let mut flagged = Frames::new(1 << 10, Reader::Server);
+        flagged.push(&[1, 0, 0, 0, 0]);
+        assert_eq!(flagged.next::<crate::wasmq::raft::DeliverReply>().unwrap_err().code(), tonic::Code::Internal);
+        let mut garbage = Frames::new(1 << 10, Reader::Server);
+        garbage.push(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        assert!(garbage.next::<crate::wasmq::raft::DeliverReply>().is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! [`H2Channel`]: a gRPC client transport written straight on the `h2` crate. One HTTP/2
-//! connection (a [`CoalescingIo`] socket) to one endpoint, dialled on first use and dialled
-//! again on the first call after it failed. tonic's generated clients run on it unchanged
+//! connection (a [`CoalescingIo`] socket, or a plain one: [`H2Channel::plain`]) to one
+//! endpoint, dialled on first use and dialled again on the first call after it failed. tonic's generated clients run on it unchanged
 //! (`XxxClient::with_origin(channel, origin)`).
 //!
 //! Why not tonic's `Channel`: between a call and its socket, `Channel` puts a tower
@@ -12,8 +12,9 @@
 //! `BASE_BENCH`, 3 interleaved rounds): the client's CPU per message 0.81× and msg/s 1.12×
 //! at 64 producers; 0.87× CPU (77 → 68 µs; NATS's client: 31) and msg/s within noise at 1.
 //!
-//! What it leaves out, deliberately: client-streaming and bidirectional calls (the request
-//! body is collected before the call starts, so such a call would wait for its own end),
+//! What it leaves out, deliberately: client-streaming and bidirectional calls through
+//! tonic's clients (the request body is collected before the call starts, so such a call
+//! would wait for its own end; `H2Channel::duplex` makes a bidirectional call without them),
 //! load balancing and several addresses (one channel, one endpoint), HTTP/2 keep-alive
 //! pings (a dead peer shows as a call's timeout, after which the connection is dropped and
 //! dialled anew), TLS, compression.
@@ -68,13 +69,15 @@ struct Shared {
     /// For a call whose request names no `grpc-timeout`.
     call_timeout: Duration,
     current: Mutex<Option<Connection>>,
+    /// Whether the socket is a [`CoalescingIo`] (the default) or a plain `TcpStream`.
+    coalescing: bool,
     /// Held while dialling, so concurrent first calls share one connection.
     dialing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
-struct Connection {
-    send: h2::client::SendRequest<Bytes>,
+pub(crate) struct Connection {
+    pub(crate) send: h2::client::SendRequest<Bytes>,
     /// Set by the connection's task when the connection ends.
     closed: Arc<AtomicBool>,
 }
@@ -84,12 +87,30 @@ impl H2Channel {
     /// bounds each dial, `call_timeout` each call that carries no `grpc-timeout` of its own
     /// (from dialling to the response's headers, as `Channel`'s timeout did).
     pub fn new(authority: http::uri::Authority, connect_timeout: Duration, call_timeout: Duration) -> H2Channel {
+        H2Channel::with_io(authority, connect_timeout, call_timeout, true)
+    }
+
+    /// [`H2Channel::new`] whose connections write straight to the socket, without a
+    /// [`CoalescingIo`] and its writer task: for one long stream of large messages (a Raft
+    /// pipe), where there are no concurrent calls' frames to gather and the writer task
+    /// would only add a hand-off per flush.
+    pub fn plain(authority: http::uri::Authority, connect_timeout: Duration, call_timeout: Duration) -> H2Channel {
+        H2Channel::with_io(authority, connect_timeout, call_timeout, false)
+    }
+
+    fn with_io(
+        authority: http::uri::Authority,
+        connect_timeout: Duration,
+        call_timeout: Duration,
+        coalescing: bool,
+    ) -> H2Channel {
         H2Channel {
             shared: Arc::new(Shared {
                 authority,
                 connect_timeout,
                 call_timeout,
                 current: Mutex::new(None),
+                coalescing,
                 dialing: tokio::sync::Mutex::new(()),
             }),
         }
@@ -133,7 +154,25 @@ impl H2Channel {
         }
     }
 
-    async fn connection(&self) -> Result<Connection, H2ChannelError> {
+    /// Forgets `connection` after `e` if `e` says it is done for: a broken socket, a
+    /// GOAWAY, or its task ended.
+    pub(crate) fn failed(&self, connection: &Connection, e: &h2::Error) {
+        if e.is_io() || e.is_go_away() || connection.closed.load(Ordering::Acquire) {
+            self.forget(connection);
+        }
+    }
+
+    /// `http://authority/path` on this channel.
+    pub(crate) fn uri(&self, path: &str) -> Result<http::Uri, tonic::Status> {
+        http::Uri::builder()
+            .scheme("http")
+            .authority(self.shared.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| tonic::Status::internal(format!("bad method path {path:?}: {e}")))
+    }
+
+    pub(crate) async fn connection(&self) -> Result<Connection, H2ChannelError> {
         if let Some(c) = self.live() {
             return Ok(c);
         }
@@ -144,23 +183,7 @@ impl H2Channel {
         let address = self.shared.authority.as_str();
         let connect_error = |source| H2ChannelError::Connect { address: address.to_string(), source };
         let stream = crate::dial::dial(address, self.shared.connect_timeout).await.map_err(connect_error)?;
-        let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_send_buffer_size(SEND_BUFFER_BYTES_MAX)
-            .enable_push(false)
-            .handshake::<_, Bytes>(CoalescingIo::new(stream))
-            .await?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let on_end = closed.clone();
-        tokio::spawn(async move {
-            // Ends on an I/O error, a GOAWAY, or when every handle and stream is gone.
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "grpc connection ended");
-            }
-            on_end.store(true, Ordering::Release);
-        });
-        let c = Connection { send, closed };
+        let c = if self.shared.coalescing { start(CoalescingIo::new(stream)).await? } else { start(stream).await? };
         *self.shared.current.lock() = Some(c.clone());
         Ok(c)
     }
@@ -189,12 +212,7 @@ impl H2Channel {
         let data = grpc_frame::encode(&message, message_bytes_max)?;
         let mut headers = grpc_frame::headers(metadata);
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(self.shared.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| tonic::Status::internal(format!("bad method path {path:?}: {e}")))?;
+        let uri = self.uri(path)?;
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uri;
@@ -262,13 +280,35 @@ impl H2Channel {
         match sent.await {
             Ok(response) => Ok(response.map(H2Body::new)),
             Err(e) => {
-                if e.is_io() || e.is_go_away() || connection.closed.load(Ordering::Acquire) {
-                    self.forget(&connection);
-                }
+                self.failed(&connection, &e);
                 Err(e.into())
             }
         }
     }
+}
+
+/// The HTTP/2 handshake on `io`, and a task to drive the connection.
+async fn start<T>(io: T) -> Result<Connection, h2::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_send_buffer_size(SEND_BUFFER_BYTES_MAX)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let on_end = closed.clone();
+    tokio::spawn(async move {
+        // Ends on an I/O error, a GOAWAY, or when every handle and stream is gone.
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "grpc connection ended");
+        }
+        on_end.store(true, Ordering::Release);
+    });
+    Ok(Connection { send, closed })
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for H2Channel {
@@ -306,9 +346,8 @@ async fn read_unary_answer<M: prost::Message + Default>(
     }
     let mut frame = grpc_frame::OneFrame::new(bytes_max, grpc_frame::Reader::Client(parts.status));
     let mut trailers: Option<http::HeaderMap> = None;
-    let body_error = |e: h2::Error| tonic::Status::from_error(Box::new(e));
     while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        match chunk.map_err(body_error)?.into_data() {
+        match chunk.map_err(h2_status)?.into_data() {
             Ok(data) => frame.push(&data)?,
             Err(chunk) => trailers = chunk.into_trailers().ok(),
         }
@@ -325,8 +364,16 @@ async fn read_unary_answer<M: prost::Message + Default>(
     Ok(tonic::Response::from_parts(tonic::metadata::MetadataMap::from_headers(headers), message, parts.extensions))
 }
 
+/// An h2 failure as the status tonic's client gives for it.
+pub(crate) fn h2_status(e: h2::Error) -> tonic::Status {
+    tonic::Status::from_error(Box::new(e))
+}
+
 /// The failure an answer's end names, if any (tonic's `infer_grpc_status`).
-fn answer_status(trailers: Option<&http::HeaderMap>, http_status: http::StatusCode) -> Option<tonic::Status> {
+pub(crate) fn answer_status(
+    trailers: Option<&http::HeaderMap>,
+    http_status: http::StatusCode,
+) -> Option<tonic::Status> {
     use tonic::Code;
     // The common end, `grpc-status: 0`, without building a `Status` (which copies every
     // other trailer into its metadata only to be dropped).

@@ -7,6 +7,7 @@
 //! - `dial`: how our gRPC clients connect (bounded, TCP_NODELAY, no self-connects).
 //! - `unary_route`: one unary method served in front of tonic's router (the send path).
 //! - `h2_server`: the client listener's HTTP/2 server, on h2 directly; the send path on it.
+//! - `h2_channel`, `h2_duplex`: gRPC clients on h2 directly (unary calls; the Raft pipes).
 
 pub mod cancellable_io;
 pub mod coalescing_io;
@@ -14,6 +15,7 @@ pub mod dial;
 pub mod grpc_frame;
 pub mod grpc_timeout;
 pub mod h2_channel;
+pub mod h2_duplex;
 pub mod h2_server;
 pub mod unary_route;
 
