@@ -456,7 +456,7 @@ impl http_body::Body for H2Body {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicU32;
 
     use tokio::net::TcpListener;
@@ -615,7 +615,9 @@ mod tests {
 
     /// Serves canned HTTP/2 answers, picked by the request's path, for what a tonic
     /// server never sends: answers a client must still read as tonic's client does.
-    async fn serve_canned() -> std::net::SocketAddr {
+    /// Each answer but `NotFound`, `Unavailable` and `OkNoMessage` carries one `DeliverReply`
+    /// with `accepted: 7`.
+    pub(crate) async fn serve_canned() -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

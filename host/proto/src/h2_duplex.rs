@@ -14,12 +14,14 @@
 
 use std::future::poll_fn;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http_body::Body as _;
 
 use crate::grpc_frame;
-use crate::h2_channel::{H2Channel, answer_status, h2_status};
+use crate::h2_channel::{H2Body, H2Channel, answer_status, h2_status};
 
 /// The sending half: one message per [`DuplexSender::send`], each after
 /// [`DuplexSender::room`] said the stream has some send window (h2 sizes the frames).
@@ -36,10 +38,9 @@ pub struct DuplexOpening {
 
 /// The answers' messages, in order.
 pub struct DuplexAnswers<M> {
-    recv: h2::RecvStream,
+    body: H2Body,
     http_status: http::StatusCode,
     frames: grpc_frame::Frames,
-    data_done: bool,
     /// The end was read (and reported); every later read is `None`.
     done: bool,
     message: PhantomData<fn() -> M>,
@@ -124,10 +125,9 @@ impl DuplexOpening {
             None => false,
         };
         Ok(DuplexAnswers {
-            recv,
+            body: H2Body::new(recv),
             http_status: parts.status,
             frames: grpc_frame::Frames::new(self.bytes_max, grpc_frame::Reader::Client(parts.status)),
-            data_done: trailers_only,
             done: trailers_only,
             message: PhantomData,
         })
@@ -139,30 +139,29 @@ impl<M: prost::Message + Default> DuplexAnswers<M> {
     /// (then `None` from there on).
     pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, tonic::Status>> {
         loop {
-            if let Some(message) = self.frames.next::<M>().inspect_err(|_| self.done = true)? {
-                return Poll::Ready(Ok(Some(message)));
-            }
+            // Done means every whole message was taken before the end was read (or the
+            // stream failed): what is left is a broken message's bytes, not to be read again.
             if self.done {
                 return Poll::Ready(Ok(None));
             }
-            if !self.data_done {
-                match ready!(self.recv.poll_data(cx)) {
-                    Some(Ok(data)) => {
-                        // Only fails for a stream already reset; the next poll reports that.
-                        let _ = self.recv.flow_control().release_capacity(data.len());
+            if let Some(message) = self.frames.next::<M>().inspect_err(|_| self.done = true)? {
+                return Poll::Ready(Ok(Some(message)));
+            }
+            let trailers = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
                         self.frames.push(&data);
                         continue;
                     }
-                    Some(Err(e)) => {
-                        self.done = true;
-                        return Poll::Ready(Err(h2_status(e)));
-                    }
-                    None => self.data_done = true,
+                    Err(frame) => frame.into_trailers().ok(),
+                },
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Err(h2_status(e)));
                 }
-            }
-            let trailers = ready!(self.recv.poll_trailers(cx));
+                None => None,
+            };
             self.done = true;
-            let trailers = trailers.map_err(h2_status)?;
             self.frames.finish()?;
             return Poll::Ready(match answer_status(trailers.as_ref(), self.http_status) {
                 Some(failed) => Err(failed),

@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message as _;
 use tokio::net::TcpListener;
 
@@ -184,44 +183,34 @@ async fn a_dead_endpoint_fails_the_opening() {
     assert!(failed.message().contains("connect 127.0.0.1"), "{failed:?}");
 }
 
-/// Answers a tonic server never gives, read as tonic's client reads them: a stream that
-/// ends without trailers, a non-200 status, a message cut short.
+/// Answers a tonic server never gives (`serve_canned`'s), read as tonic's client reads them:
+/// the messages before the end, then the status the end names or implies.
 #[tokio::test]
 async fn broken_answers_end_with_tonic_s_statuses() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut connection = h2::server::handshake(tcp).await.unwrap();
-                while let Some(Ok((request, mut respond))) = connection.accept().await {
-                    let case = request.uri().path().rsplit('/').next().unwrap().to_string();
-                    let (status, data): (u16, &[u8]) = match case.as_str() {
-                        "NoTrailers" => (200, &[]),
-                        "Cut" => (200, &[0, 0, 0, 0, 9, 1]),
-                        _ => (503, &[]),
-                    };
-                    let response = http::Response::builder()
-                        .status(status)
-                        .header("content-type", "application/grpc")
-                        .body(())
-                        .unwrap();
-                    let mut send = respond.send_response(response, false).unwrap();
-                    send.send_data(Bytes::copy_from_slice(data), true).unwrap();
-                }
-            });
-        }
-    });
+    use tonic::Code;
+    let addr = crate::h2_channel::tests::serve_canned().await;
     let channel = H2Channel::new(addr.to_string().parse().unwrap(), Duration::from_secs(1), Duration::from_secs(1));
-    for (case, code) in
-        [("NoTrailers", tonic::Code::Unknown), ("Cut", tonic::Code::Internal), ("Down", tonic::Code::Unavailable)]
-    {
+    let cases = [
+        ("Fine", 1, None),
+        ("OkNoMessage", 0, None),
+        ("NoTrailers", 1, Some(Code::Unknown)),
+        ("ThenFails", 1, Some(Code::Unavailable)),
+        ("NotFound", 0, Some(Code::Unimplemented)),
+        ("Unavailable", 0, Some(Code::Unavailable)),
+        ("Cut", 0, Some(Code::Internal)),
+        ("BadFlag", 0, Some(Code::Internal)),
+        ("Garbage", 0, Some(Code::Internal)),
+    ];
+    for (case, messages, end) in cases {
         let path: &'static str = Box::leak(format!("/canned.Canned/{case}").into_boxed_str());
         let (_sender, opening) = channel.duplex(path, BYTES_MAX).await.unwrap();
         let mut answers = within(case, opening.answers::<DeliverReply>()).await.unwrap();
-        let ended = within(case, answers.message()).await.unwrap_err();
-        assert_eq!(ended.code(), code, "{case}: {ended:?}");
+        for _ in 0..messages {
+            let answer = within(case, answers.message()).await.unwrap();
+            assert_eq!(answer.map(|a| a.accepted), Some(7), "{case}");
+        }
+        let ended = within(case, answers.message()).await;
+        assert_eq!(ended.as_ref().err().map(|s| s.code()), end, "{case}: {ended:?}");
         assert_eq!(answers.message().await.unwrap(), None, "{case}: read past the end");
     }
 }
