@@ -152,7 +152,7 @@ impl Frames {
 
     /// The next whole message, if one is in. A bad prefix or encoding is an error (the
     /// stream cannot be read on past it).
-    pub fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+    pub fn next_message<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
         if self.buf.len() < PREFIX_BYTES {
             return Ok(None);
         }
@@ -202,7 +202,7 @@ mod tests {
             let mut got = Vec::new();
             for piece in stream.chunks(chunk) {
                 frames.push(piece);
-                while let Some(m) = frames.next::<crate::wasmq::raft::DeliverReply>().unwrap() {
+                while let Some(m) = frames.next_message::<crate::wasmq::raft::DeliverReply>().unwrap() {
                     got.push(m);
                 }
             }
@@ -211,17 +211,20 @@ mod tests {
         }
         let mut cut = Frames::new(1 << 10, Reader::Server);
         cut.push(&stream[..stream.len() - 1]);
-        while cut.next::<crate::wasmq::raft::DeliverReply>().unwrap().is_some() {}
+        while cut.next_message::<crate::wasmq::raft::DeliverReply>().unwrap().is_some() {}
         assert_eq!(cut.finish().unwrap_err().message(), "Unexpected EOF decoding stream.");
         // Over the limit, a compressed flag, a bad encoding.
         let mut big = Frames::new(2, Reader::Server);
         big.push(&stream);
-        assert_eq!(big.next::<crate::wasmq::raft::DeliverReply>().unwrap_err().code(), tonic::Code::OutOfRange);
+        assert_eq!(big.next_message::<crate::wasmq::raft::DeliverReply>().unwrap_err().code(), tonic::Code::OutOfRange);
         let mut flagged = Frames::new(1 << 10, Reader::Server);
         flagged.push(&[1, 0, 0, 0, 0]);
-        assert_eq!(flagged.next::<crate::wasmq::raft::DeliverReply>().unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(
+            flagged.next_message::<crate::wasmq::raft::DeliverReply>().unwrap_err().code(),
+            tonic::Code::Internal
+        );
         let mut garbage = Frames::new(1 << 10, Reader::Server);
         garbage.push(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
-        assert!(garbage.next::<crate::wasmq::raft::DeliverReply>().is_err());
+        assert!(garbage.next_message::<crate::wasmq::raft::DeliverReply>().is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! [`H2Channel::duplex`]: a bidirectional-streaming gRPC call written on h2 directly, for
 //! the Raft pipes. The caller encodes each message straight into the call's h2 stream and
-//! reads the answers from it, in its own task.
+//! reads the answers from it, in its own task. The server's side of such a call, for an
+//! `h2_server::StreamMethod`: [`MessageReader::requests`] and [`DuplexReplies`].
 //!
 //! Why not tonic's client: with it a message went from the caller through an mpsc to
 //! hyper's body task (tonic's `EncodeBody` encodes it there), and only then to h2's
@@ -36,12 +37,22 @@ pub struct DuplexOpening {
     bytes_max: usize,
 }
 
-/// The answers' messages, in order.
+/// The answers' messages, in order, then the status their end names.
 pub struct DuplexAnswers<M> {
-    body: H2Body,
+    reader: MessageReader<M>,
     http_status: http::StatusCode,
+    /// The end's status was reported; every later read is `None`.
+    ended: bool,
+}
+
+/// The gRPC messages of an HTTP/2 body, decoded as its chunks arrive, then its trailers.
+/// Both sides of a bidirectional call read with it: a client its answers
+/// ([`DuplexAnswers`]), a server its requests ([`MessageReader::requests`]).
+pub struct MessageReader<M> {
+    body: H2Body,
     frames: grpc_frame::Frames,
-    /// The end was read (and reported); every later read is `None`.
+    trailers: Option<http::HeaderMap>,
+    /// The end was read, or the stream failed; every later read is `None`.
     done: bool,
     message: PhantomData<fn() -> M>,
 }
@@ -124,13 +135,9 @@ impl DuplexOpening {
             Some(_) => true,
             None => false,
         };
-        Ok(DuplexAnswers {
-            body: H2Body::new(recv),
-            http_status: parts.status,
-            frames: grpc_frame::Frames::new(self.bytes_max, grpc_frame::Reader::Client(parts.status)),
-            done: trailers_only,
-            message: PhantomData,
-        })
+        let mut reader = MessageReader::new(recv, self.bytes_max, grpc_frame::Reader::Client(parts.status));
+        reader.done = trailers_only;
+        Ok(DuplexAnswers { reader, http_status: parts.status, ended: false })
     }
 }
 
@@ -138,35 +145,20 @@ impl<M: prost::Message + Default> DuplexAnswers<M> {
     /// The next answer; `None` at an OK end; the status the answer ended with otherwise
     /// (then `None` from there on).
     pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, tonic::Status>> {
-        loop {
-            // Done means every whole message was taken before the end was read (or the
-            // stream failed): what is left is a broken message's bytes, not to be read again.
-            if self.done {
-                return Poll::Ready(Ok(None));
+        match ready!(self.reader.poll_message(cx)) {
+            Ok(None) if !self.ended => {
+                self.ended = true;
+                Poll::Ready(match answer_status(self.reader.trailers.as_ref(), self.http_status) {
+                    Some(failed) => Err(failed),
+                    None => Ok(None),
+                })
             }
-            if let Some(message) = self.frames.next::<M>().inspect_err(|_| self.done = true)? {
-                return Poll::Ready(Ok(Some(message)));
+            Err(broken) => {
+                // A broken message or stream is the end: no status to read after it.
+                self.ended = true;
+                Poll::Ready(Err(broken))
             }
-            let trailers = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        self.frames.push(&data);
-                        continue;
-                    }
-                    Err(frame) => frame.into_trailers().ok(),
-                },
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Poll::Ready(Err(h2_status(e)));
-                }
-                None => None,
-            };
-            self.done = true;
-            self.frames.finish()?;
-            return Poll::Ready(match answer_status(trailers.as_ref(), self.http_status) {
-                Some(failed) => Err(failed),
-                None => Ok(None),
-            });
+            read => Poll::Ready(read),
         }
     }
 
@@ -174,6 +166,97 @@ impl<M: prost::Message + Default> DuplexAnswers<M> {
     /// message stays in `self`.
     pub async fn message(&mut self) -> Result<Option<M>, tonic::Status> {
         poll_fn(|cx| self.poll_message(cx)).await
+    }
+}
+
+impl<M: prost::Message + Default> MessageReader<M> {
+    fn new(recv: h2::RecvStream, bytes_max: usize, reader: grpc_frame::Reader) -> MessageReader<M> {
+        MessageReader {
+            body: H2Body::new(recv),
+            frames: grpc_frame::Frames::new(bytes_max, reader),
+            trailers: None,
+            done: false,
+            message: PhantomData,
+        }
+    }
+
+    /// A server's reader of a call's request messages, each at most `bytes_max`.
+    pub fn requests(body: h2::RecvStream, bytes_max: usize) -> MessageReader<M> {
+        MessageReader::new(body, bytes_max, grpc_frame::Reader::Server)
+    }
+
+    /// The next message; `None` at the body's end (its trailers kept); an error for a
+    /// broken message or stream (then `None` from there on).
+    pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<M>, tonic::Status>> {
+        loop {
+            // Done means every whole message was taken before the end was read (or the
+            // stream failed): what is left is a broken message's bytes, not to be read again.
+            if self.done {
+                return Poll::Ready(Ok(None));
+            }
+            if let Some(message) = self.frames.next_message::<M>().inspect_err(|_| self.done = true)? {
+                return Poll::Ready(Ok(Some(message)));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.frames.push(&data);
+                        continue;
+                    }
+                    Err(frame) => self.trailers = frame.into_trailers().ok(),
+                },
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Err(h2_status(e)));
+                }
+                None => {}
+            }
+            self.done = true;
+            self.frames.finish()?;
+            return Poll::Ready(Ok(None));
+        }
+    }
+
+    /// [`MessageReader::poll_message`] as a future. Cancel-safe: what was read of a message
+    /// stays in `self`.
+    pub async fn message(&mut self) -> Result<Option<M>, tonic::Status> {
+        poll_fn(|cx| self.poll_message(cx)).await
+    }
+}
+
+/// A server's answers on a bidirectional call: headers at once, then messages, then the
+/// call's status in the trailers.
+pub struct DuplexReplies {
+    send: h2::SendStream<Bytes>,
+    bytes_max: usize,
+}
+
+impl DuplexReplies {
+    /// Sends the answer's headers (`200`, `application/grpc`), as tonic's server does once
+    /// a streaming handler returned its stream.
+    pub fn open(respond: &mut h2::server::SendResponse<Bytes>, bytes_max: usize) -> Result<DuplexReplies, h2::Error> {
+        let mut head = http::Response::new(());
+        head.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        let send = respond.send_response(head, false)?;
+        Ok(DuplexReplies { send, bytes_max })
+    }
+
+    /// One answer. Answers are not held back for the peer's window: a caller sends few and
+    /// small ones (h2 buffers them).
+    pub fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), tonic::Status> {
+        let data = grpc_frame::encode(message, self.bytes_max)?;
+        self.send.send_data(data, false).map_err(h2_status)
+    }
+
+    /// Ends the answers with `status` in the trailers (OK for `Ok`).
+    pub fn finish(mut self, status: Result<(), tonic::Status>) -> Result<(), h2::Error> {
+        let status = status.err().unwrap_or_else(|| tonic::Status::ok(""));
+        let mut trailers = http::HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            // Only a message that cannot be a header value; the code alone then.
+            trailers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        }
+        self.send.send_trailers(trailers)
     }
 }
 

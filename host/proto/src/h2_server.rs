@@ -33,6 +33,9 @@
 //! - a stop stops accepting, sends GOAWAY on every connection and waits for their streams
 //!   to finish (the caller bounds the wait).
 //!
+//! A [`StreamMethod`] (the Raft pipe) runs in the connection's task too, for the same
+//! reason: each message of it would otherwise cost a hand-off between two tasks.
+//!
 //! Streaming answers are piped as hyper pipes them: the next frame is taken from the body
 //! once the peer's window has room, and a stream the peer resets drops the body.
 
@@ -91,14 +94,38 @@ impl<S> Routes for S where
 {
 }
 
+/// A method whose calls run in their connection's task from start to end, given the
+/// request's head, its body and the responder: for a long-lived bidirectional stream (a
+/// Raft pipe), whose every message would otherwise go from the connection's task to the
+/// call's own task (and through tonic's decoder and hyper's body piping) before its handler
+/// sees it. A call must not block: it shares the task with the connection's other streams.
+pub trait StreamMethod: Send + Sync + 'static {
+    /// The method's path, `/package.Service/Method`.
+    fn path(&self) -> &'static str;
+    fn call(
+        &self,
+        parts: http::request::Parts,
+        body: RecvStream,
+        respond: SendResponse<Bytes>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
 pub struct H2Server<S> {
     routes: S,
     unary: Option<Arc<dyn UnaryMethod>>,
+    stream: Option<Arc<dyn StreamMethod>>,
 }
 
 impl<S: Routes> H2Server<S> {
     pub fn new(routes: S) -> Self {
-        H2Server { routes, unary: None }
+        H2Server { routes, unary: None, stream: None }
+    }
+
+    /// Runs `method`'s calls in their connection's task (see [`StreamMethod`]), except a
+    /// call with a `grpc-encoding`, which goes to the routes.
+    pub fn stream(mut self, method: Arc<dyn StreamMethod>) -> Self {
+        self.stream = Some(method);
+        self
     }
 
     /// Answers `method`'s calls here (except a call with a `grpc-encoding`, which goes to
@@ -155,7 +182,7 @@ fn builder() -> h2::server::Builder {
     builder
 }
 
-/// One connection: its unary calls in this task, its other streams each on a task of its
+/// One connection: its unary and stream-method calls in this task, its other streams each on a task of its
 /// own, until the peer closes it, it fails, or a stop drains it. Holds `stop` (a receiver)
 /// until it ends: the server's stop waits for every receiver to be gone.
 async fn connection<S, IO>(server: Arc<H2Server<S>>, io: IO, mut stop: watch::Receiver<bool>)
@@ -184,13 +211,12 @@ where
                 Some(Ok((request, respond))) => {
                     let (mut parts, body) = request.into_parts();
                     parts.extensions.insert(info.clone());
-                    match server.unary.as_ref() {
-                        Some(method) if takes(method.as_ref(), &parts) => {
-                            calls.push(unary(method.clone(), parts, body, respond));
-                        }
-                        _ => {
-                            tokio::spawn(routed(server.routes.clone(), parts, body, respond));
-                        }
+                    if let Some(method) = server.unary.as_ref().filter(|m| takes(m.path(), &parts)) {
+                        calls.push(futures::future::Either::Left(unary(method.clone(), parts, body, respond)));
+                    } else if let Some(method) = server.stream.as_ref().filter(|m| takes(m.path(), &parts)) {
+                        calls.push(futures::future::Either::Right(method.call(parts, body, respond)));
+                    } else {
+                        tokio::spawn(routed(server.routes.clone(), parts, body, respond));
                     }
                 }
                 Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
@@ -205,8 +231,8 @@ where
     }
 }
 
-fn takes(method: &dyn UnaryMethod, parts: &http::request::Parts) -> bool {
-    parts.uri.path() == method.path() && !parts.headers.contains_key("grpc-encoding")
+fn takes(path: &str, parts: &http::request::Parts) -> bool {
+    parts.uri.path() == path && !parts.headers.contains_key("grpc-encoding")
 }
 
 /// The `grpc-timeout` of `parts` applied to `answer`: an expired call is answered as

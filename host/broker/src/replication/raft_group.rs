@@ -37,7 +37,7 @@ use wasmq_storage::commitlog::CommitLog;
 
 use super::raft_hard_state::{HardStateFile, StoredHardState};
 use super::raft_log::CommitLogRaftLog;
-use super::raft_transport::{Members, RaftPeerService, listen_address, spawn_peer_sender};
+use super::raft_transport::{Members, RaftPeerService, listen_address, serve_peers, spawn_peer_sender};
 use super::{
     CommitHook, CommittedRange, EntryIndex, PROPOSE_ENTRIES_MAX, PeerStatus, ProposeLatency, ReplicationError,
     ReplicationStatus, Replicator, Role,
@@ -232,11 +232,11 @@ impl RaftReplicator {
         let dropped_inbound = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut tasks = Vec::new();
 
-        let service = RaftPeerService::new(members.clone(), self_node, inbox_tx, dropped_inbound).into_server();
+        let service = RaftPeerService::new(members.clone(), self_node, inbox_tx, dropped_inbound);
         let mut server_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             // However this task ends (stopped, or aborted with a `CallerRuntime` driver), the
-            // connections it accepted, which tonic runs as tasks of their own, end with it.
+            // connections it accepted, which the server runs as tasks of their own, end with it.
             let connections = tokio_util::sync::CancellationToken::new();
             let _end_connections = connections.clone().drop_guard();
             // `Server::tcp_nodelay` only applies to listeners tonic binds itself; a listener we
@@ -246,15 +246,10 @@ impl RaftReplicator {
             let incoming = tonic::transport::server::TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .map(move |s| s.map(|s| CancellableIo::new(s, connections.clone())));
-            let result = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "raft peer service stopped");
-            }
+            serve_peers(service, incoming, async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
         }));
 
         let mut peers = BTreeMap::new();

@@ -4,9 +4,9 @@
 //! `dLegerPeers` address and keeps one sender task per peer. A sender keeps one long-lived
 //! `Pipe` stream open to its peer and drains its bounded queue into one `MessageBatch` per
 //! stream message, sent whenever the stream has HTTP/2 send window (what queues while it is
-//! shut goes out as one batch). The sender writes the pipe on `h2` directly
-//! (`wasmq_proto::h2_duplex`); the server side is tonic's. The peer answers only the
-//! batches that ask for it, now and then (`PIPE_REPLY_INTERVAL_MS`): answers prove the link
+//! shut goes out as one batch). Both ends run on `h2` directly: the sender writes the pipe
+//! with `wasmq_proto::h2_duplex`, and the receiver reads it in its connection's task
+//! ([`serve_peers`]). The peer answers only the batches that ask for it, now and then (`PIPE_REPLY_INTERVAL_MS`): answers prove the link
 //! alive, and Raft's own answers come back as messages in the peer's own batches. Loss is
 //! fine (Raft retransmits from its own state), so every queue is bounded and drops when
 //! full, and a failing peer's queue is discarded while the sender backs off and reconnects.
@@ -253,6 +253,72 @@ impl pb::raft_server::Raft for RaftPeerService {
     async fn deliver(&self, request: Request<pb::MessageBatch>) -> Result<Response<pb::DeliverReply>, Status> {
         self.accept(request.into_inner()).map(Response::new)
     }
+}
+
+/// `Pipe` served in the connection's task (`H2Server::stream`): each batch is decoded and
+/// handed to the inbox there, without tonic's per-call task, decoder and hyper's body
+/// piping in between. The same answers as [`RaftPeerService::pipe`] gives through tonic.
+struct PipeMethod(RaftPeerService);
+
+impl wasmq_proto::h2_server::StreamMethod for PipeMethod {
+    fn path(&self) -> &'static str {
+        PIPE_PATH
+    }
+
+    fn call(
+        &self,
+        _: http::request::Parts,
+        body: h2::RecvStream,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            use wasmq_proto::h2_duplex::{DuplexReplies, MessageReader};
+            let Ok(mut replies) = DuplexReplies::open(&mut respond, GRPC_MESSAGE_BYTES_MAX) else { return };
+            let mut batches = MessageReader::<pb::MessageBatch>::requests(body, GRPC_MESSAGE_BYTES_MAX);
+            let mut received = 0u64;
+            // The first refused batch ends the pipe with its status.
+            let end = loop {
+                let batch = match batches.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(status),
+                };
+                received += 1;
+                let wanted = !batch.no_reply;
+                match service.accept(batch) {
+                    Ok(reply) if wanted => {
+                        if let Err(status) = replies.send(&pb::DeliverReply { batches_through: received, ..reply }) {
+                            break Err(status);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(status) => break Err(status),
+                }
+            };
+            if let Err(e) = replies.finish(end) {
+                // The sender reset the pipe (it failed or stopped): nobody to tell.
+                tracing::debug!(error = %e, "raft pipe ended");
+            }
+        })
+    }
+}
+
+/// Serves the Raft peer service on `incoming` until `signal`: `Pipe` in each connection's
+/// task ([`PipeMethod`]), `Deliver` through tonic's routes.
+pub async fn serve_peers<I, IO, E>(service: RaftPeerService, incoming: I, signal: impl std::future::Future<Output = ()>)
+where
+    I: futures::Stream<Item = Result<IO, E>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: std::fmt::Display,
+{
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(service.clone().into_server());
+    wasmq_proto::h2_server::H2Server::new(routes.routes())
+        .stream(Arc::new(PipeMethod(service)))
+        .serve(incoming, signal)
+        .await;
 }
 
 /// Address to listen on for a `dLegerPeers` address: the IP when it is one, else all
@@ -587,7 +653,14 @@ mod tests {
         Arc::new(Members::new("g".into(), vec![("a".into(), "127.0.0.1:9".into()), ("b".into(), b)]).unwrap())
     }
 
-    fn serve<S: pb::raft_server::Raft>(listener: tokio::net::TcpListener, service: S) {
+    /// Serves `service` on `listener` as a member does (`serve_peers`).
+    fn serve(listener: tokio::net::TcpListener, service: RaftPeerService) {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(serve_peers(service, incoming, std::future::pending()));
+    }
+
+    /// Serves `service` with tonic's server alone, as members before `serve_peers` did.
+    fn serve_with_tonic<S: pb::raft_server::Raft>(listener: tokio::net::TcpListener, service: S) {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -671,6 +744,16 @@ mod tests {
         assert_heartbeats_arrive(members, inbox).await;
     }
 
+    /// A member of a version whose peer service was tonic's server alone (a rolling upgrade).
+    #[tokio::test]
+    async fn pipe_delivers_every_message_once_in_order_to_a_tonic_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let members = members(&listener);
+        let (inbox_tx, inbox) = mpsc::channel(HEARTBEATS as usize);
+        serve_with_tonic(listener, RaftPeerService::new(members.clone(), 2, inbox_tx, Arc::new(AtomicU64::new(0))));
+        assert_heartbeats_arrive(members, inbox).await;
+    }
+
     #[test]
     fn a_pipe_asks_for_an_answer_now_and_then_and_counts_what_it_confirms() {
         let t0 = tokio::time::Instant::now();
@@ -727,7 +810,7 @@ mod tests {
         let (inbox_tx, inbox) = mpsc::channel(4 * PEER_TEST_QUEUE);
         let calls = Arc::new(AtomicU64::new(0));
         let inner = RaftPeerService::new(members.clone(), 2, inbox_tx, Arc::new(AtomicU64::new(0)));
-        serve(listener, OlderMember(inner, calls.clone()));
+        serve_with_tonic(listener, OlderMember(inner, calls.clone()));
         assert_heartbeats_arrive(members, inbox).await;
         assert!(calls.load(Ordering::Relaxed) > 0, "nothing went through Deliver");
     }
