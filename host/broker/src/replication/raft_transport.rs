@@ -732,8 +732,8 @@ mod tests {
     /// The peer queue of the test: larger than the inbox traffic so nothing is dropped.
     const PEER_TEST_QUEUE: usize = 64;
 
-    #[tokio::test]
-    async fn pipe_delivers_every_message_once_in_order() {
+    /// Heartbeats through a pipe to a member served by `serve`.
+    async fn pipe_delivers_every_message_once_in_order_when(serve: fn(tokio::net::TcpListener, RaftPeerService)) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let members = members(&listener);
         // Room for every heartbeat: the pipe has no window of unanswered batches any more
@@ -744,14 +744,15 @@ mod tests {
         assert_heartbeats_arrive(members, inbox).await;
     }
 
+    #[tokio::test]
+    async fn pipe_delivers_every_message_once_in_order() {
+        pipe_delivers_every_message_once_in_order_when(serve).await;
+    }
+
     /// A member of a version whose peer service was tonic's server alone (a rolling upgrade).
     #[tokio::test]
     async fn pipe_delivers_every_message_once_in_order_to_a_tonic_server() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let members = members(&listener);
-        let (inbox_tx, inbox) = mpsc::channel(HEARTBEATS as usize);
-        serve_with_tonic(listener, RaftPeerService::new(members.clone(), 2, inbox_tx, Arc::new(AtomicU64::new(0))));
-        assert_heartbeats_arrive(members, inbox).await;
+        pipe_delivers_every_message_once_in_order_when(serve_with_tonic::<RaftPeerService>).await;
     }
 
     #[test]
