@@ -1,7 +1,7 @@
 //! [`H2Channel`]: a gRPC client transport written straight on the `h2` crate. One HTTP/2
 //! connection (a [`CoalescingIo`] socket, or a plain one: [`H2Channel::plain`]) to one
-//! endpoint, dialled on first use and dialled again on the first call after it failed. tonic's generated clients run on it unchanged
-//! (`XxxClient::with_origin(channel, origin)`).
+//! endpoint, dialled on first use and dialled again on the first call after it failed.
+//! tonic's generated clients run on it unchanged (`XxxClient::with_origin(channel, origin)`).
 //!
 //! Why not tonic's `Channel`: between a call and its socket, `Channel` puts a tower
 //! `Buffer` (a queue and a worker task) and hyper's client dispatch (another queue, and a

@@ -182,8 +182,8 @@ fn builder() -> h2::server::Builder {
     builder
 }
 
-/// One connection: its unary and stream-method calls in this task, its other streams each on a task of its
-/// own, until the peer closes it, it fails, or a stop drains it. Holds `stop` (a receiver)
+/// One connection: its unary and stream-method calls in this task, its other streams each
+/// on a task of its own, until the peer closes it, it fails, or a stop drains it. Holds `stop` (a receiver)
 /// until it ends: the server's stop waits for every receiver to be gone.
 async fn connection<S, IO>(server: Arc<H2Server<S>>, io: IO, mut stop: watch::Receiver<bool>)
 where

@@ -6,10 +6,11 @@
 //! stream message, sent whenever the stream has HTTP/2 send window (what queues while it is
 //! shut goes out as one batch). Both ends run on `h2` directly: the sender writes the pipe
 //! with `wasmq_proto::h2_duplex`, and the receiver reads it in its connection's task
-//! ([`serve_peers`]). The peer answers only the batches that ask for it, now and then (`PIPE_REPLY_INTERVAL_MS`): answers prove the link
-//! alive, and Raft's own answers come back as messages in the peer's own batches. Loss is
-//! fine (Raft retransmits from its own state), so every queue is bounded and drops when
-//! full, and a failing peer's queue is discarded while the sender backs off and reconnects.
+//! ([`serve_peers`]). The peer answers only the batches that ask for it, now and then
+//! (`PIPE_REPLY_INTERVAL_MS`): answers prove the link alive, and Raft's own answers come
+//! back as messages in the peer's own batches. Loss is fine (Raft retransmits from its own
+//! state), so every queue is bounded and drops when full, and a failing peer's queue is
+//! discarded while the sender backs off and reconnects.
 //!
 //! Why a stream: a unary call per batch cost each side an HTTP/2 stream, header blocks and a
 //! task; on a stream a batch is one DATA frame each way.
