@@ -6,8 +6,10 @@
 //! - `coalescing_io`: the socket wrapper our gRPC servers and clients use (fewer writes).
 //! - `dial`: how our gRPC clients connect (bounded, TCP_NODELAY, no self-connects).
 //! - `unary_route`: one unary method served in front of tonic's router (the send path).
-//! - `h2_server`: the client listener's HTTP/2 server, on h2 directly; the send path on it.
-//! - `h2_channel`, `h2_duplex`: gRPC clients on h2 directly (unary calls; the Raft pipes).
+//! - `h2_server`: our HTTP/2 server, on h2 directly: the client listener (the send path on
+//!   it) and the Raft peer listener (the pipes on it).
+//! - `h2_channel`, `h2_duplex`: gRPC clients on h2 directly (unary calls; the Raft pipes),
+//!   and the server's side of a bidirectional call (`h2_duplex`).
 
 pub mod cancellable_io;
 pub mod coalescing_io;
