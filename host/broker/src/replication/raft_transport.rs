@@ -376,8 +376,9 @@ const PIPE_PATH: &str = "/wasmq.raft.Raft/Pipe";
 /// TCP_NODELAY). A pipe bounds its opening and its answers itself (`CALL_TIMEOUT_MS`), and
 /// `Deliver` calls carry a `grpc-timeout`; the channel's own call timeout (the same) only
 /// bounds a unary call without one. Without `CoalescingIo`: a pipe's batches are already
-/// one message each, and the writer task would add a hand-off per flush (measured: the
-/// leader's CPU per message 1.03× with it, normalised by mqbench's).
+/// one message each, and the writer task would add a hand-off per flush (measured against
+/// the tonic transport, the leader's CPU per message normalised by mqbench's: 1.01× with
+/// it, 0.97× without, in two `ab.sh` runs).
 fn peer_channel(authority: &http::uri::Authority) -> wasmq_proto::h2_channel::H2Channel {
     wasmq_proto::h2_channel::H2Channel::plain(
         authority.clone(),
