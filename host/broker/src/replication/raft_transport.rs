@@ -215,6 +215,16 @@ impl RaftPeerService {
         }
         Ok(pb::DeliverReply { accepted, batches_through: 0 })
     }
+
+    /// One batch of a `Pipe` (served by tonic's `pipe` or by [`PipeMethod`]): counted in
+    /// `received`, accepted, and answered when it asks, the answer counting every batch of
+    /// the pipe so far. A refused batch is an error, which ends the pipe.
+    fn pipe_batch(&self, received: &mut u64, batch: pb::MessageBatch) -> Result<Option<pb::DeliverReply>, Status> {
+        *received += 1;
+        let wanted = !batch.no_reply;
+        let reply = self.accept(batch)?;
+        Ok(wanted.then_some(pb::DeliverReply { batches_through: *received, ..reply }))
+    }
 }
 
 type ReplyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::DeliverReply, Status>> + Send>>;
@@ -235,13 +245,7 @@ impl pb::raft_server::Raft for RaftPeerService {
         let mut received = 0u64;
         let replies = request
             .into_inner()
-            .map(move |batch| {
-                let batch = batch?;
-                received += 1;
-                let wanted = !batch.no_reply;
-                let reply = service.accept(batch)?;
-                Ok(wanted.then_some(pb::DeliverReply { batches_through: received, ..reply }))
-            })
+            .map(move |batch| service.pipe_batch(&mut received, batch?))
             .scan(false, |failed, reply: Result<Option<pb::DeliverReply>, Status>| {
                 let item = (!*failed).then_some(reply);
                 *failed = item.as_ref().is_some_and(|r| r.is_err());
@@ -285,15 +289,13 @@ impl wasmq_proto::h2_server::StreamMethod for PipeMethod {
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(status),
                 };
-                received += 1;
-                let wanted = !batch.no_reply;
-                match service.accept(batch) {
-                    Ok(reply) if wanted => {
-                        if let Err(status) = replies.send(&pb::DeliverReply { batches_through: received, ..reply }) {
+                match service.pipe_batch(&mut received, batch) {
+                    Ok(Some(reply)) => {
+                        if let Err(status) = replies.send(&reply) {
                             break Err(status);
                         }
                     }
-                    Ok(_) => {}
+                    Ok(None) => {}
                     Err(status) => break Err(status),
                 }
             };
@@ -787,6 +789,39 @@ mod tests {
         // Confirming more than was sent, or less than before, is a broken peer.
         assert!(a.answered(&reply(7), asked_at).is_err());
         assert!(a.answered(&reply(2), asked_at).is_err());
+    }
+
+    /// The per-batch step both `Pipe` servers share: every batch counts, only those that ask
+    /// are answered, and a refused batch is an error whose messages reach nobody.
+    #[test]
+    fn a_pipe_batch_is_counted_and_answered_only_when_it_asks() {
+        let members = Arc::new(
+            Members::new("g".into(), vec![("a".into(), "127.0.0.1:9".into()), ("b".into(), "127.0.0.1:10".into())])
+                .unwrap(),
+        );
+        let (inbox_tx, mut inbox) = mpsc::channel(16);
+        let service = RaftPeerService::new(members, 2, inbox_tx, Arc::new(AtomicU64::new(0)));
+        let batch = |group: &str, commits: std::ops::RangeInclusive<u64>, no_reply| pb::MessageBatch {
+            group: group.into(),
+            from_id: "a".into(),
+            to_id: "b".into(),
+            messages: commits.map(|commit| to_proto(Message::Heartbeat { term: 1, commit })).collect(),
+            no_reply,
+        };
+        let mut received = 0;
+        assert_eq!(service.pipe_batch(&mut received, batch("g", 1..=2, true)).unwrap(), None);
+        assert_eq!(service.pipe_batch(&mut received, batch("g", 3..=3, true)).unwrap(), None);
+        assert_eq!(
+            service.pipe_batch(&mut received, batch("g", 4..=6, false)).unwrap(),
+            Some(pb::DeliverReply { accepted: 3, batches_through: 3 }),
+            "the answer counts the quiet batches before it"
+        );
+        let refused = service.pipe_batch(&mut received, batch("other", 7..=7, false)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        for commit in 1..=6 {
+            assert_eq!(inbox.try_recv().unwrap(), (1, Message::Heartbeat { term: 1, commit }));
+        }
+        assert!(inbox.try_recv().is_err(), "the refused batch reached the inbox");
     }
 
     /// A member of a version before `Pipe`: UNIMPLEMENTED for it, `Deliver` as before.
