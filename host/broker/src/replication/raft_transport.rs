@@ -344,7 +344,7 @@ pub fn spawn_peer_sender(
     rx: mpsc::Receiver<Message>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let address = members.address(peer).to_string();
+    let address = members.address(peer);
     let authority: http::uri::Authority = address.parse().map_err(|e| format!("peer address `{address}`: {e}"))?;
     if authority.port_u16().is_none() {
         return Err(format!("peer address `{address}` has no port"));
@@ -352,7 +352,6 @@ pub fn spawn_peer_sender(
     let sender = PeerSender {
         channel: peer_channel(&authority),
         authority,
-        address,
         outbox: Outbox {
             group: members.group.clone(),
             from_id: members.name(self_node).to_string(),
@@ -392,8 +391,8 @@ fn peer_channel(authority: &http::uri::Authority) -> wasmq_proto::h2_channel::H2
 struct PeerSender {
     /// The connection of the current pipe (or `Deliver` calls); replaced after a failure.
     channel: wasmq_proto::h2_channel::H2Channel,
+    /// The peer's `dLegerPeers` address (`host:port`): what is dialled, and named in the logs.
     authority: http::uri::Authority,
-    address: String,
     outbox: Outbox,
     shutdown: watch::Receiver<bool>,
     /// Consecutive failed calls or pipes (for the back-off and the log).
@@ -507,13 +506,13 @@ impl PeerSender {
                 SendEnd::Shutdown => return,
                 SendEnd::PipeUnimplemented(batch) => {
                     unsent = Some(batch);
-                    tracing::info!(peer = %self.outbox.to_id, address = %self.address, "peer does not serve Raft/Pipe (an older member): one Deliver call per batch");
+                    tracing::info!(peer = %self.outbox.to_id, address = %self.authority, "peer does not serve Raft/Pipe (an older member): one Deliver call per batch");
                     pipe = false;
                 }
                 SendEnd::Failed(status) => {
                     self.failures += 1;
                     if self.failures == 1 || self.failures.is_multiple_of(100) {
-                        tracing::warn!(peer = %self.outbox.to_id, address = %self.address, failures = self.failures, error = %status, "raft peer unreachable");
+                        tracing::warn!(peer = %self.outbox.to_id, address = %self.authority, failures = self.failures, error = %status, "raft peer unreachable");
                     }
                     tracing::debug!(peer = %self.outbox.to_id, failures = self.failures, error = %status, "raft peer send failed");
                     // What queued behind the failed batch is stale (the node resends from its
@@ -546,7 +545,7 @@ impl PeerSender {
 
     fn delivered(&mut self) {
         if self.failures > 0 {
-            tracing::info!(peer = %self.outbox.to_id, address = %self.address, failures = self.failures, "raft peer reachable again");
+            tracing::info!(peer = %self.outbox.to_id, address = %self.authority, failures = self.failures, "raft peer reachable again");
         }
         self.failures = 0;
     }
@@ -822,6 +821,21 @@ mod tests {
             assert_eq!(inbox.try_recv().unwrap(), (1, Message::Heartbeat { term: 1, commit }));
         }
         assert!(inbox.try_recv().is_err(), "the refused batch reached the inbox");
+    }
+
+    /// A peer's address is checked before its sender starts; the error names it.
+    #[test]
+    fn a_peer_address_without_a_port_or_unparsable_is_refused() {
+        for (address, why) in [("127.0.0.1", "has no port"), ("127.0.0.1:x y", "peer address `127.0.0.1:x y`")] {
+            let members = Arc::new(
+                Members::new("g".into(), vec![("a".into(), "127.0.0.1:9".into()), ("b".into(), address.into())])
+                    .unwrap(),
+            );
+            let (_tx, rx) = mpsc::channel(1);
+            let (_stop_tx, stop_rx) = watch::channel(false);
+            let e = spawn_peer_sender(members, 1, 2, rx, stop_rx).unwrap_err();
+            assert!(e.contains(why) && e.contains(address), "{address}: {e}");
+        }
     }
 
     /// A member of a version before `Pipe`: UNIMPLEMENTED for it, `Deliver` as before.
