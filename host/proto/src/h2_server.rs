@@ -42,6 +42,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -114,17 +115,76 @@ pub struct H2Server<S> {
     routes: S,
     unary: Option<Arc<dyn UnaryMethod>>,
     stream: Option<Arc<dyn StreamMethod>>,
+    placement: Placement,
+    /// The runtime `serve` runs on: the routes' calls get their tasks there.
+    home: Option<tokio::runtime::Handle>,
+}
+
+/// Where connection tasks run: on a preferred runtime while it has fewer than its limit of
+/// live connections, else on the runtime that serves. The default prefers none.
+#[derive(Default)]
+pub struct Placement {
+    preferred: Option<Preferred>,
+}
+
+struct Preferred {
+    runtime: tokio::runtime::Handle,
+    connections_max: usize,
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts a connection live on the preferred runtime until its task ends or is dropped (a
+/// runtime that shuts down drops its tasks).
+struct LiveConnection(Arc<AtomicUsize>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Placement {
+    /// Up to `connections_max` live connections on `runtime`.
+    pub fn preferring(runtime: tokio::runtime::Handle, connections_max: usize) -> Placement {
+        Placement { preferred: Some(Preferred { runtime, connections_max, live: Arc::default() }) }
+    }
+
+    /// Spawns `connection` on the preferred runtime if it has room, else on the current one.
+    /// Only the accept loop spawns, so the check and the count do not race.
+    fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        match &self.preferred {
+            Some(p) if p.live.load(Ordering::Relaxed) < p.connections_max => {
+                p.live.fetch_add(1, Ordering::Relaxed);
+                let live = LiveConnection(p.live.clone());
+                p.runtime.spawn(async move {
+                    let _live = live;
+                    connection.await
+                });
+            }
+            _ => drop(tokio::spawn(connection)),
+        }
+    }
 }
 
 impl<S: Routes> H2Server<S> {
     pub fn new(routes: S) -> Self {
-        H2Server { routes, unary: None, stream: None }
+        H2Server { routes, unary: None, stream: None, placement: Placement::default(), home: None }
     }
 
     /// Runs `method`'s calls in their connection's task (see [`StreamMethod`]), except a
     /// call with a `grpc-encoding`, which goes to the routes.
     pub fn stream(mut self, method: Arc<dyn StreamMethod>) -> Self {
         self.stream = Some(method);
+        self
+    }
+
+    /// Runs connection tasks where `placement` says (their unary and stream-method calls
+    /// with them); the routes' calls still get their tasks on the serving runtime. For an IO
+    /// type that joins the reactor of the runtime it is first used on
+    /// ([`crate::rehomed_tcp::RehomedTcp`]): one registered where it was accepted would be
+    /// woken from there.
+    pub fn connections_on(mut self, placement: Placement) -> Self {
+        self.placement = placement;
         self
     }
 
@@ -145,7 +205,7 @@ impl<S: Routes> H2Server<S> {
         E: std::fmt::Display,
     {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let shared = Arc::new(self);
+        let shared = Arc::new(H2Server { home: Some(tokio::runtime::Handle::current()), ..self });
         {
             let mut incoming = std::pin::pin!(incoming);
             let mut signal = std::pin::pin!(signal);
@@ -154,7 +214,7 @@ impl<S: Routes> H2Server<S> {
                     _ = &mut signal => break,
                     io = incoming.next() => match io {
                         Some(Ok(io)) => {
-                            tokio::spawn(connection(shared.clone(), io, stop_rx.clone()));
+                            shared.placement.spawn(connection(shared.clone(), io, stop_rx.clone()));
                         }
                         Some(Err(e)) => tracing::debug!(error = %e, "accept failed"),
                         None => break,
@@ -216,7 +276,11 @@ where
                     } else if let Some(method) = server.stream.as_ref().filter(|m| takes(m.path(), &parts)) {
                         calls.push(futures::future::Either::Right(method.call(parts, body, respond)));
                     } else {
-                        tokio::spawn(routed(server.routes.clone(), parts, body, respond));
+                        let call = routed(server.routes.clone(), parts, body, respond);
+                        match &server.home {
+                            Some(home) => drop(home.spawn(call)),
+                            None => drop(tokio::spawn(call)),
+                        }
                     }
                 }
                 Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),

@@ -189,3 +189,91 @@ async fn a_connection_that_never_speaks_http2_is_closed() {
     let mut client = client(running.addr).await;
     assert_eq!(client.deliver(batch("g", 1)).await.unwrap().into_inner().accepted, 1);
 }
+
+fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("unnamed").to_string()
+}
+
+/// Answers with the name of the thread its handler ran on (`x-thread`).
+struct ThreadNames;
+
+#[tonic::async_trait]
+impl Raft for ThreadNames {
+    type PipeStream = Pin<Box<dyn Stream<Item = Result<DeliverReply, Status>> + Send>>;
+
+    async fn pipe(
+        &self,
+        _: tonic::Request<tonic::Streaming<MessageBatch>>,
+    ) -> Result<tonic::Response<Self::PipeStream>, Status> {
+        let mut response = tonic::Response::new(Box::pin(futures::stream::empty()) as Self::PipeStream);
+        response.metadata_mut().insert("x-thread", thread_name().parse().unwrap());
+        Ok(response)
+    }
+
+    async fn deliver(&self, _: tonic::Request<MessageBatch>) -> Result<tonic::Response<DeliverReply>, Status> {
+        let mut response = tonic::Response::new(DeliverReply::default());
+        response.metadata_mut().insert("x-thread", thread_name().parse().unwrap());
+        Ok(response)
+    }
+}
+
+/// A runtime on a thread of its own named `name`, as a Raft driver's; it ends when the
+/// sender is dropped or used.
+fn runtime_thread(name: &str) -> (tokio::runtime::Handle, oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let (end_tx, end_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            handle_tx.send(runtime.handle().clone()).unwrap();
+            runtime.block_on(async {
+                let _ = end_rx.await;
+            });
+        })
+        .unwrap();
+    (handle_rx.recv().unwrap(), end_tx, thread)
+}
+
+#[tokio::test]
+async fn connections_run_on_the_preferred_runtime_up_to_its_limit_and_routed_calls_at_home() {
+    let (preferred, end, thread) = runtime_thread("preferred");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler: UnaryHandler<MessageBatch, DeliverReply> =
+        Arc::new(|request| Box::pin(async move { ThreadNames.deliver(request).await }));
+    let server = H2Server::new(tonic::service::Routes::new(RaftServer::new(ThreadNames)))
+        .unary(Arc::new(UnaryRouteLayer::new(DELIVER, MESSAGE_BYTES_MAX, handler)))
+        .connections_on(Placement::preferring(preferred, 1));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .map(|tcp| tcp.and_then(crate::rehomed_tcp::RehomedTcp::new));
+    tokio::spawn(server.serve(incoming, std::future::pending()));
+    let home = thread_name();
+    let thread_of = |m: &tonic::metadata::MetadataMap| m.get("x-thread").unwrap().to_str().unwrap().to_string();
+
+    let mut first = client(addr).await;
+    let answer = first.deliver(batch("g", 1)).await.unwrap();
+    assert_eq!(thread_of(answer.metadata()), "preferred", "the first connection runs on the preferred runtime");
+    let routed = first.pipe(tokio_stream::empty()).await.unwrap();
+    assert_eq!(thread_of(routed.metadata()), home, "a call on the routes gets its task where the server runs");
+    let mut second = client(addr).await;
+    let answer = second.deliver(batch("g", 1)).await.unwrap();
+    assert_eq!(thread_of(answer.metadata()), home, "beyond the limit: where the server runs");
+
+    // Once the first connection has closed, the preferred runtime takes the next one.
+    drop((first, routed));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = client(addr).await;
+        if thread_of(next.deliver(batch("g", 1)).await.unwrap().metadata()) == "preferred" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the closed connection still counts on the preferred runtime");
+        drop(next);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second connection, which stayed where the server runs, still works.
+    assert_eq!(thread_of(second.deliver(batch("g", 1)).await.unwrap().metadata()), home);
+    end.send(()).unwrap();
+    thread.join().unwrap();
+}

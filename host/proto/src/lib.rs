@@ -19,6 +19,7 @@ pub mod grpc_timeout;
 pub mod h2_channel;
 pub mod h2_duplex;
 pub mod h2_server;
+pub mod rehomed_tcp;
 pub mod unary_route;
 
 pub mod apache {
