@@ -227,6 +227,12 @@ pub trait Replicator: Send + Sync + 'static {
         None
     }
 
+    /// The runtime this member's Raft driver runs on, if it has one of its own thread:
+    /// client connections placed there reach the driver without crossing threads.
+    fn driver_runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
+
     /// Asks the leader to hand leadership to `target_id` (RocketMQ's `preferredLeaderId`,
     /// `mqadmin` leader transfer). Returns once the transfer is done or has failed.
     async fn transfer_leadership(&self, target_id: &str) -> Result<(), ReplicationError>;

@@ -169,6 +169,8 @@ pub struct RaftReplicator {
     local_addr: SocketAddr,
     /// Recorded by `propose` from the instants the driver stamps on its answer.
     latency: ProposeLatency,
+    /// The driver thread's runtime (`OwnThread`).
+    driver_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl RaftReplicator {
@@ -221,6 +223,7 @@ impl RaftReplicator {
                     .map_err(|e| ReplicationError::Storage(format!("raft driver runtime: {e}")))?,
             ))
         };
+        let driver_runtime = runtime.0.as_ref().map(|r| r.handle().clone());
         let on_driver_runtime = runtime.0.as_ref().map(|r| r.enter());
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(|e| ReplicationError::Storage(e.to_string()))?;
@@ -331,6 +334,7 @@ impl RaftReplicator {
             entry_bytes_max: cfg.raft.entry_bytes_max,
             local_addr,
             latency: ProposeLatency::default(),
+            driver_runtime,
         })
     }
 
@@ -400,6 +404,10 @@ impl Replicator for RaftReplicator {
 
     fn committed(&self) -> watch::Receiver<EntryIndex> {
         self.committed_rx.clone()
+    }
+
+    fn driver_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.driver_runtime.clone()
     }
 
     fn propose_latency(&self) -> Option<&ProposeLatency> {
