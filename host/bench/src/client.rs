@@ -164,6 +164,15 @@ impl MqClient {
         id
     }
 
+    /// Whether this endpoint's broker takes sends itself: the Raft leader of its group, or a
+    /// standalone broker (wasmq's admin service, on this client's connection).
+    pub async fn takes_sends(&self) -> ClientResult<bool> {
+        use wasmq_proto::wasmq::admin::{BrokerStatusRequest, Role, admin_client::AdminClient};
+        let mut admin = AdminClient::with_origin(self.channel.clone(), self.channel.origin());
+        let role = admin.broker_status(self.request(BrokerStatusRequest::default())).await?.into_inner().role;
+        Ok(role == Role::Leader as i32 || role == Role::Standalone as i32)
+    }
+
     pub async fn query_route(&mut self, topic: &str) -> ClientResult<Vec<v2::MessageQueue>> {
         let req = v2::QueryRouteRequest { topic: Some(resource(topic)), endpoints: None };
         let r = self.inner.query_route(self.request(req)).await?.into_inner();

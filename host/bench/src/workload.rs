@@ -371,7 +371,7 @@ async fn wasmq_producer(
             break;
         }
         if find_leader {
-            match leader_of(&w.endpoints, w.timeout).await {
+            match leader_of(&clients).await {
                 Some(i) => {
                     current = i;
                     find_leader = false;
@@ -414,20 +414,11 @@ async fn wasmq_producer(
 }
 
 /// Index of the endpoint whose broker says it is the Raft leader (a standalone broker
-/// counts), asking each in turn.
-async fn leader_of(endpoints: &[String], timeout: Duration) -> Option<usize> {
-    use wasmq_proto::wasmq::admin::{BrokerStatusRequest, Role, admin_client::AdminClient};
-    for (i, e) in endpoints.iter().enumerate() {
-        // The producers' own transport, so an endpoint written `host:port` works here as it
-        // does for them (tonic's `Endpoint` wants a scheme, and every member looked dead).
-        let Ok(channel) = H2Channel::for_endpoint(e, timeout, timeout) else { continue };
-        let origin = channel.origin();
-        let Ok(status) = AdminClient::with_origin(channel, origin).broker_status(BrokerStatusRequest::default()).await
-        else {
-            continue;
-        };
-        let role = status.into_inner().role;
-        if role == Role::Leader as i32 || role == Role::Standalone as i32 {
+/// counts), asking each in turn over the producer's own connections (as a client asks its
+/// routes on the channel it sends on: no connection of its own per probe).
+async fn leader_of(clients: &[MqClient]) -> Option<usize> {
+    for (i, client) in clients.iter().enumerate() {
+        if let Ok(true) = client.takes_sends().await {
             return Some(i);
         }
     }
