@@ -317,9 +317,10 @@ const DRIVER_THREAD_CONNECTIONS_MAX: usize = 4;
 /// and ASYNC_FLUSH, the first `DRIVER_THREAD_CONNECTIONS_MAX` live ones on the driver's
 /// runtime, the others on the broker's workers. A send on a connection there goes socket →
 /// handler → proposal → driver → peer senders and back without crossing a thread inside the
-/// member: with all connections there, msg/s 1.07× at 64 producers (p99 0.64–0.77×) and
-/// 1.20× at 1, in 3 and 2 interleaved rounds against the workers. Not with SYNC_FLUSH: the
-/// driver's thread blocks in each round's fsync, which would hold those connections too.
+/// member. Measured against the connection on the workers (mqbench's one connection,
+/// interleaved rounds): msg/s 1.10× at 64 producers (1.10–1.11, p99 0.64–0.74×, 3 rounds)
+/// and 1.25–1.39× at 1 (2 rounds). Not with SYNC_FLUSH: the driver's thread blocks in each
+/// round's fsync, which would hold those connections too.
 fn connection_placement(config: &BrokerConfig, replicator: &dyn Replicator) -> Placement {
     match replicator.driver_runtime() {
         Some(driver) if config.flush_disk_type == FlushDiskType::AsyncFlush => {
