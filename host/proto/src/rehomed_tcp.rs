@@ -31,33 +31,37 @@ impl RehomedTcp {
         Ok(RehomedTcp { pending: Some(stream.into_std()?), io: None, connect_info })
     }
 
-    /// The socket on the current runtime, registered there on the first call.
-    fn io(&mut self) -> io::Result<Pin<&mut CoalescingIo>> {
-        if let Some(socket) = self.pending.take() {
-            self.io = Some(CoalescingIo::new(tokio::net::TcpStream::from_std(socket)?));
+    /// `op` on the socket, registered with the current runtime on the first call.
+    fn with_io<T>(
+        self: Pin<&mut Self>,
+        op: impl FnOnce(Pin<&mut CoalescingIo>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let this = self.get_mut();
+        if let Some(socket) = this.pending.take() {
+            match tokio::net::TcpStream::from_std(socket) {
+                Ok(socket) => this.io = Some(CoalescingIo::new(socket)),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
-        match self.io.as_mut() {
-            Some(io) => Ok(Pin::new(io)),
-            None => Err(io::Error::new(io::ErrorKind::NotConnected, "the connection could not join this runtime")),
+        match this.io.as_mut() {
+            Some(io) => op(Pin::new(io)),
+            None => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the connection could not join this runtime",
+            ))),
         }
     }
 }
 
 impl AsyncRead for RehomedTcp {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with_io(|io| io.poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for RehomedTcp {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_write(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with_io(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -65,10 +69,7 @@ impl AsyncWrite for RehomedTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_write_vectored(cx, bufs),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with_io(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -76,17 +77,11 @@ impl AsyncWrite for RehomedTcp {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with_io(|io| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().io() {
-            Ok(io) => io.poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.with_io(|io| io.poll_shutdown(cx))
     }
 }
 
