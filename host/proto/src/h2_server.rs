@@ -116,8 +116,6 @@ pub struct H2Server<S> {
     unary: Option<Arc<dyn UnaryMethod>>,
     stream: Option<Arc<dyn StreamMethod>>,
     placement: Placement,
-    /// The runtime `serve` runs on: the routes' calls get their tasks there.
-    home: Option<tokio::runtime::Handle>,
 }
 
 /// Where connection tasks run: on a preferred runtime while it has fewer than its limit of
@@ -168,7 +166,7 @@ impl Placement {
 
 impl<S: Routes> H2Server<S> {
     pub fn new(routes: S) -> Self {
-        H2Server { routes, unary: None, stream: None, placement: Placement::default(), home: None }
+        H2Server { routes, unary: None, stream: None, placement: Placement::default() }
     }
 
     /// Runs `method`'s calls in their connection's task (see [`StreamMethod`]), except a
@@ -205,7 +203,9 @@ impl<S: Routes> H2Server<S> {
         E: std::fmt::Display,
     {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let shared = Arc::new(H2Server { home: Some(tokio::runtime::Handle::current()), ..self });
+        let shared = Arc::new(self);
+        // The routes' calls get their tasks here, wherever their connection runs.
+        let home = tokio::runtime::Handle::current();
         {
             let mut incoming = std::pin::pin!(incoming);
             let mut signal = std::pin::pin!(signal);
@@ -214,7 +214,7 @@ impl<S: Routes> H2Server<S> {
                     _ = &mut signal => break,
                     io = incoming.next() => match io {
                         Some(Ok(io)) => {
-                            shared.placement.spawn(connection(shared.clone(), io, stop_rx.clone()));
+                            shared.placement.spawn(connection(shared.clone(), home.clone(), io, stop_rx.clone()));
                         }
                         Some(Err(e)) => tracing::debug!(error = %e, "accept failed"),
                         None => break,
@@ -243,10 +243,15 @@ fn builder() -> h2::server::Builder {
 }
 
 /// One connection: its unary and stream-method calls in this task, its other streams each
-/// on a task of its own, until the peer closes it, it fails, or a stop drains it. Holds `stop` (a receiver)
-/// until it ends: the server's stop waits for every receiver to be gone.
-async fn connection<S, IO>(server: Arc<H2Server<S>>, io: IO, mut stop: watch::Receiver<bool>)
-where
+/// on a task of its own on `home` (the serving runtime), until the peer closes it, it
+/// fails, or a stop drains it. Holds `stop` (a receiver) until it ends: the server's stop
+/// waits for every receiver to be gone.
+async fn connection<S, IO>(
+    server: Arc<H2Server<S>>,
+    home: tokio::runtime::Handle,
+    io: IO,
+    mut stop: watch::Receiver<bool>,
+) where
     S: Routes,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
@@ -276,11 +281,7 @@ where
                     } else if let Some(method) = server.stream.as_ref().filter(|m| takes(m.path(), &parts)) {
                         calls.push(futures::future::Either::Right(method.call(parts, body, respond)));
                     } else {
-                        let call = routed(server.routes.clone(), parts, body, respond);
-                        match &server.home {
-                            Some(home) => drop(home.spawn(call)),
-                            None => drop(tokio::spawn(call)),
-                        }
+                        home.spawn(routed(server.routes.clone(), parts, body, respond));
                     }
                 }
                 Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
