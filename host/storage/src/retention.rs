@@ -51,8 +51,9 @@ pub struct RetentionReport {
 impl MessageStore {
     /// Apply `policy` as of `now`.
     pub fn enforce_retention(&self, policy: &RetentionPolicy, now: SystemTime) -> Result<RetentionReport> {
-        // Apply is paused: the consume queues and applied index hold still meanwhile.
-        let _apply = self.apply_guard();
+        // Apply is paused and no checkpoint runs: the consume queues and applied index hold
+        // still meanwhile, and no checkpoint copies extents from before the deletion.
+        let _locks = self.retention_guard();
         let log = self.log();
         let applied = self.applied_index();
         let infos = log.segment_infos();

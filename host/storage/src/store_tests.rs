@@ -298,22 +298,67 @@ fn retention_never_deletes_unapplied_entries() {
 }
 
 #[test]
-fn automatic_checkpoint_with_async_flush() {
+fn a_checkpoint_is_due_after_the_interval_and_a_crash_recovers_from_the_last_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
     c.commitlog.flush_mode = FlushMode::Async;
     c.commitlog.flush_interval_ms = 5;
     c.checkpoint_interval_entries = 50;
     let (store, _) = MessageStore::open(c.clone()).unwrap();
+    let mut taken = Vec::new();
     for n in 1..=180 {
         let bytes = workload(n).encode().unwrap();
         let r = store.log().append(1, &[&bytes]).unwrap();
         store.apply_committed(r.end - 1).unwrap();
+        // Applying never checkpoints by itself (the broker applies on the Raft thread); the
+        // owner asks and takes it.
+        assert_eq!(store.checkpoint_due(), n - store.checkpointed_index() >= 50, "at {n}");
+        if store.checkpoint_due() {
+            taken.push(store.checkpoint().unwrap());
+            assert!(!store.checkpoint_due());
+        }
     }
+    assert_eq!(taken, [50, 100, 150]);
     let expected = observe(&store);
-    drop(store); // crash: the last checkpoint was taken at 150 by apply_committed itself
+    drop(store); // crash: the last checkpoint holds 150
     let (store, report) = MessageStore::open(c).unwrap();
     assert_eq!(report.applied_index, 150, "{report:?}");
     apply_all(&store);
     assert_eq!(observe(&store), expected);
+}
+
+#[test]
+fn checkpoints_taken_while_entries_are_applied_recover_to_the_same_state() {
+    let (crashed, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let reference = open(reference.path());
+    append_records(&reference, (1..=600).map(workload));
+    apply_all(&reference);
+
+    let store = open(crashed.path());
+    append_records(&store, (1..=600).map(workload));
+    let applying = std::sync::atomic::AtomicBool::new(true);
+    let taken = std::thread::scope(|scope| {
+        let checkpoints = scope.spawn(|| {
+            let mut taken = vec![store.checkpoint().unwrap()];
+            while applying.load(std::sync::atomic::Ordering::Acquire) {
+                taken.push(store.checkpoint().unwrap());
+            }
+            taken
+        });
+        // One entry per apply: many applies land between a checkpoint's copy and its write.
+        for index in 1..=600 {
+            store.apply_committed(index).unwrap();
+        }
+        applying.store(false, std::sync::atomic::Ordering::Release);
+        checkpoints.join().unwrap()
+    });
+    assert!(taken.windows(2).all(|w| w[0] <= w[1]), "checkpoints went back: {taken:?}");
+    let last = *taken.last().unwrap();
+    assert_eq!(store.checkpointed_index(), last);
+    drop(store); // crash after the last checkpoint
+
+    let (store, report) = MessageStore::open(cfg(crashed.path())).unwrap();
+    assert_eq!(report.applied_index, last, "{report:?}");
+    apply_all(&store);
+    assert_eq!(observe(&store), observe(&reference));
 }

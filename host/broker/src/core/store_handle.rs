@@ -33,6 +33,11 @@ pub(crate) struct StoreHandle {
 /// Opens (creating if needed) the store under `storePathRootDir`. With `storePathCommitLog`
 /// set, `<storePathRootDir>/log` is a symlink to it.
 pub fn open(config: &BrokerConfig) -> anyhow::Result<OpenedStore> {
+    open_with(store_config(config)?)
+}
+
+/// The store's configuration from the broker's; creates the root (and the log link).
+pub(crate) fn store_config(config: &BrokerConfig) -> anyhow::Result<MessageStoreConfig> {
     let root = config.store_root();
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     if !config.store_path_commit_log.is_empty() {
@@ -46,6 +51,12 @@ pub fn open(config: &BrokerConfig) -> anyhow::Result<OpenedStore> {
         FlushDiskType::SyncFlush => FlushMode::Sync,
         FlushDiskType::AsyncFlush => FlushMode::Async,
     };
+    Ok(cfg)
+}
+
+/// [`open`] with the store's configuration made.
+pub(crate) fn open_with(cfg: MessageStoreConfig) -> anyhow::Result<OpenedStore> {
+    let root = cfg.dir.clone();
     let (store, report) =
         MessageStore::open(cfg).with_context(|| format!("open message store in {}", root.display()))?;
     tracing::debug!(
@@ -146,5 +157,21 @@ impl StoreHandle {
     /// Checkpoint the derived state and flush the log (orderly stop).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.inner.checkpoint().map(|_| ())
+    }
+
+    /// Whether enough entries were applied since the last checkpoint (cheap: two atomics).
+    pub fn checkpoint_due(&self) -> bool {
+        self.inner.checkpoint_due()
+    }
+
+    /// The applied index the last checkpoint holds.
+    #[cfg(test)]
+    pub fn checkpointed_index(&self) -> EntryIndex {
+        self.inner.checkpointed_index()
+    }
+
+    /// Takes the checkpoint the store asks for; apply runs on meanwhile. Returns its index.
+    pub fn checkpoint(&self) -> Result<EntryIndex, StorageError> {
+        self.inner.checkpoint()
     }
 }
