@@ -27,6 +27,10 @@ pub const DISK_FULL_PERCENT_DEFAULT: u32 = 90;
 pub const DISK_FULL_PERCENT_MAX: u32 = 99;
 /// Bound on concurrently processed sends (`sendMessageThreadPoolNums`).
 pub const SEND_CONCURRENCY_MAX: u32 = 4096;
+/// RocketMQ's `serverChannelMaxIdleTimeSeconds` default (`NettyServerConfig`).
+const SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_DEFAULT: u32 = 120;
+/// A day: an idle limit beyond it is a typo (use 0 to never close).
+const SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_MAX: u32 = 86_400;
 /// `serverWorkerThreads` cap: beyond a few per CPU, threads only add switching.
 pub const SERVER_WORKER_THREADS_MAX: u32 = 256;
 
@@ -101,6 +105,11 @@ pub struct BrokerConfig {
     /// machine (a local group), 1 each avoids cross-thread wake-ups: measured on 2 cores with
     /// 3 members, the leader spent 15 % less CPU per message.
     pub server_worker_threads: u32,
+    /// A client connection without a call for this long is closed (GOAWAY), as RocketMQ
+    /// closes an idle channel: a client that vanished without closing does not hold its
+    /// connection forever. A live RocketMQ client heartbeats every 10 s and a gRPC client
+    /// reconnects on its next call. 0: never.
+    pub server_channel_max_idle_time_seconds: u32,
     /// Topics are created by `mqadmin updateTopic` only, unless this is set.
     pub auto_create_topic_enable: bool,
     /// Queue count of auto-created topics and of `%RETRY%`/`%DLQ%` topics.
@@ -139,6 +148,7 @@ impl Default for BrokerConfig {
             log_level: "info".into(),
             send_message_thread_pool_nums: 64,
             server_worker_threads: 0,
+            server_channel_max_idle_time_seconds: SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_DEFAULT,
             auto_create_topic_enable: false,
             default_topic_queue_nums: 8,
         }
@@ -186,6 +196,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("logLevel", Kind::OneOf(&["trace", "debug", "info", "warn", "error"])),
     ("sendMessageThreadPoolNums", Kind::U64),
     ("serverWorkerThreads", Kind::U64),
+    ("serverChannelMaxIdleTimeSeconds", Kind::U64),
     ("autoCreateTopicEnable", Kind::Bool),
     ("defaultTopicQueueNums", Kind::U64),
 ];
@@ -567,6 +578,15 @@ impl BrokerConfig {
             return Err(bad(
                 "serverWorkerThreads",
                 format!("{} is outside 0..={SERVER_WORKER_THREADS_MAX} (0: one per CPU)", self.server_worker_threads),
+            ));
+        }
+        if self.server_channel_max_idle_time_seconds > SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_MAX {
+            return Err(bad(
+                "serverChannelMaxIdleTimeSeconds",
+                format!(
+                    "{} is outside 0..={SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_MAX} (0: never close)",
+                    self.server_channel_max_idle_time_seconds
+                ),
             ));
         }
         if !(1..=1024).contains(&self.default_topic_queue_nums) {
@@ -983,6 +1003,7 @@ mod tests {
             ("diskSpaceWarningLevelRatio = 100", "diskSpaceWarningLevelRatio"),
             ("sendMessageThreadPoolNums = 0", "sendMessageThreadPoolNums"),
             ("serverWorkerThreads = 100000", "serverWorkerThreads"),
+            ("serverChannelMaxIdleTimeSeconds = 86401", "serverChannelMaxIdleTimeSeconds"),
             ("brokerIP1 = \"localhost\"", "brokerIP1"),
             ("brokerName = \"a b\"", "brokerName"),
             ("namesrvAddr = \"127.0.0.1\"", "namesrvAddr"),

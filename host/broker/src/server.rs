@@ -221,14 +221,15 @@ pub async fn start(
     let mut stop_rx = shutdown.clone();
     // SendMessage is answered by the HTTP/2 server itself; every other method goes to
     // tonic's routes (see `wasmq_proto::h2_server` for why).
-    let server = tokio::spawn(
-        H2Server::new(routes.routes())
-            .unary(Arc::new(messaging.send_route))
-            .connections_on(connection_placement(&config, replicator.as_ref()))
-            .serve(incoming, async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            }),
-    );
+    let mut h2 = H2Server::new(routes.routes())
+        .unary(Arc::new(messaging.send_route))
+        .connections_on(connection_placement(&config, replicator.as_ref()));
+    if config.server_channel_max_idle_time_seconds > 0 {
+        h2 = h2.idle_close_after(Duration::from_secs(config.server_channel_max_idle_time_seconds.into()));
+    }
+    let server = tokio::spawn(h2.serve(incoming, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
     if config.metrics_port != 0 {
         let metrics_addr = SocketAddr::new(addr.ip(), config.metrics_port);
         crate::metrics::serve(metrics_addr, metrics, core.clone(), shutdown.clone())

@@ -31,7 +31,12 @@
 //!   16 KiB header lists, a 400 KiB send buffer per stream), with a limit on concurrent
 //!   streams per connection, which tonic leaves unlimited;
 //! - a stop stops accepting, sends GOAWAY on every connection and waits for their streams
-//!   to finish (the caller bounds the wait).
+//!   to finish (the caller bounds the wait);
+//! - with [`H2Server::idle_close_after`], a connection without a call for that long gets a
+//!   GOAWAY and closes, as RocketMQ's `serverChannelMaxIdleTimeSeconds` closes a channel: a
+//!   client that vanished without closing (power loss, a cut cable) no longer holds its task
+//!   and buffers, or a place on the preferred runtime, forever. A gRPC client reconnects on
+//!   its next call.
 //!
 //! A [`StreamMethod`] (the Raft pipe) runs in the connection's task too, for the same
 //! reason: each message of it would otherwise cost a hand-off between two tasks.
@@ -116,6 +121,7 @@ pub struct H2Server<S> {
     unary: Option<Arc<dyn UnaryMethod>>,
     stream: Option<Arc<dyn StreamMethod>>,
     placement: Placement,
+    idle_close_after: Option<Duration>,
 }
 
 /// Where connection tasks run: on a preferred runtime while it has fewer than its limit of
@@ -166,7 +172,7 @@ impl Placement {
 
 impl<S: Routes> H2Server<S> {
     pub fn new(routes: S) -> Self {
-        H2Server { routes, unary: None, stream: None, placement: Placement::default() }
+        H2Server { routes, unary: None, stream: None, placement: Placement::default(), idle_close_after: None }
     }
 
     /// Runs `method`'s calls in their connection's task (see [`StreamMethod`]), except a
@@ -183,6 +189,15 @@ impl<S: Routes> H2Server<S> {
     /// woken from there.
     pub fn connections_on(mut self, placement: Placement) -> Self {
         self.placement = placement;
+        self
+    }
+
+    /// Closes (GOAWAY) a connection that has had no call in flight and none started for
+    /// `idle` (at most a quarter more: the check runs every quarter of it). A call in flight
+    /// (a long poll, a stream) keeps its connection open however long it lasts.
+    pub fn idle_close_after(mut self, idle: Duration) -> Self {
+        assert!(!idle.is_zero(), "an idle limit of zero would close every connection at once");
+        self.idle_close_after = Some(idle);
         self
     }
 
@@ -269,11 +284,26 @@ async fn connection<S, IO>(
     }
     // At most STREAMS_PER_CONNECTION_MAX: h2 refuses streams beyond it.
     let mut calls = futures::stream::FuturesUnordered::new();
+    let routed_calls = Arc::new(RoutedCalls::default());
+    // Calls started or ended here (a count, not a clock read per call: this is the send path).
+    let mut activity: u64 = 0;
+    let mut idle = server.idle_close_after.map(IdleCheck::new);
     loop {
         tokio::select! {
-            Some(()) = calls.next(), if !calls.is_empty() => {}
+            Some(()) = calls.next(), if !calls.is_empty() => activity += 1,
+            () = IdleCheck::tick(&mut idle), if !draining => {
+                let check = idle.as_mut().expect("ticks only with a limit");
+                let open = !calls.is_empty() || routed_calls.open.load(Ordering::Acquire) > 0;
+                let seen = activity + routed_calls.ended.load(Ordering::Acquire);
+                if check.idle_through(seen, open) {
+                    tracing::debug!(idle_ms = check.idle.as_millis() as u64, "closing an idle connection");
+                    draining = true;
+                    conn.graceful_shutdown();
+                }
+            }
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
+                    activity += 1;
                     let (mut parts, body) = request.into_parts();
                     parts.extensions.insert(info.clone());
                     if let Some(method) = server.unary.as_ref().filter(|m| takes(m.path(), &parts)) {
@@ -281,7 +311,11 @@ async fn connection<S, IO>(
                     } else if let Some(method) = server.stream.as_ref().filter(|m| takes(m.path(), &parts)) {
                         calls.push(futures::future::Either::Right(method.call(parts, body, respond)));
                     } else {
-                        home.spawn(routed(server.routes.clone(), parts, body, respond));
+                        let (call, routes) = (RoutedCall::start(&routed_calls), server.routes.clone());
+                        home.spawn(async move {
+                            let _call = call;
+                            routed(routes, parts, body, respond).await
+                        });
                     }
                 }
                 Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
@@ -293,6 +327,71 @@ async fn connection<S, IO>(
                 conn.graceful_shutdown();
             }
         }
+    }
+}
+
+/// A connection's calls on the routes, which run as tasks of their own: how many are open,
+/// and how many have ended (activity the connection's idle check counts).
+#[derive(Default)]
+struct RoutedCalls {
+    open: AtomicUsize,
+    ended: std::sync::atomic::AtomicU64,
+}
+
+/// One routed call, open until dropped.
+struct RoutedCall(Arc<RoutedCalls>);
+
+impl RoutedCall {
+    fn start(calls: &Arc<RoutedCalls>) -> RoutedCall {
+        calls.open.fetch_add(1, Ordering::AcqRel);
+        RoutedCall(calls.clone())
+    }
+}
+
+impl Drop for RoutedCall {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Checks every quarter of `idle` whether a connection did anything; closes it after four
+/// quiet checks in a row (so after `idle` to `idle` × 1.25 without a call).
+struct IdleCheck {
+    idle: Duration,
+    ticker: tokio::time::Interval,
+    seen: u64,
+    quiet_checks: u32,
+}
+
+impl IdleCheck {
+    const CHECKS_PER_LIMIT: u32 = 4;
+
+    fn new(idle: Duration) -> IdleCheck {
+        let period = idle / Self::CHECKS_PER_LIMIT;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        IdleCheck { idle, ticker, seen: 0, quiet_checks: 0 }
+    }
+
+    /// The next check's time; never, without a limit (the branch is then disabled anyway).
+    async fn tick(check: &mut Option<IdleCheck>) {
+        match check {
+            Some(check) => drop(check.ticker.tick().await),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// One check: `seen` counts the calls started and ended so far, `open` says whether a
+    /// call is in flight. True once the connection has been quiet for the whole limit.
+    fn idle_through(&mut self, seen: u64, open: bool) -> bool {
+        if open || seen != self.seen {
+            self.seen = seen;
+            self.quiet_checks = 0;
+            return false;
+        }
+        self.quiet_checks += 1;
+        self.quiet_checks >= Self::CHECKS_PER_LIMIT
     }
 }
 

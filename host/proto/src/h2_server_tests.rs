@@ -71,6 +71,11 @@ struct Running {
 
 /// `H2Server` with `Deliver` as its unary method when `unary`, else on the routes.
 async fn start(unary: bool) -> Running {
+    start_closing_idle(unary, None).await
+}
+
+/// [`start`], closing connections idle for `idle`.
+async fn start_closing_idle(unary: bool, idle: Option<Duration>) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = Arc::new(Service::default());
@@ -82,6 +87,9 @@ async fn start(unary: bool) -> Running {
             Box::pin(async move { service.deliver(request).await })
         });
         server = server.unary(Arc::new(UnaryRouteLayer::new(DELIVER, MESSAGE_BYTES_MAX, handler)));
+    }
+    if let Some(idle) = idle {
+        server = server.idle_close_after(idle);
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|tcp| tcp.map(CoalescingIo::new));
     let (stop, stopped) = oneshot::channel::<()>();
@@ -276,4 +284,35 @@ async fn connections_run_on_the_preferred_runtime_up_to_its_limit_and_routed_cal
     assert_eq!(thread_of(second.deliver(batch("g", 1)).await.unwrap().metadata()), home);
     end.send(()).unwrap();
     thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_a_call_in_flight_keeps_it_open_on_both_paths() {
+    use prost::Message as _;
+
+    use crate::unary_route::tests::{call_on, framed};
+    const IDLE: Duration = Duration::from_millis(200);
+    for unary in [true, false] {
+        let running = start_closing_idle(unary, Some(IDLE)).await;
+        let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let mut closed = tokio::spawn(connection);
+        let ok = |group: &str| framed(0, &batch(group, 1).encode_to_vec());
+        let status = |a: crate::unary_route::tests::Answer| a.grpc_status;
+        assert_eq!(status(call_on(client.clone(), DELIVER, &[], ok("g")).await.unwrap()).as_deref(), Some("0"));
+        // "slow" answers after 300 ms, longer than the limit: the call in flight keeps the
+        // connection open, so the next call on it (right after) is still taken.
+        assert_eq!(status(call_on(client.clone(), DELIVER, &[], ok("slow")).await.unwrap()).as_deref(), Some("0"));
+        assert_eq!(status(call_on(client.clone(), DELIVER, &[], ok("g")).await.unwrap()).as_deref(), Some("0"));
+        let quiet_from = std::time::Instant::now();
+        // Then nothing: the server closes it between 1 and 1.25 times the limit later.
+        let waited = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
+        assert!(waited.is_ok(), "unary {unary}: the idle connection is still open after 5 s");
+        let quiet = quiet_from.elapsed();
+        assert!(quiet >= IDLE, "unary {unary}: closed after {quiet:?} of quiet, limit {IDLE:?}");
+        assert!(
+            call_on(client, DELIVER, &[], ok("g")).await.is_err(),
+            "unary {unary}: a call on the closed connection"
+        );
+    }
 }

@@ -113,21 +113,32 @@ pub(crate) struct Answer {
     body: Vec<u8>,
 }
 
-/// One raw HTTP/2 call: `body` as the request body, verbatim.
+/// One raw HTTP/2 call on a connection of its own: `body` as the request body, verbatim.
 pub(crate) async fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], body: Vec<u8>) -> Answer {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let mut request = http::Request::post(format!("http://{addr}{path}"))
+    call_on(client, path, extra, body).await.unwrap()
+}
+
+/// One raw HTTP/2 call on `client`'s connection; the error of a connection that refuses a
+/// new stream (after a GOAWAY) or fails.
+pub(crate) async fn call_on(
+    client: h2::client::SendRequest<Bytes>,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Answer, h2::Error> {
+    let mut client = client.ready().await?;
+    let mut request = http::Request::post(format!("http://wasmq.test{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (name, value) in extra {
         request = request.header(*name, *value);
     }
-    let (response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
-    send.send_data(Bytes::from(body), true).unwrap();
-    let response = response.await.unwrap();
+    let (response, mut send) = client.send_request(request.body(()).unwrap(), false)?;
+    send.send_data(Bytes::from(body), true)?;
+    let response = response.await?;
     let (parts, mut recv) = response.into_parts();
     let header = |map: &http::HeaderMap, name: &str| map.get(name).map(|v| v.to_str().unwrap().to_string());
     let mut answer = Answer {
@@ -139,15 +150,15 @@ pub(crate) async fn call(addr: SocketAddr, path: &str, extra: &[(&str, &str)], b
         body: Vec::new(),
     };
     while let Some(data) = recv.data().await {
-        let data = data.unwrap();
+        let data = data?;
         let _ = recv.flow_control().release_capacity(data.len());
         answer.body.extend_from_slice(&data);
     }
-    if let Some(trailers) = recv.trailers().await.unwrap() {
+    if let Some(trailers) = recv.trailers().await? {
         answer.grpc_status = header(&trailers, "grpc-status").or(answer.grpc_status);
         answer.grpc_message = header(&trailers, "grpc-message").or(answer.grpc_message);
     }
-    answer
+    Ok(answer)
 }
 
 pub(crate) fn framed(flag: u8, message: &[u8]) -> Vec<u8> {
