@@ -63,6 +63,15 @@ fn append_records(store: &MessageStore, records: impl IntoIterator<Item = Record
     store.log().flush().unwrap();
 }
 
+/// A store with entries `1..=entries` of the workload, all applied: what a crashed store
+/// must recover to.
+fn workload_applied(dir: &Path, entries: u64) -> MessageStore {
+    let store = open(dir);
+    append_records(&store, (1..=entries).map(workload));
+    apply_all(&store);
+    store
+}
+
 fn apply_all(store: &MessageStore) -> Vec<Applied> {
     let mut out = Vec::new();
     while store.applied_index() < store.log().last_index() {
@@ -177,9 +186,7 @@ fn replicas_derive_identical_state_and_restart_keeps_it() {
 #[test]
 fn crash_between_commitlog_write_and_cq_write_is_repaired() {
     let (crashed, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let reference = open(reference.path());
-    append_records(&reference, (1..=400).map(workload));
-    apply_all(&reference);
+    let reference = workload_applied(reference.path(), 400);
 
     let store = open(crashed.path());
     append_records(&store, (1..=150).map(workload));
@@ -330,9 +337,7 @@ fn a_checkpoint_is_due_after_the_interval_and_a_crash_recovers_from_the_last_one
 #[test]
 fn checkpoints_taken_while_entries_are_applied_recover_to_the_same_state() {
     let (crashed, reference) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let reference = open(reference.path());
-    append_records(&reference, (1..=600).map(workload));
-    apply_all(&reference);
+    let reference = workload_applied(reference.path(), 600);
 
     let store = open(crashed.path());
     append_records(&store, (1..=600).map(workload));
