@@ -11,9 +11,11 @@
 //! Why the apply does not checkpoint itself: the broker applies on the Raft thread (its
 //! commit hook), and a checkpoint's msyncs and fsyncs took up to 16 ms there, a stall of
 //! every send in flight once per 100,000 entries. A checkpoint holds the apply lock only
-//! to copy what it writes; its disk writes run beside the apply. On open, consume queues are cut back to the checkpoint (entries applied after it
-//! are re-applied by the next `apply_committed`) or rebuilt from the log where they fall
-//! short of it (lost or deleted files).
+//! to copy what it writes; its disk writes run beside the apply.
+//!
+//! On open, consume queues are cut back to the checkpoint (entries applied after it are
+//! re-applied by the next `apply_committed`) or rebuilt from the log where they fall short
+//! of it (lost or deleted files).
 //!
 //! Layout under `dir`: `log/` (the commitlog), `consumequeue/<topic>/<queue id>/`,
 //! `store_checkpoint`.
