@@ -194,7 +194,7 @@ impl BrokerCore {
             task.await?;
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush()).await??;
+        tokio::task::spawn_blocking(move || store.checkpoint()).await??;
         Ok(())
     }
 

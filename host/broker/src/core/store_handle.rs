@@ -154,11 +154,6 @@ impl StoreHandle {
         self.inner.enforce_retention(policy, now)
     }
 
-    /// Checkpoint the derived state and flush the log (orderly stop).
-    pub fn flush(&self) -> Result<(), StorageError> {
-        self.inner.checkpoint().map(|_| ())
-    }
-
     /// Whether enough entries were applied since the last checkpoint (cheap: two atomics).
     pub fn checkpoint_due(&self) -> bool {
         self.inner.checkpoint_due()
@@ -170,7 +165,8 @@ impl StoreHandle {
         self.inner.checkpointed_index()
     }
 
-    /// Takes the checkpoint the store asks for; apply runs on meanwhile. Returns its index.
+    /// Checkpoints the derived state (the log flushed through it): when it is due, and on an
+    /// orderly stop. Apply runs on meanwhile. Returns the checkpointed index.
     pub fn checkpoint(&self) -> Result<EntryIndex, StorageError> {
         self.inner.checkpoint()
     }
