@@ -1,7 +1,8 @@
 # Shared by compare.sh and ab.sh (sourced): a wasmq 3-member group on loopback and the CPU
 # counters both scripts read. Expects BIN, WORK, NS_PORT, WQ_CLIENT, WQ_RAFT, the arrays
-# PIDS and WQ_PIDS, and a `log` function; SERVER_THREADS sets serverWorkerThreads, and
-# WQ_METRICS (an array of 3 ports, optional) the brokers' metricsPort.
+# PIDS and WQ_PIDS, and a `log` function; SERVER_THREADS sets serverWorkerThreads,
+# WQ_METRICS (an array of 3 ports, optional) the brokers' metricsPort, and WQ_CONF_EXTRA
+# (optional) more config lines for every member, e.g. "raftIdlePollUs = 0" for an A/B.
 
 # Waits for a server's port; with its pid, fails as soon as that server has exited (a port
 # that opens then is somebody else's).
@@ -67,6 +68,7 @@ diskMaxUsedSpaceRatio = 95
 diskSpaceWarningLevelRatio = 99
 serverWorkerThreads = ${SERVER_THREADS:-0}
 metricsPort = ${WQ_METRICS[$i]:-0}
+${WQ_CONF_EXTRA:-}
 EOF
         "$BIN/mqbroker" -c "$WORK/wasmq/broker-n$i.toml" >"$WORK/wasmq/broker-n$i.log" 2>&1 &
         PIDS+=($!)

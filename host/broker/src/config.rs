@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::replication::idle_poll::IDLE_POLL_US_MAX;
+
 /// Hard cap on `maxMessageSize`: one message must fit comfortably in a commitlog segment
 /// and in one gRPC frame.
 pub const MESSAGE_SIZE_MAX_BYTES: u32 = 64 * 1024 * 1024;
@@ -31,6 +33,8 @@ pub const SEND_CONCURRENCY_MAX: u32 = 4096;
 const SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_DEFAULT: u32 = 120;
 /// A day: an idle limit beyond it is a typo (use 0 to never close).
 const SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_MAX: u32 = 86_400;
+/// Seastar's default idle poll (`--idle-poll-time-us`); measured in ARCHITECTURE.md.
+const RAFT_IDLE_POLL_US_DEFAULT: u64 = 200;
 /// `serverWorkerThreads` cap: beyond a few per CPU, threads only add switching.
 pub const SERVER_WORKER_THREADS_MAX: u32 = 256;
 
@@ -110,6 +114,11 @@ pub struct BrokerConfig {
     /// connection forever. A live RocketMQ client heartbeats every 10 s and a gRPC client
     /// reconnects on its next call. 0: never.
     pub server_channel_max_idle_time_seconds: u32,
+    /// How long the Raft driver's thread keeps polling its sockets after its last input
+    /// before it sleeps (`replication::idle_poll`): waking a sleeping thread costs tens of
+    /// microseconds on a virtual machine, several times per send. CPU that would be idle
+    /// buys latency; 0 turns it off (a member on a busy shared machine).
+    pub raft_idle_poll_us: u64,
     /// Topics are created by `mqadmin updateTopic` only, unless this is set.
     pub auto_create_topic_enable: bool,
     /// Queue count of auto-created topics and of `%RETRY%`/`%DLQ%` topics.
@@ -149,6 +158,7 @@ impl Default for BrokerConfig {
             send_message_thread_pool_nums: 64,
             server_worker_threads: 0,
             server_channel_max_idle_time_seconds: SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_DEFAULT,
+            raft_idle_poll_us: RAFT_IDLE_POLL_US_DEFAULT,
             auto_create_topic_enable: false,
             default_topic_queue_nums: 8,
         }
@@ -197,6 +207,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("sendMessageThreadPoolNums", Kind::U64),
     ("serverWorkerThreads", Kind::U64),
     ("serverChannelMaxIdleTimeSeconds", Kind::U64),
+    ("raftIdlePollUs", Kind::U64),
     ("autoCreateTopicEnable", Kind::Bool),
     ("defaultTopicQueueNums", Kind::U64),
 ];
@@ -587,6 +598,12 @@ impl BrokerConfig {
                     "{} is outside 0..={SERVER_CHANNEL_MAX_IDLE_TIME_SECONDS_MAX} (0: never close)",
                     self.server_channel_max_idle_time_seconds
                 ),
+            ));
+        }
+        if self.raft_idle_poll_us > IDLE_POLL_US_MAX {
+            return Err(bad(
+                "raftIdlePollUs",
+                format!("{} is outside 0..={IDLE_POLL_US_MAX} (0: sleep at once)", self.raft_idle_poll_us),
             ));
         }
         if !(1..=1024).contains(&self.default_topic_queue_nums) {
@@ -1004,6 +1021,7 @@ mod tests {
             ("sendMessageThreadPoolNums = 0", "sendMessageThreadPoolNums"),
             ("serverWorkerThreads = 100000", "serverWorkerThreads"),
             ("serverChannelMaxIdleTimeSeconds = 86401", "serverChannelMaxIdleTimeSeconds"),
+            ("raftIdlePollUs = 10001", "raftIdlePollUs"),
             ("brokerIP1 = \"localhost\"", "brokerIP1"),
             ("brokerName = \"a b\"", "brokerName"),
             ("namesrvAddr = \"127.0.0.1\"", "namesrvAddr"),

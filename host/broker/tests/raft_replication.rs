@@ -46,6 +46,7 @@ fn group_config(ports: &[u16], me: usize, dir: &std::path::Path, placement: Driv
         sync_flush: true,
         tick_interval_ms: 10,
         driver_placement: placement,
+        idle_poll_us: 200,
     }
 }
 

@@ -20,6 +20,7 @@
 //!   on error, none of the batch is acknowledged (it may still commit later: a client retry
 //!   can then duplicate, as in RocketMQ — at-least-once).
 
+pub mod idle_poll;
 pub mod raft_group;
 mod raft_hard_state;
 pub mod raft_log;

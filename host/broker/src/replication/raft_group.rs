@@ -35,6 +35,7 @@ use wasmq_proto::cancellable_io::CancellableIo;
 use wasmq_raft::{HardState, Message, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role as RaftRole};
 use wasmq_storage::commitlog::CommitLog;
 
+use super::idle_poll::IdlePoll;
 use super::raft_hard_state::{HardStateFile, StoredHardState};
 use super::raft_log::CommitLogRaftLog;
 use super::raft_transport::{Members, RaftPeerService, listen_address, serve_peers, spawn_peer_sender};
@@ -73,6 +74,9 @@ pub struct RaftGroupConfig {
     pub sync_flush: bool,
     pub tick_interval_ms: u64,
     pub driver_placement: DriverPlacement,
+    /// How long the driver's own thread keeps polling after its last input before it sleeps
+    /// ([`super::idle_poll`]); 0: it sleeps at once. Not used with `CallerRuntime`.
+    pub idle_poll_us: u64,
 }
 
 /// Where the driver runs (module docs).
@@ -115,6 +119,7 @@ impl RaftGroupConfig {
             } else {
                 DriverPlacement::OwnThread
             },
+            idle_poll_us: config.raft_idle_poll_us,
         })
     }
 }
@@ -255,6 +260,13 @@ impl RaftReplicator {
             .await;
         }));
 
+        // Only on a thread of its own: on the broker's runtime the driver shares a worker with
+        // clients, which polling would only delay.
+        let idle_poll = (cfg.idle_poll_us > 0 && runtime.0.is_some())
+            .then(|| IdlePoll::new(Duration::from_micros(cfg.idle_poll_us)));
+        if let Some(poll) = &idle_poll {
+            tasks.push(tokio::spawn(poll.clone().run()));
+        }
         let mut peers = BTreeMap::new();
         for peer in members.node_ids().into_iter().filter(|&p| p != self_node) {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
@@ -296,6 +308,7 @@ impl RaftReplicator {
             tick_interval_ms: cfg.tick_interval_ms.max(1),
             dropped_outbound: 0,
             peer_tasks: Vec::new(),
+            idle_poll,
         };
         // Everything that runs on the driver runtime is spawned.
         drop(on_driver_runtime);
@@ -499,6 +512,8 @@ struct Driver {
     /// The peer service and senders, when they share the caller's runtime: stopped with the
     /// loop.
     peer_tasks: Vec<tokio::task::AbortHandle>,
+    /// Keeps the driver's thread polling after work ([`IdlePoll`]); `None`: off.
+    idle_poll: Option<Arc<IdlePoll>>,
 }
 
 /// How [`RaftReplicator::shutdown`] waits for the driver to end.
@@ -587,9 +602,11 @@ impl Driver {
                 return Stop::Shutdown(reply);
             }
             let accepting = stopping.is_none() && self.deferred.len() < DEFERRED_PROPOSALS_MAX;
-            let result = tokio::select! {
+            // `input`: not a tick. Inputs keep the thread polling; an idle member sleeps
+            // between heartbeats.
+            let (result, input) = tokio::select! {
                 biased;
-                c = self.control.recv(), if stopping.is_none() => match c {
+                c = self.control.recv(), if stopping.is_none() => (match c {
                     None => return Stop::Dropped,
                     Some(Control::Shutdown { reply }) => {
                         stopping = Some((reply, self.hand_over_leadership()));
@@ -598,11 +615,14 @@ impl Driver {
                     Some(Control::Transfer { target, reply }) => { self.start_transfer(&target, reply); Ok(()) }
                     #[cfg(test)]
                     Some(Control::Panic) => panic!("the driver was told to panic"),
-                },
-                Some((from, msg)) = self.inbox.recv() => self.on_messages(from, msg),
-                Some(p) = self.proposals.recv(), if accepting => self.on_proposals(p),
-                _ = tick.tick() => Ok(()),
+                }, true),
+                Some((from, msg)) = self.inbox.recv() => (self.on_messages(from, msg), true),
+                Some(p) = self.proposals.recv(), if accepting => (self.on_proposals(p), true),
+                _ = tick.tick() => (Ok(()), false),
             };
+            if input && let Some(poll) = &self.idle_poll {
+                poll.active();
+            }
             if let Err(why) = result.and_then(|()| self.round()) {
                 return Stop::Failed(why);
             }
