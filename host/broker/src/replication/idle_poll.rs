@@ -3,12 +3,12 @@
 //! `--idle-poll-time-us`).
 //!
 //! Why: on the virtual machines we measure on, waking a thread whose vCPU has halted costs
-//! tens of microseconds (an IPI and a VM entry; a TCP ping-pong between two threads over
+//! tens of microseconds (an IPI and a VM entry; a TCP ping-pong between two processes over
 //! loopback takes ~33 µs a round trip, ~10 µs with the guest's halt-polling on). One
 //! synchronous send wakes a thread four times in a row (client → leader, leader → followers,
 //! follower → leader, leader → client). With the driver polling, a 3-member group on 2 cores
-//! served one producer about twice as many sends per second (`examples/bench/ab.sh`, numbers
-//! in ARCHITECTURE.md). What it costs: CPU that would otherwise be idle, for `spin` after the
+//! served one producer about twice as many sends per second (alternating rounds; numbers in
+//! ARCHITECTURE.md). What it costs: CPU that would otherwise be idle, for `spin` after the
 //! last event, on the driver's thread only; each turn also yields the CPU to any other thread
 //! that is ready to run (`sched_yield`), so a busy machine loses little to it.
 //!
@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 /// not a latency trade.
 pub const IDLE_POLL_US_MAX: u64 = 10_000;
 
-pub(crate) struct IdlePoll {
+pub struct IdlePoll {
     /// Work done on the driver's thread (a count, so the poller needs no clock read per event).
     activity: AtomicU64,
     /// The poller waits on `wake`: the next activity must notify it.
@@ -39,13 +39,13 @@ pub(crate) struct IdlePoll {
 
 impl IdlePoll {
     /// `spin` is bounded by the config (`IDLE_POLL_US_MAX`); tests use longer ones.
-    pub(crate) fn new(spin: Duration) -> Arc<Self> {
+    pub fn new(spin: Duration) -> Arc<Self> {
         Arc::new(IdlePoll { activity: AtomicU64::new(0), parked: AtomicBool::new(false), wake: Notify::new(), spin })
     }
 
     /// Work was done: poll for `spin` from now. Called by the driver for every batch of
     /// inputs (not for its ticks: an idle member stays asleep between heartbeats).
-    pub(crate) fn active(&self) {
+    pub fn active(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
         if self.parked.swap(false, Ordering::Relaxed) {
             // A permit is kept if the poller has not reached `notified()` yet.
@@ -60,7 +60,7 @@ impl IdlePoll {
 
     /// The poller: a task on the runtime it keeps awake. Never returns (it ends with the
     /// runtime).
-    pub(crate) async fn run(self: Arc<Self>) {
+    pub async fn run(self: Arc<Self>) {
         let mut seen = self.activity.load(Ordering::Relaxed);
         let mut last_active = Instant::now();
         loop {

@@ -3,7 +3,8 @@
 //! One driver owns the [`RaftNode`]. Where it runs is [`DriverPlacement`]:
 //! - **its own thread** (the default): a small single-threaded tokio runtime, so it can wait
 //!   on its channels and a tick at once; the peer gRPC service and the peer senders run on
-//!   that runtime too, so Raft traffic never crosses threads inside a member;
+//!   that runtime too, so Raft traffic never crosses threads inside a member; after its
+//!   inputs it keeps polling for a while before it sleeps ([`super::idle_poll`]);
 //! - **the caller's runtime**, for a broker whose runtime has one worker: client calls, Raft
 //!   traffic and the driver then share that worker, and a send crosses no thread inside the
 //!   leader. Its blocking steps (fsync, hard state) go through `block_in_place`, so the
