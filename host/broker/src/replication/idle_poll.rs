@@ -9,10 +9,11 @@
 //! follower → leader, leader → client). With the driver polling, a 3-member group on 2 cores
 //! served one producer about twice as many sends per second (alternating rounds; numbers in
 //! ARCHITECTURE.md). What it costs: CPU that would otherwise be idle, for `spin` after the
-//! last event, on the driver's thread only; each turn also yields the CPU to any other thread
+//! last event, on the driver's runtime only; each turn also yields the CPU to any other thread
 //! that is ready to run (`sched_yield`), so a busy machine loses little to it.
 //!
-//! How: [`IdlePoll::run`] is a task on the driver's current-thread runtime. While it is
+//! How: [`IdlePoll::run`] is a task on the driver's runtime (its own thread's, or the broker's
+//! one worker with `DriverPlacement::CallerRuntime`). While it is
 //! spinning it yields to the scheduler at every turn; tokio then polls its I/O driver without
 //! blocking (a task that yielded is pending work, so the runtime does not park). When nothing
 //! has happened for `spin`, the task waits on a [`Notify`], the runtime parks in `epoll_wait`

@@ -76,7 +76,7 @@ pub struct RaftGroupConfig {
     pub tick_interval_ms: u64,
     pub driver_placement: DriverPlacement,
     /// How long the driver's own thread keeps polling after its last input before it sleeps
-    /// ([`super::idle_poll`]); 0: it sleeps at once. Not used with `CallerRuntime`.
+    /// ([`super::idle_poll`]); 0: it sleeps at once.
     pub idle_poll_us: u64,
 }
 
@@ -261,10 +261,10 @@ impl RaftReplicator {
             .await;
         }));
 
-        // Only on a thread of its own: on the broker's runtime the driver shares a worker with
-        // clients, which polling would only delay.
-        let idle_poll = (cfg.idle_poll_us > 0 && runtime.0.is_some())
-            .then(|| IdlePoll::new(Duration::from_micros(cfg.idle_poll_us)));
+        // On whichever runtime the driver runs: with `CallerRuntime` the poller keeps the
+        // broker's worker awake, and its yields let the client tasks there run first.
+        let idle_poll =
+            (cfg.idle_poll_us > 0).then(|| IdlePoll::new(Duration::from_micros(cfg.idle_poll_us)));
         if let Some(poll) = &idle_poll {
             tasks.push(tokio::spawn(poll.clone().run()));
         }
