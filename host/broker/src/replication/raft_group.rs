@@ -263,8 +263,7 @@ impl RaftReplicator {
 
         // On whichever runtime the driver runs: with `CallerRuntime` the poller keeps the
         // broker's worker awake, and its yields let the client tasks there run first.
-        let idle_poll =
-            (cfg.idle_poll_us > 0).then(|| IdlePoll::new(Duration::from_micros(cfg.idle_poll_us)));
+        let idle_poll = (cfg.idle_poll_us > 0).then(|| IdlePoll::new(Duration::from_micros(cfg.idle_poll_us)));
         if let Some(poll) = &idle_poll {
             tasks.push(tokio::spawn(poll.clone().run()));
         }
