@@ -12,8 +12,8 @@
 //! last event, on the driver's runtime only; each turn also yields the CPU to any other thread
 //! that is ready to run (`sched_yield`), so a busy machine loses little to it.
 //!
-//! How: [`IdlePoll::run`] is a task on the driver's runtime (its own thread's, or the broker's
-//! one worker with `DriverPlacement::CallerRuntime`). While it is
+//! How: [`IdlePoll::run`] is a task on the driver's runtime (its own one-worker runtime, or
+//! the broker's one worker with `DriverPlacement::CallerRuntime`). While it is
 //! spinning it yields to the scheduler at every turn; tokio then polls its I/O driver without
 //! blocking (a task that yielded is pending work, so the runtime does not park). When nothing
 //! has happened for `spin`, the task waits on a [`Notify`], the runtime parks in `epoll_wait`
@@ -90,12 +90,26 @@ mod tests {
 
     /// The mechanism, observed through the runtime's own park hook: while the poller spins
     /// the thread never parks; `spin` after the last activity it does; an activity from
-    /// another thread wakes it and it spins again.
+    /// another thread wakes it and it spins again. On both runtimes a driver may run on: its
+    /// own (one worker) and a current-thread one.
     #[test]
     fn the_runtime_stays_awake_for_the_spin_after_activity_then_parks_until_the_next() {
+        for one_worker in [true, false] {
+            let mut builder = if one_worker {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(1);
+                b
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            stays_awake_then_parks(&mut builder);
+        }
+    }
+
+    fn stays_awake_then_parks(builder: &mut tokio::runtime::Builder) {
         let parks = Arc::new(AtomicU64::new(0));
         let counted = parks.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let runtime = builder
             .enable_all()
             .on_thread_park(move || {
                 counted.fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,8 @@
 //! [`RaftReplicator`]: the broker's commitlog replicated by a Raft group.
 //!
 //! One driver owns the [`RaftNode`]. Where it runs is [`DriverPlacement`]:
-//! - **its own thread** (the default): a small single-threaded tokio runtime, so it can wait
-//!   on its channels and a tick at once; the peer gRPC service and the peer senders run on
+//! - **its own thread** (the default): a tokio runtime with one worker, so it can wait on its
+//!   channels and a tick at once; the peer gRPC service and the peer senders run on
 //!   that runtime too, so Raft traffic never crosses threads inside a member; after its
 //!   inputs it keeps polling for a while before it sleeps ([`super::idle_poll`]);
 //! - **the caller's runtime**, for a broker whose runtime has one worker: client calls, Raft
@@ -222,8 +222,16 @@ impl RaftReplicator {
         let runtime = if cfg.driver_placement == DriverPlacement::CallerRuntime {
             PendingRuntime(None)
         } else {
+            // One worker, not a current-thread runtime: the driver, the peer tasks and the
+            // client connections placed here hand work to each other, and the worker runs a
+            // task another one just woke next (its LIFO slot) instead of behind the queue.
+            // Measured against the current-thread runtime (alternating rounds, 3 members and
+            // mqbench on 2 cores, idle polling on): 64 producers 1.01–1.18× msg/s (4 pairs;
+            // 0.98–1.12× in 6 more with an earlier build), 1 producer 0.99–1.05×.
             PendingRuntime(Some(
-                tokio::runtime::Builder::new_current_thread()
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name(format!("wasmq-raft-{}", cfg.self_id))
                     .enable_all()
                     .build()
                     .map_err(|e| ReplicationError::Storage(format!("raft driver runtime: {e}")))?,
@@ -293,6 +301,7 @@ impl RaftReplicator {
             members: members.clone(),
             hs_file,
             sync_flush: cfg.sync_flush,
+            shared_runtime: cfg.driver_placement == DriverPlacement::CallerRuntime,
             inbox: inbox_rx,
             proposals: proposals_rx,
             control: control_rx,
@@ -326,7 +335,7 @@ impl RaftReplicator {
         } else {
             DriverHandle::Thread(
                 std::thread::Builder::new()
-                    .name(format!("wasmq-raft-{}", cfg.self_id))
+                    .name(format!("wasmq-raft-run-{}", cfg.self_id))
                     .spawn(move || driver.run(runtime))
                     .map_err(|e| ReplicationError::Storage(format!("spawn raft driver thread: {e}")))?,
             )
@@ -494,6 +503,8 @@ struct Driver {
     members: Arc<Members>,
     hs_file: HardStateFile,
     sync_flush: bool,
+    /// `DriverPlacement::CallerRuntime`: blocking steps leave the worker to its other tasks.
+    shared_runtime: bool,
     inbox: mpsc::Receiver<(NodeId, Message)>,
     proposals: mpsc::Receiver<ProposeRequest>,
     control: mpsc::Receiver<Control>,
@@ -530,13 +541,20 @@ enum Stop {
 }
 
 impl Driver {
-    /// Runs the loop, and with it the peer service and senders, on `runtime`.
+    /// Runs the loop, and with it the peer service and senders, on `runtime`'s worker; this
+    /// thread only waits for it.
     fn run(mut self, mut runtime: PendingRuntime) {
         let rt = runtime.0.take().expect("a runtime is pending until its driver runs");
-        let stop = rt.block_on(self.run_until_stopped());
+        let task = rt.spawn(async move {
+            let stop = self.run_until_stopped().await;
+            (self, stop)
+        });
+        // The runtime lives until `drop` below and nothing aborts this task: it ends by
+        // returning (a panic in the loop is already a `Stop::Failed`).
+        let (driver, stop) = rt.block_on(task).expect("the driver task ends by returning");
         // The peer service and senders stop with it (connections close, like a crash's).
         drop(rt);
-        self.finish(stop);
+        driver.finish(stop);
     }
 
     /// [`Self::run_loop`], with a panic (an assertion on an invariant failed) made a
@@ -575,7 +593,9 @@ impl Driver {
         while let Ok(p) = self.proposals.try_recv() {
             let _ = p.reply.send(Err(err()));
         }
-        let flushed = blocking(|| self.log.flush()).map(|_| ()).map_err(|e| ReplicationError::Storage(e.to_string()));
+        let flushed = blocking(self.shared_runtime, || self.log.flush())
+            .map(|_| ())
+            .map_err(|e| ReplicationError::Storage(e.to_string()));
         let mut status = self.status.lock();
         status.role = Role::Follower;
         status.leader_id = None;
@@ -768,7 +788,7 @@ impl Driver {
         let last = self.log.last_index();
         if self.node.flushed_index() < last {
             let flushed = if self.sync_flush {
-                blocking(|| self.log.flush()).map_err(|e| format!("commitlog flush: {e}"))?
+                blocking(self.shared_runtime, || self.log.flush()).map_err(|e| format!("commitlog flush: {e}"))?
             } else {
                 last
             };
@@ -780,7 +800,8 @@ impl Driver {
             let stored =
                 StoredHardState { term: hs.term, voted_for: hs.voted_for.map(|v| self.members.name(v).to_string()) };
             let hs_file = &self.hs_file;
-            blocking(|| hs_file.store(&stored)).map_err(|e| format!("persist raft hard state: {e}"))?;
+            blocking(self.shared_runtime, || hs_file.store(&stored))
+                .map_err(|e| format!("persist raft hard state: {e}"))?;
         }
         for (to, msg) in ready.messages {
             let Some(tx) = self.peers.get(&to) else { continue };
@@ -892,12 +913,15 @@ impl Driver {
     }
 }
 
-/// Runs a blocking step of the driver (fsync). On a multi-threaded runtime (the driver placed
-/// on the caller's) the worker's other tasks move to another thread meanwhile; on the own
-/// thread's single-threaded runtime nothing else waits on this thread but Raft itself.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+/// Runs a blocking step of the driver (fsync). On the caller's runtime (`shared`), if it is
+/// multi-threaded, the worker's other tasks move to another thread meanwhile. On the driver's
+/// own runtime it blocks the worker: nothing there waits but Raft itself and its peers, and
+/// with SYNC_FLUSH no client connection is placed there.
+fn blocking<T>(shared: bool, f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(h) if shared && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     }
 }
@@ -986,11 +1010,14 @@ mod tests {
 
     #[test]
     fn a_blocking_step_runs_on_any_runtime_and_outside_one() {
-        assert_eq!(blocking(|| 1), 1);
-        let current = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        assert_eq!(current.block_on(async { blocking(|| 2) }), 2);
-        let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-        // On a worker: block_in_place (it panics on a current-thread runtime, hence the check).
-        assert_eq!(multi.block_on(async { tokio::spawn(async { blocking(|| 3) }).await.unwrap() }), 3);
+        for shared in [false, true] {
+            assert_eq!(blocking(shared, || 1), 1);
+            let current = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            assert_eq!(current.block_on(async { blocking(shared, || 2) }), 2);
+            let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+            // Shared, on a worker: block_in_place (it panics on a current-thread runtime, hence
+            // the check); own: in place.
+            assert_eq!(multi.block_on(async { tokio::spawn(async move { blocking(shared, || 3) }).await.unwrap() }), 3);
+        }
     }
 }
