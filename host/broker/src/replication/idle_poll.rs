@@ -45,7 +45,9 @@ impl IdlePoll {
     }
 
     /// Work was done: poll for `spin` from now. Called by the driver for every batch of
-    /// inputs (not for its ticks: an idle member stays asleep between heartbeats).
+    /// inputs (not for its ticks: an idle member stays asleep between heartbeats). The driver
+    /// and the poller share one worker, so they do not race; on a caller's runtime with more
+    /// workers a race only misses one poll (latency), never an input.
     pub fn active(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
         if self.parked.swap(false, Ordering::Relaxed) {
