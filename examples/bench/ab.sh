@@ -10,6 +10,11 @@
 #
 #   BASE=/tmp/old/release NEW=target/release examples/bench/ab.sh
 #   ROUNDS=5 ARGS="-p 8 --route leader --batch 16" examples/bench/ab.sh
+#   BASE=target/release NEW_ENV="WQ_CONF_EXTRA=raftIdlePollUs=0" examples/bench/ab.sh
+#
+# BASE_ENV and NEW_ENV (space-separated NAME=VALUE words) are exported to that side's
+# brokers, and to wasmq_group.sh: WQ_CONF_EXTRA there adds a config line. With BASE=NEW they
+# make an A/B of one build under two configurations.
 #
 # Why this and not compare.sh for a change of a few percent: compare.sh's cells move by
 # ±15 % from run to run with NATS in between; steady-window CPU per message over several
@@ -63,6 +68,9 @@ ticks() { for pid in "$@"; do awk '{ printf "%d ", $14 + $15 }' "/proc/$pid/stat
 measure() {
     BIN="$1"
     local bench_bin="$3"
+    # $(...) runs this in a subshell: what it exports ends with it.
+    local assignment
+    for assignment in $4; do export "${assignment?}"; done
     WORK="$(mktemp -d /tmp/wasmq-ab.XXXXXX)"
     # In $(...): no EXIT trap here, so stop what did start before leaving.
     start_wasmq || { stop_group; exit 1; }
@@ -95,7 +103,7 @@ measure() {
 }
 
 RESULTS="$(mktemp /tmp/wasmq-ab-results.XXXXXX)"
-log "base $BASE (mqbench $BASE_BENCH), new $NEW (mqbench $BENCH); $ROUNDS rounds of $DURATION s: $ARGS"
+log "base $BASE ${BASE_ENV:-} (mqbench $BASE_BENCH), new $NEW ${NEW_ENV:-} (mqbench $BENCH); $ROUNDS rounds of $DURATION s: $ARGS"
 for r in $(seq 1 "$ROUNDS"); do
     # ABBA: the side that goes first alternates, so a machine that speeds up or slows down
     # during the run does not favour one side (with base always first, two runs of one
@@ -103,8 +111,12 @@ for r in $(seq 1 "$ROUNDS"); do
     order="base new"
     ((r % 2 == 1)) || order="new base"
     for side in $order; do
-        if [[ $side == base ]]; then dir="$BASE" bench_bin="$BASE_BENCH"; else dir="$NEW" bench_bin="$BENCH"; fi
-        line=$(measure "$dir" "$side" "$bench_bin")
+        if [[ $side == base ]]; then
+            dir="$BASE" bench_bin="$BASE_BENCH" side_env="${BASE_ENV:-}"
+        else
+            dir="$NEW" bench_bin="$BENCH" side_env="${NEW_ENV:-}"
+        fi
+        line=$(measure "$dir" "$side" "$bench_bin" "$side_env")
         log "round $r $line"
         echo "$line" >>"$RESULTS"
     done
