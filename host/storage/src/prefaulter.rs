@@ -14,6 +14,16 @@
 //!
 //! Correctness never depends on it: faulting pages in does not change data, and a page it
 //! has not reached yet is faulted in by the writer's own stores, as without it.
+//!
+//! It runs in the normal CPU class. Tried (session 22) and dropped: `SCHED_IDLE` while it is
+//! ahead of the writer, so it would only use CPU nothing else wants. At 64 producers that
+//! measured 1.04–1.09× msg/s (3 `ab.sh` runs), within this machine's spread between rounds;
+//! at 1 producer the drivers' idle polling starved it (0.91–0.94×) until the writer moved it
+//! back to the normal class when behind. Why not kept: `MADV_POPULATE_READ` holds the
+//! process's `mmap_lock` for reading while it zeroes a chunk (~6 ms here), and an idle-class
+//! thread preempted inside it can stay off the CPU for as long as other threads are busy;
+//! every `mmap`, `munmap` or `mprotect` of the process (a new segment, a large allocation, a
+//! new blocking-pool thread, a plugin's memory growing) would wait for it meanwhile.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
